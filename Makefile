@@ -1,0 +1,42 @@
+# kenner — set-up, demo and tests. Everything installs into .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup demo test test-slow lint bench clean
+
+$(BIN)/kenner: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch is pinned on the install path CI uses
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/kenner
+
+setup: $(BIN)/kenner
+
+# Fashion-MNIST for the demo comes from Debian's dataset-fashion-mnist package.
+$(FMNIST):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	else echo "install Debian's dataset-fashion-mnist (or run 'kenner demo' online to download it)"; fi
+
+demo: setup $(FMNIST)
+	$(BIN)/kenner demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

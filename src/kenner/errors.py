@@ -1,0 +1,24 @@
+"""User-facing errors: the CLI prints these as one clear message, never a stack trace."""
+
+
+class KennerError(Exception):
+    """An error the user can act on (bad input, bad flag, missing file)."""
+
+
+class DataError(KennerError):
+    """A problem with a dataset: names the file and, where there is one, the row."""
+
+    def __init__(self, message: str, *, path: str | None = None, row: int | None = None) -> None:
+        where = ""
+        if path is not None:
+            where = f"{path}"
+            if row is not None:
+                where += f", row {row}"
+            where += ": "
+        super().__init__(where + message)
+        self.path = path
+        self.row = row
+
+
+class ImageError(DataError):
+    """An image that cannot be used: missing, empty, not an image, corrupt, truncated, too large."""
