@@ -138,7 +138,7 @@ def test_center_loss_matches_naive_loop_and_trains():
     x = torch.randn(6, 4)
     y = torch.tensor([0, 1, 2, 2, 1, 0])
     naive = sum(0.5 * float(((x[i] - loss.centers.detach()[y[i]]) ** 2).sum()) for i in range(6)) / 6
-    assert float(loss(x, y)) == pytest.approx(naive, rel=1e-5)
+    assert loss(x, y).item() == pytest.approx(naive, rel=1e-5)
     opt = torch.optim.SGD(loss.parameters(), lr=0.5)
     for _ in range(100):
         opt.zero_grad()
