@@ -1,0 +1,112 @@
+"""Reject option: tuned thresholds reach their target on val and are measured, not assumed, on test."""
+
+import numpy as np
+import pytest
+
+from kenner.errors import KennerError
+from kenner.retrieval.index import Gallery
+from kenner.retrieval.reject import (
+    RejectRule,
+    coverage_accuracy_curve,
+    evaluate_rule,
+    proba_confidence,
+    retrieval_confidence,
+    tune_reject_rule,
+    tune_threshold,
+)
+from kenner.retrieval.vote import vote
+
+
+def _confidences(n, seed):
+    """Scores where higher means more often correct (about 75% correct overall)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(0, 1, n).round(2)  # rounded: many ties, as with vote margins
+    correct = rng.uniform(0, 1, n) < 0.4 + 0.6 * scores
+    return scores, correct
+
+
+def test_curve_matches_brute_force_loop():
+    scores, correct = _confidences(300, 0)
+    curve = coverage_accuracy_curve(scores, correct)
+    rows = zip(curve["threshold"], curve["coverage"], curve["accuracy"], strict=True)
+    for threshold, coverage, accuracy in rows:
+        accepted = scores >= threshold
+        assert coverage == pytest.approx(accepted.mean())
+        assert accuracy == pytest.approx(correct[accepted].mean())
+    assert curve["coverage"][-1] == 1.0
+    assert np.all(np.diff(curve["coverage"]) > 0)
+
+
+def test_target_precision_is_reached_on_val_with_the_largest_coverage():
+    scores, correct = _confidences(2000, 1)
+    point = tune_threshold(scores, correct, target_precision=0.95)
+    accepted = scores >= point.threshold
+    assert point.target_met
+    assert correct[accepted].mean() >= 0.95
+    assert point.precision == pytest.approx(correct[accepted].mean())
+    assert point.coverage == pytest.approx(accepted.mean())
+    # Any looser threshold (accepting more) misses the target.
+    for looser in np.unique(scores[scores < point.threshold]):
+        assert correct[scores >= looser].mean() < 0.95
+
+
+def test_rule_is_reported_honestly_on_test():
+    val_scores, val_correct = _confidences(2000, 2)
+    test_scores, test_correct = _confidences(2000, 3)
+    rule, point = tune_reject_rule(1 - val_scores, 1 - val_scores, val_correct, target_precision=0.95)
+    assert rule.max_distance == point.threshold and rule.min_margin is None and point.signal == "distance"
+    assert point.target_met and point.precision >= 0.95
+    report = evaluate_rule(rule, 1 - test_scores, 1 - test_scores, test_correct)
+    accepted = (1 - test_scores) <= rule.max_distance
+    assert report["coverage"] == pytest.approx(accepted.mean())
+    assert report["precision"] == pytest.approx(test_correct[accepted].mean())
+    assert report["accuracy_all"] == pytest.approx(test_correct.mean())
+    assert report["precision"] > report["accuracy_all"]
+    assert report["n"] == 2000 and report["n_accepted"] == accepted.sum()
+
+
+def test_target_coverage_accepts_at_least_that_fraction():
+    scores, correct = _confidences(1000, 4)
+    point = tune_threshold(scores, correct, target_coverage=0.5)
+    assert point.coverage >= 0.5
+    assert (scores > point.threshold).mean() < 0.5  # the next stricter threshold falls short
+
+
+def test_unreachable_precision_is_flagged_not_hidden():
+    correct = np.array([True, False, False, False])
+    point = tune_threshold(np.array([0.4, 0.9, 0.8, 0.1]), correct, target_precision=0.99)
+    assert not point.target_met
+    assert point.precision < 0.99
+
+
+def test_same_rule_on_classifier_probabilities():
+    proba = np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.1, 0.1, 0.8]])
+    distance, margin = proba_confidence(proba)
+    np.testing.assert_allclose(distance, [0.1, 0.6, 0.2])
+    np.testing.assert_allclose(margin, [0.85, 0.05, 0.7])
+    assert RejectRule(max_distance=0.3).accept(distance, margin).tolist() == [True, False, True]
+    assert RejectRule(min_margin=0.75).accept(distance, margin).tolist() == [True, False, False]
+    both = RejectRule(max_distance=0.15, min_margin=0.5)
+    assert both.accept(distance, margin).tolist() == [True, False, False]
+    assert RejectRule.from_dict(both.to_dict()) == both
+
+
+def test_retrieval_confidence_rejects_far_queries():
+    rng = np.random.default_rng(5)
+    centres = np.eye(8, dtype=np.float32)[:2] * 10
+    gallery_vectors = np.repeat(centres, 20, axis=0) + rng.normal(size=(40, 8)).astype(np.float32)
+    gallery = Gallery.build(gallery_vectors, np.repeat([0, 1], 20))
+    near, far = centres[0] + rng.normal(size=8), np.eye(8, dtype=np.float32)[5]  # orthogonal to both classes
+    neighbours = gallery.search(np.stack([near, far]).astype(np.float32), k=5)
+    distance, margin = retrieval_confidence(neighbours, vote(neighbours, 2))
+    assert RejectRule(max_distance=0.5).accept(distance, margin).tolist() == [True, False]
+
+
+def test_bad_targets_are_user_errors():
+    scores, correct = _confidences(10, 6)
+    with pytest.raises(KennerError, match="exactly one"):
+        tune_threshold(scores, correct)
+    with pytest.raises(KennerError, match=r"\(0, 1\]"):
+        tune_threshold(scores, correct, target_precision=95)
+    with pytest.raises(KennerError, match="distance"):
+        tune_reject_rule(scores, scores, correct, by="entropy", target_coverage=0.5)
