@@ -1,0 +1,178 @@
+"""Batched, prefetching, resumable embedding extraction into an ``EmbeddingStore``.
+
+Images are hashed (with a ``HashCache`` so unchanged files are not read again), deduplicated by
+content, and only those missing from the store go through the encoder. A pool of threads decodes and
+transforms whole batches ahead of the model (PIL and torch release the GIL while they work), and a
+shard is written every ``shard_size`` images, so a run killed at any point keeps all finished shards
+and the next run computes only the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kenner.data.images import file_sha256, load_image
+from kenner.encoders.store import EmbeddingStore, HashCache
+from kenner.errors import ImageError, KennerError
+
+HASH_CACHE_NAME = "hashes.sqlite"
+
+
+def hash_images(
+    paths: Sequence[str | os.PathLike],
+    cache: HashCache | None = None,
+    *,
+    workers: int = 4,
+    progress: bool = True,
+) -> list[str]:
+    """The sha256 of each file, in order; unchanged files are answered from ``cache``."""
+    absolute = [os.path.abspath(path) for path in paths]
+    stats: dict[str, os.stat_result] = {}
+    for path in absolute:
+        if path not in stats:
+            try:
+                stats[path] = os.stat(path)
+            except OSError as error:
+                raise ImageError(f"cannot read file ({error.strerror or error})", path=path) from error
+    known = cache.lookup(stats) if cache is not None else {}
+    todo = [path for path in stats if path not in known]
+    if todo:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            digests = list(tqdm(pool.map(file_sha256, todo), total=len(todo), desc="hashing images",
+                                unit="img", disable=None if progress else True))
+        known.update(zip(todo, digests, strict=True))
+        if cache is not None:
+            cache.remember((path, stats[path], known[path]) for path in todo)
+    return [known[path] for path in absolute]
+
+
+def extract_embeddings(
+    encoder,
+    paths: Sequence[str | os.PathLike],
+    store: EmbeddingStore,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    shard_size: int = 1024,
+    background: tuple[int, int, int] = (255, 255, 255),
+    progress: bool = True,
+) -> np.ndarray:
+    """Embeddings of ``paths`` as float32 [len(paths), dim], rows in ``paths`` order.
+
+    Only images whose content is not yet in ``store`` are encoded; results are read back from the
+    store, so a cached run returns exactly what the first run stored. A file that cannot be decoded
+    raises ``ImageError`` naming it (shards finished before it are kept).
+    """
+    if encoder.fingerprint != store.fingerprint:
+        raise KennerError(
+            f"the store {store.path} belongs to encoder fingerprint {store.fingerprint}, "
+            f"not {encoder.fingerprint} ({encoder.name}); open the encoder's own store"
+        )
+    if batch_size < 1 or shard_size < 1:
+        raise KennerError(f"batch_size and shard_size must be at least 1 (got {batch_size}, {shard_size})")
+    hashes = hash_images(paths, HashCache(store.cache_root / HASH_CACHE_NAME),
+                         workers=max(1, num_workers) * 2, progress=progress)
+    first_path: dict[str, Path] = {}
+    for key, path in zip(hashes, paths, strict=True):
+        first_path.setdefault(key, Path(path))
+    todo = store.missing(dict.fromkeys(hashes))
+    if todo:
+        _encode_into_store(encoder, [first_path[key] for key in todo], todo, store, batch_size=batch_size,
+                           num_workers=num_workers, shard_size=shard_size, background=background,
+                           progress=progress)
+        store.save_index()
+    return store.get(hashes)
+
+
+def _encode_into_store(
+    encoder,
+    paths: list[Path],
+    keys: list[str],
+    store: EmbeddingStore,
+    *,
+    batch_size: int,
+    num_workers: int,
+    shard_size: int,
+    background: tuple[int, int, int],
+    progress: bool,
+) -> None:
+    """Encode ``paths`` batch by batch, writing a shard of ``keys`` every ``shard_size`` images."""
+    preprocessing = encoder.preprocessing
+    transform = preprocessing.transform()
+    max_side = max(preprocessing.size, getattr(preprocessing, "resize", None) or 0)
+    device = _device_of(encoder)
+
+    def prepare(batch_paths: list[Path]) -> torch.Tensor:
+        tensors = []
+        for path in batch_paths:
+            image = load_image(path, background=background, max_side=max_side)
+            try:
+                tensors.append(transform(image))
+            except Exception as error:
+                raise ImageError(f"cannot preprocess image ({error})", path=str(path)) from error
+        return torch.stack(tensors)
+
+    pending_keys: list[str] = []
+    pending_vectors: list[np.ndarray] = []
+
+    def flush(count: int) -> None:
+        """Write the first ``count`` pending embeddings as one shard."""
+        shard_keys, shard_vectors = pending_keys[:count], np.concatenate(pending_vectors)
+        del pending_keys[:count]
+        pending_vectors[:] = [shard_vectors[count:]] if count < len(shard_vectors) else []
+        store.write(shard_keys, shard_vectors[:count])
+
+    starts = range(0, len(paths), batch_size)
+    batches = [paths[start:start + batch_size] for start in starts]
+    bar = tqdm(total=len(paths), desc=f"embedding with {encoder.name}", unit="img",
+               disable=None if progress else True)
+    try:
+        with torch.inference_mode():
+            for start, batch in zip(starts, _prefetch(prepare, batches, num_workers), strict=True):
+                vectors = encoder.embed(batch.to(device)).float().cpu().numpy()
+                pending_keys.extend(keys[start:start + len(vectors)])
+                pending_vectors.append(vectors)
+                while len(pending_keys) >= shard_size:
+                    flush(shard_size)
+                bar.update(len(vectors))
+    finally:
+        bar.close()
+        if pending_keys:  # keep finished work when interrupted or when a later image fails
+            flush(len(pending_keys))
+
+
+def _prefetch(
+    prepare: Callable[[list[Path]], torch.Tensor], batches: list[list[Path]], num_workers: int
+) -> Iterator[torch.Tensor]:
+    """Yield ``prepare(batch)`` for each batch in order, computed ``num_workers`` batches ahead."""
+    if num_workers <= 0:
+        yield from map(prepare, batches)
+        return
+    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="kenner-decode")
+    ahead: deque[Future[torch.Tensor]] = deque()
+    try:
+        for batch in batches:
+            ahead.append(pool.submit(prepare, batch))
+            if len(ahead) > num_workers:
+                yield ahead.popleft().result()
+        for future in ahead:
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _device_of(encoder) -> torch.device:
+    """The device the encoder's weights live on (CPU for a weightless encoder)."""
+    device = getattr(encoder, "device", None)
+    if device is not None:
+        return torch.device(device)
+    parameter = next(iter(encoder.parameters()), None) if hasattr(encoder, "parameters") else None
+    return parameter.device if parameter is not None else torch.device("cpu")

@@ -1,0 +1,196 @@
+"""Tests for batched, cached, resumable embedding extraction with a tiny random encoder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import v2
+
+from kenner.encoders import extract as extract_module
+from kenner.encoders.extract import extract_embeddings, hash_images
+from kenner.encoders.store import EmbeddingStore, HashCache
+from kenner.errors import ImageError, KennerError
+
+
+class TinyEncoder(nn.Module):
+    """A conv + global pool with fixed random weights that counts the images it embeds."""
+
+    name = "tiny"
+    dim = 8
+    fingerprint = "tiny-test-0001"
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, self.dim, kernel_size=3)
+        self.delay_s = delay_s
+        self.seen = 0
+        transform = v2.Compose([v2.Resize((16, 16)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+        self.preprocessing = SimpleNamespace(size=16, resize=16, transform=lambda: transform)
+        self.eval()
+
+    def embed(self, batch: torch.Tensor) -> torch.Tensor:
+        self.seen += len(batch)
+        time.sleep(self.delay_s)
+        with torch.inference_mode():
+            return self.conv(batch).mean(dim=(2, 3))
+
+
+def make_images(directory: Path, n: int, start: int = 0) -> list[Path]:
+    """Write ``n`` distinct small PNGs (some RGBA) and return their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        rng = np.random.default_rng(i)
+        mode = "RGBA" if i % 3 == 0 else "RGB"
+        pixels = rng.integers(0, 256, size=(12 + i % 5, 20, len(mode)), dtype=np.uint8)
+        path = directory / f"img_{i:03d}.png"
+        Image.fromarray(pixels, mode=mode).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_rows_follow_paths_and_duplicates_are_computed_once(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "img", 5)
+    twin = tmp_path / "img" / "twin.png"
+    shutil.copyfile(paths[1], twin)
+    order = [paths[3], twin, paths[0], paths[1], paths[4], paths[2], paths[3]]
+    encoder = TinyEncoder()
+    store = EmbeddingStore(tmp_path / "cache", encoder.fingerprint, encoder.dim)
+    got = extract_embeddings(encoder, order, store, batch_size=2, num_workers=2, shard_size=3, progress=False)
+    assert encoder.seen == 5 and got.dtype == np.float32 and got.shape == (7, 8)
+    transform = encoder.preprocessing.transform()
+    images = [Image.open(p).convert("RGBA") for p in order]
+    flat = [Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
+            for im in images]
+    expected = encoder.embed(torch.stack([transform(im) for im in flat])).numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    np.testing.assert_array_equal(got[1], got[3])
+    np.testing.assert_array_equal(got[0], got[6])
+    assert len(list(store.shard_dir.glob("*.npz"))) == 2  # shard_size=3: shards of 3 and 2 images
+
+
+def test_second_run_computes_nothing_and_a_new_image_only_itself(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = make_images(tmp_path / "img", 6)
+    store = EmbeddingStore(tmp_path / "cache", TinyEncoder.fingerprint, TinyEncoder.dim)
+    first = extract_embeddings(TinyEncoder(), paths, store, batch_size=4, progress=False)
+    hashed: list[str] = []
+    real_sha256 = extract_module.file_sha256
+    monkeypatch.setattr(extract_module, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
+
+    again = TinyEncoder()
+    reopened = EmbeddingStore(tmp_path / "cache", again.fingerprint, again.dim)
+    np.testing.assert_array_equal(extract_embeddings(again, paths, reopened, progress=False), first)
+    assert again.seen == 0 and hashed == []  # hashes come from the hash cache
+
+    new = make_images(tmp_path / "img", 1, start=6)
+    once_more = TinyEncoder()
+    got = extract_embeddings(once_more, [*paths, *new], reopened, progress=False)
+    assert once_more.seen == 1 and hashed == [str(new[0])]
+    np.testing.assert_array_equal(got[:6], first)
+
+
+def test_worker_pool_and_inline_decoding_agree(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "img", 7)
+    results = []
+    for workers in (0, 3):
+        encoder = TinyEncoder()
+        store = EmbeddingStore(tmp_path / f"cache{workers}", encoder.fingerprint, encoder.dim)
+        results.append(extract_embeddings(encoder, paths, store, batch_size=3, num_workers=workers,
+                                          progress=False))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_image_names_the_file_and_keeps_finished_shards(tmp_path: Path, workers: int) -> None:
+    paths = make_images(tmp_path / "img", 6)
+    paths[4].write_bytes(paths[4].read_bytes()[:60])  # truncated PNG
+    encoder = TinyEncoder()
+    store = EmbeddingStore(tmp_path / "cache", encoder.fingerprint, encoder.dim)
+    with pytest.raises(ImageError, match=r"img_004\.png"):
+        extract_embeddings(encoder, paths, store, batch_size=2, num_workers=workers, shard_size=2,
+                           progress=False)
+    assert len(store) == 4 and store.missing(hash_images(paths[:4], progress=False)) == []
+
+
+def test_missing_file_and_wrong_store_raise(tmp_path: Path) -> None:
+    encoder = TinyEncoder()
+    store = EmbeddingStore(tmp_path / "cache", encoder.fingerprint, encoder.dim)
+    with pytest.raises(ImageError, match=r"gone\.png"):
+        extract_embeddings(encoder, [tmp_path / "gone.png"], store, progress=False)
+    other = EmbeddingStore(tmp_path / "cache", "someone-else", encoder.dim)
+    with pytest.raises(KennerError, match="someone-else"):
+        extract_embeddings(encoder, make_images(tmp_path / "img", 1), other, progress=False)
+
+
+def test_hash_images_uses_and_refreshes_the_cache(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "img", 3)
+    cache = HashCache(tmp_path / "hashes.sqlite")
+    digests = hash_images(paths, cache, progress=False)
+    assert len(set(digests)) == 3 and all(len(d) == 64 for d in digests)
+    assert cache.lookup({str(p): p.stat() for p in paths}) == dict(zip(map(str, paths), digests, strict=True))
+    shutil.copyfile(paths[0], paths[2])
+    assert hash_images(paths, cache, progress=False) == [digests[0], digests[1], digests[0]]
+
+
+CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_extract import TinyEncoder
+from kenner.encoders.extract import extract_embeddings
+from kenner.encoders.store import EmbeddingStore
+import torch
+torch.set_num_threads(1)
+paths = sorted(__import__("pathlib").Path({images!r}).glob("*.png"))
+encoder = TinyEncoder(delay_s=0.05)
+store = EmbeddingStore({cache!r}, encoder.fingerprint, encoder.dim)
+extract_embeddings(encoder, paths, store, batch_size=2, num_workers=1, shard_size=4, progress=False)
+"""
+
+
+def test_extraction_resumes_after_kill_9(tmp_path: Path) -> None:
+    paths = sorted(make_images(tmp_path / "img", 40))
+    cache = tmp_path / "cache"
+    script = CHILD.format(tests=str(Path(__file__).parent), images=str(tmp_path / "img"), cache=str(cache))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    shard_dir = cache / TinyEncoder.fingerprint / "shards"
+    deadline = time.monotonic() + 120
+    while not (shard_dir.is_dir() and any(shard_dir.glob("*.npz"))):
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.monotonic() < deadline, "the child wrote no shard"
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+
+    store = EmbeddingStore(cache, TinyEncoder.fingerprint, TinyEncoder.dim)
+    done = len(store)
+    assert 4 <= done < 40 and done % 4 == 0  # only whole shards survive
+    resumed = TinyEncoder()
+    got = extract_embeddings(resumed, paths, store, batch_size=3, num_workers=2, shard_size=4, progress=False)
+    assert resumed.seen == 40 - done
+
+    fresh = TinyEncoder()
+    reference = extract_embeddings(fresh, paths, EmbeddingStore(tmp_path / "fresh", fresh.fingerprint, fresh.dim),
+                                   batch_size=2, progress=False)
+    assert got.dtype == reference.dtype == np.float32
+    np.testing.assert_array_equal(got, reference)
