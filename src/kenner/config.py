@@ -211,3 +211,12 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         else:
             raw[section] = value
     return RunConfig.from_dict(raw)
+
+
+def merge_explicit(instance: Any, args: argparse.Namespace, *, where: str) -> Any:
+    """``instance`` with every field the user set on the command line parsed and replaced."""
+    cls = type(instance)
+    hints = typing.get_type_hints(cls)
+    updates = {name: parse_value(hints[name], value, name=f"{where}.{name}")
+               for name, value in explicit_values(args, cls).items()}
+    return dataclasses.replace(instance, **updates)

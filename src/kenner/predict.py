@@ -1,0 +1,137 @@
+"""``kenner predict RUN IMAGES...``: top-k labels and probabilities for new images.
+
+Inputs are image files, folders (searched recursively) or a TSV/CSV manifest with the run's
+``<view>_path`` columns (needed for multi-view runs). Images are embedded exactly as in training:
+same encoder, same fingerprint, same view combination.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kenner.config import EncoderConfig
+from kenner.encoders.views import combine_views
+from kenner.errors import DataError, KennerError
+from kenner.evaluate.outputs import top_k
+from kenner.heads.persist import load_head
+from kenner.pipeline import build_encoder, embed_views
+from kenner.train.run import load_model_info
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+MANIFEST_SUFFIXES = {".csv", ".tsv"}
+
+
+@dataclass
+class PredictionInputs:
+    """Query items: an id and one path per view."""
+
+    ids: list[str]
+    paths: list[dict[str, Path]]
+
+
+def collect_inputs(items: Sequence[str], view_names: list[str]) -> PredictionInputs:
+    """Expand files, folders and manifests into query items for a run with ``view_names``."""
+    ids: list[str] = []
+    paths: list[dict[str, Path]] = []
+    for item in items:
+        path = Path(item)
+        if not path.exists():
+            raise DataError("no such file or folder", path=str(path))
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            manifest = read_prediction_manifest(path, view_names)
+            ids += manifest.ids
+            paths += manifest.paths
+            continue
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                       and not p.name.startswith(".")) if path.is_dir() else [path]
+        if len(view_names) > 1:
+            raise KennerError(
+                f"this run uses {len(view_names)} views ({', '.join(view_names)}): pass a manifest with "
+                f"{', '.join(v + '_path' for v in view_names)} columns instead of {path}"
+            )
+        ids += [str(f) for f in files]
+        paths += [{view_names[0]: f.resolve()} for f in files]
+    if not ids:
+        raise KennerError(f"no images found in {', '.join(items)}")
+    return PredictionInputs(ids, paths)
+
+
+def read_prediction_manifest(path: Path, view_names: list[str]) -> PredictionInputs:
+    """A manifest for prediction: ``<view>_path`` columns, optional ``id``; labels are not needed."""
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read the manifest ({error})", path=str(path)) from None
+    missing = [f"{view}_path" for view in view_names if f"{view}_path" not in table.columns]
+    if missing:
+        raise DataError(f"missing column(s) {', '.join(missing)}; found {', '.join(table.columns)}",
+                        path=str(path))
+    ids = table["id"].tolist() if "id" in table.columns else [str(i + 1) for i in range(len(table))]
+    paths = []
+    for row, record in enumerate(table.to_dict("records"), start=1):
+        entry = {}
+        for view in view_names:
+            cell = record[f"{view}_path"].strip()
+            if not cell:
+                raise DataError(f"empty {view}_path", path=str(path), row=row)
+            entry[view] = (path.parent / cell).resolve()
+        paths.append(entry)
+    return PredictionInputs([str(i) for i in ids], paths)
+
+
+def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: str | None = None,
+                device: str = "auto") -> list[dict]:
+    """Predictions for every query item: ``{"id", "paths", "predictions": [{label, probability}]}``."""
+    info = load_model_info(run_dir)
+    if info["mode"] != "classifier":
+        raise KennerError(f"{run_dir}: predict does not support mode {info['mode']!r} runs yet")
+    inputs = collect_inputs(items, info["view_names"])
+    enc_cfg = EncoderConfig(encoder=info["encoder"], weights=info["weights"], pooling=info["pooling"],
+                            views=info["views"], cache_dir=cache_dir, device=device)
+    encoder = build_encoder(enc_cfg)
+    if encoder.fingerprint != info["fingerprint"]:
+        raise KennerError(
+            f"the encoder {info['encoder']!r} now has fingerprint {encoder.fingerprint}, but the run was "
+            f"trained with {info['fingerprint']}: its weights or preprocessing changed"
+        )
+    per_view = embed_views(inputs.paths, info["view_names"], encoder, enc_cfg, tuple(info["background_color"]))
+    X = combine_views(per_view, info["views"]).astype(np.float32, copy=False)
+    proba = load_head(run_dir / "model").predict_proba(X)
+    order, scores = top_k(proba, k)
+    names = info["class_names"]
+    return [
+        {"id": item_id, "paths": {v: str(p) for v, p in item_paths.items()},
+         "predictions": [{"label": names[c], "probability": float(s)} for c, s in zip(row, score_row, strict=True)]}
+        for item_id, item_paths, row, score_row in zip(inputs.ids, inputs.paths, order, scores, strict=True)
+    ]
+
+
+def format_predictions(results: list[dict], fmt: str) -> str:
+    """CSV (one row per item: id, paths, label_1, probability_1, ...) or JSON."""
+    if fmt == "json":
+        return json.dumps(results, indent=2) + "\n"
+    if fmt != "csv":
+        raise KennerError(f"unknown output format {fmt!r}; use csv or json")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    k = max((len(r["predictions"]) for r in results), default=0)
+    views = list(results[0]["paths"]) if results else []
+    header = ["id", *(f"{v}_path" for v in views)]
+    for rank in range(1, k + 1):
+        header += [f"label_{rank}", f"probability_{rank}"]
+    writer.writerow(header)
+    for result in results:
+        row = [result["id"], *(result["paths"][v] for v in views)]
+        for prediction in result["predictions"]:
+            row += [prediction["label"], f"{prediction['probability']:.6f}"]
+        writer.writerow(row)
+    return buffer.getvalue()

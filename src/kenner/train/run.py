@@ -1,0 +1,142 @@
+"""``kenner train``: one run folder from a run config (split, embed, fit, evaluate, report).
+
+Also k-fold (one run per fold plus a mean ± std table) and the ``model/`` folder that
+``kenner predict`` needs to embed new images the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kenner import __version__
+from kenner.config import RunConfig
+from kenner.errors import KennerError
+from kenner.evaluate.outputs import report_split, write_evaluation
+from kenner.evaluate.report import write_report
+from kenner.heads import create_head
+from kenner.heads.persist import save_head
+from kenner.io import atomic_write_json, atomic_write_text, read_json
+from kenner.pipeline import PreparedEmbeddings, prepare_embeddings, resolve_folds
+
+log = logging.getLogger(__name__)
+
+HEADLINE_KEYS = ("accuracy", "macro_f1", "weighted_f1", "macro_f1_fg", "top5_accuracy", "ece")
+
+
+def save_model_info(model_dir: Path, cfg: RunConfig, prepared: PreparedEmbeddings, **extra: Any) -> Path:
+    """What ``kenner predict`` needs besides the head: encoder, views, classes, preprocessing."""
+    info = {
+        "kenner_version": __version__,
+        "mode": cfg.mode,
+        "encoder": cfg.encoder.encoder,
+        "weights": cfg.encoder.weights,
+        "pooling": cfg.encoder.pooling,
+        "fingerprint": prepared.encoder_fingerprint,
+        "views": cfg.encoder.views,
+        "view_names": list(prepared.dataset.views),
+        "class_names": prepared.class_names,
+        "background_color": list(cfg.data.background_color),
+        **extra,
+    }
+    return atomic_write_json(model_dir / "model_info.json", info)
+
+
+def load_model_info(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "model" / "model_info.json"
+    if not path.exists():
+        raise KennerError(f"{run_dir}: not a kenner run folder (no model/model_info.json)")
+    return read_json(path)
+
+
+def dataset_summary(prepared: PreparedEmbeddings) -> dict[str, Any]:
+    counts = {name: int((prepared.split == name).sum()) for name in ("train", "val", "test")}
+    return {
+        "source": str(prepared.dataset.source),
+        "samples": len(prepared.sample_ids),
+        "classes": len(prepared.class_names),
+        "groups": len(set(prepared.groups)),
+        "views": list(prepared.dataset.views),
+        "excluded": len(prepared.exclusions),
+        "split_counts": counts,
+    }
+
+
+def train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None = None) -> dict[str, dict[str, float]]:
+    """Fit a head on cached embeddings and write the whole run folder; returns metrics per split."""
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "run_config.json", cfg.to_dict())
+    started = time.perf_counter()
+    prepared = prepared or prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir)
+    embed_seconds = time.perf_counter() - started
+    X_train, y_train = prepared.part("train")
+    X_val, y_val = prepared.part("val")
+    if len(X_train) == 0:
+        raise KennerError("the split has no training samples; check --split-ratios and the dataset size")
+    head = create_head(cfg.head.head_type, config=cfg.head)
+    log.info("fitting a %s head on %d x %d embeddings (%d classes)", cfg.head.head_type, *X_train.shape,
+             len(prepared.class_names))
+    head.fit(X_train, y_train, X_val=X_val if len(X_val) else None, y_val=y_val if len(y_val) else None,
+             n_classes=len(prepared.class_names))
+    proba = head.predict_proba(prepared.X)
+    metrics = write_evaluation(out_dir, y=prepared.y, split=prepared.split, proba=proba,
+                               class_names=prepared.class_names, sample_ids=prepared.sample_ids,
+                               background_class=cfg.data.background_class)
+    save_head(head, out_dir / "model")
+    save_model_info(out_dir / "model", cfg, prepared)
+    write_report(out_dir, {
+        "title": f"kenner run: {out_dir.name}",
+        "dataset": dataset_summary(prepared),
+        "encoder": {"spec": cfg.encoder.encoder, "fingerprint": prepared.encoder_fingerprint,
+                    "views": cfg.encoder.views},
+        "head": cfg.head.to_dict(),
+        "metrics": metrics,
+        "report_split": report_split(prepared.split),
+        "timings": {"embed_seconds": round(embed_seconds, 2),
+                    "fit_seconds": round(getattr(head, "fit_seconds_", 0.0), 2)},
+    })
+    return metrics
+
+
+def train_folds(cfg: RunConfig) -> dict[str, dict[str, float]]:
+    """One run per saved group-aware fold (``fold_i/``), then mean ± std of every metric."""
+    out_dir = Path(cfg.out_dir)
+    prepared = prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir)
+    folds = resolve_folds(prepared.dataset, cfg.split, out_dir)  # saved by prepare_embeddings: a load
+    per_fold = []
+    for index, split in enumerate(folds):
+        log.info("fold %d/%d", index + 1, len(folds))
+        fold_cfg = replace(cfg, out_dir=str(out_dir / f"fold_{index}"))
+        per_fold.append(train_classifier(fold_cfg, prepared.with_split(split)))
+    summary = aggregate_folds(per_fold)
+    atomic_write_json(out_dir / "folds_metrics.json", summary)
+    atomic_write_text(out_dir / "folds_summary.md", folds_markdown(summary, len(folds)))
+    return summary
+
+
+def aggregate_folds(per_fold: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{split: {metric: {mean, std, values}}}`` over folds (population std, ddof=0)."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for split in per_fold[0]:
+        keys = sorted({key for fold in per_fold for key in fold.get(split, {})})
+        summary[split] = {}
+        for key in keys:
+            values = np.asarray([fold[split][key] for fold in per_fold if key in fold.get(split, {})], float)
+            summary[split][key] = {"mean": float(values.mean()), "std": float(values.std()),
+                                   "values": values.tolist()}
+    return summary
+
+
+def folds_markdown(summary: dict[str, dict[str, dict[str, float]]], k: int) -> str:
+    lines = [f"# {k}-fold summary (mean ± std over folds)", ""]
+    for split, metrics in summary.items():
+        lines += [f"## {split}", "", "| metric | mean ± std |", "|---|---|"]
+        lines += [f"| {key} | {value['mean']:.4f} ± {value['std']:.4f} |" for key, value in metrics.items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""End to end through the ``kenner`` CLI on a generated grouped two-view dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kenner.cli import main
+
+CLASS_COLOURS = {"aureus": (200, 160, 40), "denarius": (150, 150, 160), "sestertius": (120, 70, 30)}
+
+
+def write_two_view_dataset(root: Path, groups_per_class: int = 6, photos_per_group: int = 2) -> Path:
+    """Coins as obverse/reverse photo pairs; classes differ in colour, obverse and reverse in shape."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, colour in CLASS_COLOURS.items():
+        for g in range(groups_per_class):
+            group = f"{label[:3]}{g:02d}"
+            for p in range(photos_per_group):
+                sample_id = f"{group}_{p}"
+                for view, inset in (("obverse", 8), ("reverse", 20)):
+                    pixels = np.full((64, 64, 3), 255, np.uint8)
+                    pixels[inset:-inset, inset:-inset] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+                    path = root / view / f"{sample_id}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(pixels).save(path)
+                rows.append({"id": sample_id, "label": label, "group": group,
+                             "obverse_path": f"obverse/{sample_id}.png", "reverse_path": f"reverse/{sample_id}.png",
+                             "obverse_condition": 2, "reverse_condition": 1.5})
+    manifest = root / "coins.tsv"
+    pd.DataFrame(rows).to_csv(manifest, sep="\t", index=False)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    manifest = write_two_view_dataset(root / "data")
+    run, cache = root / "run", root / "cache"
+    code = main(["train", "--data", str(manifest), "--out-dir", str(run), "--cache-dir", str(cache),
+                 "--views", "both_concat", "--head-type", "mlp", "--hidden-sizes", "32", "--epochs", "40",
+                 "--lr", "0.01", "--standardize", "standardize", "--embed-batch-size", "8", "--num-workers", "0"])
+    assert code == 0
+    return manifest, run, cache
+
+
+def test_train_writes_the_run_folder(trained_run: tuple[Path, Path, Path]) -> None:
+    _, run, _ = trained_run
+    for name in ("run_config.json", "class_to_idx.json", "metrics.json", "per_class.csv", "confusion_matrix.png",
+                 "predictions.parquet", "report.md", "splits/train_ids.json", "splits/val_ids.json",
+                 "splits/test_ids.json", "model/model_info.json"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "class_to_idx.json").read_text()) == {"aureus": 0, "denarius": 1, "sestertius": 2}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"train", "val", "test"}
+    assert metrics["train"]["accuracy"] == 1.0  # colours separate the classes easily
+    assert metrics["test"]["macro_f1"] > 0.6
+
+
+def test_groups_never_cross_splits(trained_run: tuple[Path, Path, Path]) -> None:
+    _, run, _ = trained_run
+    predictions = pd.read_parquet(run / "predictions.parquet")
+    predictions["group"] = predictions["sample_id"].str.rsplit("_", n=1).str[0]
+    assert predictions.groupby("group")["split"].nunique().max() == 1
+    splits = {name: set(json.loads((run / "splits" / f"{name}_ids.json").read_text()))
+              for name in ("train", "val", "test")}
+    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"])
+
+
+def test_predict_on_a_manifest_matches_the_run(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    manifest, run, cache = trained_run
+    out = tmp_path / "predictions.json"
+    assert main(["predict", str(run), str(manifest), "-k", "2", "--output", str(out),
+                 "--cache-dir", str(cache)]) == 0
+    results = json.loads(out.read_text())
+    assert len(results) == 36 and len(results[0]["predictions"]) == 2
+    stored = pd.read_parquet(run / "predictions.parquet").set_index("sample_id")
+    for result in results:
+        assert result["predictions"][0]["label"] == stored.loc[result["id"], "predicted"]
+
+
+def test_predict_refuses_single_files_for_a_two_view_run(trained_run: tuple[Path, Path, Path],
+                                                          capsys: pytest.CaptureFixture) -> None:
+    manifest, run, cache = trained_run
+    image = manifest.parent / "obverse" / "aur00_0.png"
+    assert main(["predict", str(run), str(image), "--cache-dir", str(cache)]) == 2
+    assert "obverse_path, reverse_path" in capsys.readouterr().err
+
+
+def test_repeat_from_run_config_reuses_the_split(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, run, cache = trained_run
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run / "run_config.json"), "--out-dir", str(again),
+                 "--splits", str(run / "splits"), "--cache-dir", str(cache)]) == 0
+    for name in ("train_ids.json", "val_ids.json", "test_ids.json"):
+        assert (again / "splits" / name).read_bytes() == (run / "splits" / name).read_bytes()
+    assert json.loads((again / "run_config.json").read_text())["head"]["hidden_sizes"] == [32]
+
+
+def test_evaluate_rescores_the_run(trained_run: tuple[Path, Path, Path]) -> None:
+    _, run, cache = trained_run
+    assert main(["evaluate", str(run), "--cache-dir", str(cache)]) == 0
+    again = json.loads((run / "eval" / "metrics.json").read_text())
+    original = json.loads((run / "metrics.json").read_text())
+    assert again["test"]["accuracy"] == pytest.approx(original["test"]["accuracy"])
+
+
+def test_split_command_is_reproducible(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    manifest, _, _ = trained_run
+    for out in ("a", "b"):
+        assert main(["split", "--data", str(manifest), "--out-dir", str(tmp_path / out), "--split-seed", "7"]) == 0
+    for name in ("train_ids.json", "val_ids.json", "test_ids.json", "summary.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_bad_manifest_row_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest = write_two_view_dataset(tmp_path / "data", groups_per_class=2)
+    lines = manifest.read_text().splitlines()
+    lines[3] = lines[3].replace("obverse/", "missing/")
+    manifest.write_text("\n".join(lines) + "\n")
+    assert main(["train", "--data", str(manifest), "--out-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "row 3" in err and "missing/" in err and "Traceback" not in err
