@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import hashlib
@@ -19,6 +20,7 @@ from typing import ClassVar
 import pytest
 from PIL import Image
 
+from kenner.cli.download import register
 from kenner.data.download import download_images, read_url_csv, safe_name
 from kenner.errors import DataError, KennerError
 
@@ -161,12 +163,13 @@ def test_every_kind_of_response(server: str, tmp_path: Path) -> None:
     assert "timed out" in failures[f"{server}/slow.jpg"]["reason"]
     assert "too large" in failures[f"{server}/big-declared.jpg"]["reason"]
     assert "too large" in failures[f"{server}/big-streamed.jpg"]["reason"]
-    state = [json.loads(line) for line in (root / "_sources" / "download_state.jsonl").read_text().splitlines()]
+    state_lines = (root / ".sources" / "download_state.jsonl").read_text().splitlines()
+    state = [json.loads(line) for line in state_lines]
     by_url = {record["url"]: record for record in state}
     assert by_url[f"{server}/flaky.png"]["attempts"] == 2
     assert by_url[f"{server}/copy.jpg"]["path"] == by_url[f"{server}/good.jpg"]["path"]
     assert {by_url[f"{server}/copy.jpg"]["status"], by_url[f"{server}/good.jpg"]["status"]} == {"ok", "duplicate"}
-    assert not list((root / "_sources" / ".partial").iterdir())
+    assert not list((root / ".sources" / ".partial").iterdir())
 
 
 def test_rerun_downloads_nothing_new(server: str, tmp_path: Path) -> None:
@@ -176,7 +179,7 @@ def test_rerun_downloads_nothing_new(server: str, tmp_path: Path) -> None:
     first = download_images(csv_path, root, **FAST)
     assert (first.downloaded, first.failed) == (2, 1)
     before = Counter(_Handler.hits)
-    with open(root / "_sources" / "download_state.jsonl", "a") as handle:
+    with open(root / ".sources" / "download_state.jsonl", "a") as handle:
         handle.write('{"url": "cut sho')  # a run killed mid-line
     second = download_images(csv_path, root, **FAST)
     assert (second.downloaded, second.skipped, second.failed, second.consolidated) == (0, 2, 1, 0)
@@ -193,7 +196,7 @@ def test_hostile_class_and_url_stay_inside_root(server: str, tmp_path: Path) -> 
     summary = download_images(csv_path, root, **FAST)
     assert summary.downloaded == 2
     assert _all_files(tmp_path) - {csv_path} == {p for p in _all_files(root)}
-    assert {path.name for path in root.iterdir() if path.is_dir()} == {"_sources", "-.-x", "-etc-passwd"}
+    assert {path.name for path in root.iterdir() if path.is_dir()} == {".sources", "-.-x", "-etc-passwd"}
     assert (root / "-.-x" / _name(JPEG, ".jpg")).exists()
     with pytest.raises(DataError, match="row 1"):
         download_images(_write_csv(tmp_path / "dots.csv", rows[2:]), root, **FAST)
@@ -258,6 +261,21 @@ def test_csv_reads_source_and_label_alias(tmp_path: Path) -> None:
     path.write_text("URL,label,source\nhttp://x/a.jpg,a,aurita\nhttp://x/a.jpg,a,aurita\nhttps://x/b.jpg,b,\n")
     rows = read_url_csv(path, default_source="web")
     assert [(row.row, row.label, row.source) for row in rows] == [(1, "a", "aurita"), (3, "b", "web")]
+
+
+def test_cli(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    csv_path = _write_csv(tmp_path / "urls.csv", [(f"{server}/good.png", "a"), (f"{server}/nothing", "a")])
+    base = ["download", "--csv", str(csv_path), "--out-dir", str(tmp_path / "root"), "--timeout", "0.3",
+            "--retries", "0", "--link-mode", "copy"]
+    args = parser.parse_args(base)
+    assert args.func(args) == 0
+    assert "1 downloaded" in capsys.readouterr().out
+    assert (tmp_path / "root" / "a" / _name(PNG, ".png")).read_bytes() == PNG
+    only_bad = _write_csv(tmp_path / "bad.csv", [(f"{server}/nothing", "a")])
+    args = parser.parse_args([*base[:2], str(only_bad), *base[3:]])
+    assert args.func(args) == 1
 
 
 def test_safe_name() -> None:

@@ -1,6 +1,7 @@
 """Download the images listed in a ``url,class[,source]`` CSV into a class-folder dataset.
 
-Layout (``root`` = ``--out-dir``; ``sources`` defaults to ``root/_sources``)::
+Layout (``root`` = ``--out-dir``; ``sources`` defaults to ``root/.sources``, hidden so that the folder
+dataset reader, which skips hidden folders, does not take it for a class)::
 
     sources/<source>/<class>/<sha256[:16]>.<ext>   downloaded files, one per distinct image
     sources/download_state.jsonl                    one line per finished URL (resume log)
@@ -211,7 +212,7 @@ def download_images(
         raise KennerError("--workers and --max-bytes must be positive, --timeout > 0 and --retries >= 0")
     rows = read_url_csv(csv_path, default_source=default_source)
     root = Path(out_dir).resolve()
-    sources = Path(sources_dir).resolve() if sources_dir else root / "_sources"
+    sources = Path(sources_dir).resolve() if sources_dir else root / ".sources"
     if sources == root:
         raise KennerError("--sources-dir must be a folder other than --out-dir")
     reserved = sources.relative_to(root).parts[0].casefold() if sources.is_relative_to(root) else None
