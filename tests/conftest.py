@@ -3,6 +3,7 @@
 - ``write_image(path, ...)`` / fixture ``make_image``: write one image with PIL.
 - fixture ``grouped_folder_dataset``: a class-folder tree ``root/<class>/<ID>_<seq>.<ext>``.
 - fixture ``two_view_manifest``: a coin-style TSV manifest with obverse and reverse images.
+- ``BAD_FILES``: writers of a missing, zero-byte, non-image, truncated and corrupt image file.
 
 Every generated image has distinct bytes (a little seeded noise), so content hashes never collide.
 """
@@ -112,3 +113,39 @@ def two_view_manifest(tmp_path: Path) -> Path:
     manifest = folder / "manifest.tsv"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return manifest
+
+
+def _missing(path: Path) -> None:
+    """Leave ``path`` absent."""
+
+
+def _zero_bytes(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _text_named_jpg(path: Path) -> None:
+    path.write_text("not a picture")
+
+
+def _truncated_jpeg(path: Path) -> None:
+    write_image(path, size=(64, 64), noise=60)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _corrupt_png(path: Path) -> None:
+    write_image(path, size=(64, 64), noise=60)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 8
+    data[start : start + 40] = bytes(40)  # compressed pixel data destroyed, CRC no longer matches
+    path.write_bytes(bytes(data))
+
+
+# Bad files: (file name, writer(path), words the error message must contain).
+BAD_FILES = [
+    ("missing.jpg", _missing, "file not found"),
+    ("empty.jpg", _zero_bytes, "empty file"),
+    ("notes.jpg", _text_named_jpg, "not an image"),
+    ("cut.jpg", _truncated_jpeg, "truncated"),
+    ("broken.png", _corrupt_png, "corrupt"),
+]

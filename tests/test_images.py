@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import BAD_FILES
 from kenner.data import images
 from kenner.data.images import file_sha256, inspect_image, load_image
 from kenner.errors import ImageError
@@ -114,46 +115,10 @@ def test_pil_decompression_bomb_error_becomes_image_error(tmp_path: Path, make_i
     assert str(path) in str(caught.value)
 
 
-def _missing(path: Path, make_image) -> None:
-    """Leave ``path`` absent."""
-
-
-def _zero_bytes(path: Path, make_image) -> None:
-    path.write_bytes(b"")
-
-
-def _text_named_jpg(path: Path, make_image) -> None:
-    path.write_text("not a picture")
-
-
-def _truncated_jpeg(path: Path, make_image) -> None:
-    make_image(path, size=(64, 64), noise=60)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def _corrupt_png(path: Path, make_image) -> None:
-    make_image(path, size=(64, 64), noise=60)
-    data = bytearray(path.read_bytes())
-    start = data.index(b"IDAT") + 8
-    data[start : start + 40] = bytes(40)  # compressed pixel data destroyed, CRC no longer matches
-    path.write_bytes(bytes(data))
-
-
-# (file name, writer, words the error must contain); reused by the manifest tests.
-BAD_FILES = [
-    ("missing.jpg", _missing, "file not found"),
-    ("empty.jpg", _zero_bytes, "empty file"),
-    ("notes.jpg", _text_named_jpg, "not an image"),
-    ("cut.jpg", _truncated_jpeg, "truncated"),
-    ("broken.png", _corrupt_png, "corrupt"),
-]
-
-
 @pytest.mark.parametrize(("name", "make_bad", "reason"), BAD_FILES)
 def test_bad_files_raise_image_error_naming_path(tmp_path: Path, make_image, name, make_bad, reason) -> None:
     path = tmp_path / name
-    make_bad(path, make_image)
+    make_bad(path)
     for read in (load_image, inspect_image):
         with pytest.raises(ImageError) as caught:
             read(path)
