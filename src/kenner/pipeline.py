@@ -43,6 +43,7 @@ class PreparedEmbeddings:
     encoder_spec: str
     encoder_fingerprint: str
     views: str
+    partition: Split
     per_view: dict[str, np.ndarray] = field(default_factory=dict)
     exclusions: list[Exclusion] = field(default_factory=list)
 
@@ -67,8 +68,8 @@ class PreparedEmbeddings:
             X=self.X, y=self.y, split=np.asarray(split_of_samples(split, self.groups)),
             class_names=self.class_names, sample_ids=self.sample_ids, groups=self.groups,
             dataset=self.dataset, encoder_spec=self.encoder_spec,
-            encoder_fingerprint=self.encoder_fingerprint, views=self.views, per_view=self.per_view,
-            exclusions=self.exclusions,
+            encoder_fingerprint=self.encoder_fingerprint, views=self.views, partition=split,
+            per_view=self.per_view, exclusions=self.exclusions,
         )
 
 
@@ -181,6 +182,6 @@ def prepare_embeddings(data: DataConfig, split_cfg: SplitConfig, enc_cfg: Encode
         X=X, y=np.asarray([class_to_idx[label] for label in dataset.labels], dtype=np.int64),
         split=split_column, class_names=list(dataset.classes), sample_ids=list(dataset.ids),
         groups=list(dataset.groups), dataset=dataset, encoder_spec=enc_cfg.encoder,
-        encoder_fingerprint=encoder.fingerprint, views=enc_cfg.views, per_view=per_view,
+        encoder_fingerprint=encoder.fingerprint, views=enc_cfg.views, partition=split, per_view=per_view,
         exclusions=exclusions,
     )

@@ -6,9 +6,11 @@ folders and reports have the same shape and can be compared on the same split.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -54,12 +56,21 @@ def write_predictions(path: Path, *, sample_ids: list[str], split: np.ndarray, y
     return atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
+@dataclass
+class Evaluation:
+    """What :func:`write_evaluation` computed: metrics per split and the report split's class table."""
+
+    metrics: dict[str, dict[str, float]]
+    per_class: pd.DataFrame
+    report_split: str
+
+
 def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: np.ndarray,
                      class_names: list[str], sample_ids: list[str], background_class: str | None = None,
-                     predicted: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+                     predicted: np.ndarray | None = None) -> Evaluation:
     """Metrics per split plus predictions, per-class table and confusion matrix of the report split.
 
-    ``predicted`` overrides argmax (e.g. -1 for rejected samples); returns ``{split: metrics}``.
+    ``predicted`` overrides the argmax of ``proba`` (e.g. a retrieval vote).
     """
     predicted = proba.argmax(axis=1) if predicted is None else predicted
     metrics: dict[str, dict[str, float]] = {}
@@ -71,8 +82,9 @@ def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: 
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_predictions(out_dir / "predictions.parquet", sample_ids=sample_ids, split=split, y_true=y,
                       proba=proba, class_names=class_names, predicted=predicted)
-    focus = split == report_split(split)
+    focus_name = report_split(split)
+    focus = split == focus_name
     table = per_class_table(y[focus], predicted[focus], class_names)
     atomic_write_text(out_dir / "per_class.csv", table.to_csv(index=False))
     plot_confusion_matrix(y[focus], predicted[focus], class_names, out_dir / "confusion_matrix.png")
-    return metrics
+    return Evaluation(metrics, table, focus_name)

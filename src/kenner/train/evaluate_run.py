@@ -11,7 +11,7 @@ from kenner.config import DataConfig, load_run_config
 from kenner.data.splits import load_split, split_of_samples
 from kenner.encoders.views import combine_views
 from kenner.errors import KennerError
-from kenner.evaluate.outputs import report_split, write_evaluation
+from kenner.evaluate.outputs import write_evaluation
 from kenner.evaluate.report import write_report
 from kenner.heads.persist import load_head
 from kenner.pipeline import build_encoder, embed_views, load_data
@@ -45,14 +45,14 @@ def evaluate_run(run_dir: Path, *, data: str | None = None, out_dir: str | None 
     split = (np.asarray(split_of_samples(load_split(run_dir / "splits"), dataset.groups)) if own_data
              else np.full(len(y), "test"))
     proba = load_head(run_dir / "model").predict_proba(X)
-    metrics = write_evaluation(target, y=y, split=split, proba=proba, class_names=info["class_names"],
-                               sample_ids=list(dataset.ids), background_class=data_cfg.background_class)
+    evaluation = write_evaluation(target, y=y, split=split, proba=proba, class_names=info["class_names"],
+                                  sample_ids=list(dataset.ids), background_class=data_cfg.background_class)
     write_report(target, {
         "title": f"kenner evaluation of {run_dir.name} on {Path(data_cfg.data).name}",
         "dataset": {"source": str(dataset.source), "samples": len(y), "classes": len(set(y.tolist())),
                     "views": dataset.views, "excluded": len(exclusions)},
         "encoder": {"spec": info["encoder"], "fingerprint": info["fingerprint"], "views": info["views"]},
-        "metrics": metrics,
-        "report_split": report_split(split),
+        "metrics": evaluation.metrics,
+        "per_class": evaluation.per_class,
     })
-    return metrics
+    return evaluation.metrics

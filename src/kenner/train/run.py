@@ -16,10 +16,12 @@ import numpy as np
 
 from kenner import __version__
 from kenner.config import RunConfig
+from kenner.data.splits import split_summary
 from kenner.errors import KennerError
-from kenner.evaluate.outputs import report_split, write_evaluation
+from kenner.evaluate.outputs import Evaluation, write_evaluation
 from kenner.evaluate.report import write_report
 from kenner.heads import create_head
+from kenner.heads.config import HeadConfig
 from kenner.heads.persist import save_head
 from kenner.io import atomic_write_json, atomic_write_text, read_json
 from kenner.pipeline import PreparedEmbeddings, prepare_embeddings, resolve_folds
@@ -55,7 +57,6 @@ def load_model_info(run_dir: Path) -> dict[str, Any]:
 
 
 def dataset_summary(prepared: PreparedEmbeddings) -> dict[str, Any]:
-    counts = {name: int((prepared.split == name).sum()) for name in ("train", "val", "test")}
     return {
         "source": str(prepared.dataset.source),
         "samples": len(prepared.sample_ids),
@@ -63,7 +64,20 @@ def dataset_summary(prepared: PreparedEmbeddings) -> dict[str, Any]:
         "groups": len(set(prepared.groups)),
         "views": list(prepared.dataset.views),
         "excluded": len(prepared.exclusions),
-        "split_counts": counts,
+    }
+
+
+def report_context(title: str, prepared: PreparedEmbeddings, evaluation: Evaluation, **extra: Any) -> dict:
+    """The report.md context shared by every method (dataset, split, encoder, metrics, classes)."""
+    return {
+        "title": title,
+        "dataset": dataset_summary(prepared),
+        "splits": split_summary(prepared.partition, prepared.groups, prepared.dataset.labels),
+        "encoder": {"spec": prepared.encoder_spec, "fingerprint": prepared.encoder_fingerprint,
+                    "views": prepared.views},
+        "metrics": evaluation.metrics,
+        "per_class": evaluation.per_class if evaluation.report_split == "test" else None,
+        **extra,
     }
 
 
@@ -85,23 +99,17 @@ def train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None = None)
     head.fit(X_train, y_train, X_val=X_val if len(X_val) else None, y_val=y_val if len(y_val) else None,
              n_classes=len(prepared.class_names))
     proba = head.predict_proba(prepared.X)
-    metrics = write_evaluation(out_dir, y=prepared.y, split=prepared.split, proba=proba,
-                               class_names=prepared.class_names, sample_ids=prepared.sample_ids,
-                               background_class=cfg.data.background_class)
+    evaluation = write_evaluation(out_dir, y=prepared.y, split=prepared.split, proba=proba,
+                                  class_names=prepared.class_names, sample_ids=prepared.sample_ids,
+                                  background_class=cfg.data.background_class)
     save_head(head, out_dir / "model")
     save_model_info(out_dir / "model", cfg, prepared)
-    write_report(out_dir, {
-        "title": f"kenner run: {out_dir.name}",
-        "dataset": dataset_summary(prepared),
-        "encoder": {"spec": cfg.encoder.encoder, "fingerprint": prepared.encoder_fingerprint,
-                    "views": cfg.encoder.views},
-        "head": cfg.head.to_dict(),
-        "metrics": metrics,
-        "report_split": report_split(prepared.split),
-        "timings": {"embed_seconds": round(embed_seconds, 2),
-                    "fit_seconds": round(getattr(head, "fit_seconds_", 0.0), 2)},
-    })
-    return metrics
+    timings = {"embedding (cached) s": round(embed_seconds, 2), "head fit s": round(head.fit_seconds_, 2)}
+    defaults = HeadConfig().to_dict()
+    changed = {k: v for k, v in cfg.head.to_dict().items() if v != defaults[k] or k == "head_type"}
+    write_report(out_dir, report_context(f"kenner run {out_dir.name}", prepared, evaluation, head=changed,
+                                         config={"profile": cfg.profile, **timings}))
+    return evaluation.metrics
 
 
 def train_folds(cfg: RunConfig) -> dict[str, dict[str, float]]:
