@@ -22,6 +22,7 @@ from PIL import Image
 
 from kenner.cli.download import register
 from kenner.data.download import download_images, read_url_csv, safe_name
+from kenner.data.manifest import load_dataset
 from kenner.errors import DataError, KennerError
 
 TIMEOUT = 0.3
@@ -218,6 +219,16 @@ def test_link_modes(server: str, tmp_path: Path, mode: str) -> None:
         assert final.resolve() == source_file.resolve()
     else:
         assert not final.is_symlink() and os.stat(final).st_ino != os.stat(source_file).st_ino
+
+
+@pytest.mark.parametrize("mode", ["hard", "symlink"])
+def test_download_is_a_folder_dataset(server: str, tmp_path: Path, mode: str) -> None:
+    rows = [(f"{server}/good.png", "a"), (f"{server}/target.jpg", "a"), (f"{server}/good.jpg", "b")]
+    root = tmp_path / "root"
+    download_images(_write_csv(tmp_path / "urls.csv", rows), root, link_mode=mode, **FAST)
+    dataset, excluded = load_dataset(root)
+    assert dataset.classes == ["a", "b"] and not excluded
+    assert sorted(dataset.groups) == sorted(_name(data, "") for data in (PNG, TARGET, JPEG))
 
 
 def test_existing_different_file_is_not_overwritten(server: str, tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from kenner import __version__
-from kenner.errors import DataError, KennerError
+from kenner.data.images import file_sha256, inspect_image
+from kenner.errors import DataError, ImageError, KennerError
 from kenner.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ class _DownloadState:
             return
         dest = _inside(self.sources / safe_name(outcome.source) / safe_name(outcome.label)
                        / f"{fetched.sha256[:16]}{fetched.ext}", self.sources)
-        if dest.exists() and _sha256(dest) != fetched.sha256:
+        if dest.exists() and file_sha256(dest) != fetched.sha256:
             fetched.tmp.unlink()
             outcome.reason = f"a different file already exists at {dest}; not overwritten"
             return
@@ -324,7 +325,7 @@ class _DownloadState:
         src = self.sources / outcome.path
         dest = _inside(self.root / safe_name(outcome.label) / src.name, self.root)
         if dest.exists() or dest.is_symlink():
-            if dest.exists() and (os.path.samefile(src, dest) or _sha256(dest) == outcome.sha256):
+            if dest.exists() and (os.path.samefile(src, dest) or file_sha256(dest) == outcome.sha256):
                 return False
             raise KennerError(f"not consolidated: a different file already exists at {dest}; not overwritten")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -442,11 +443,11 @@ def _retry_after(value: str | None) -> float:
 def _verified_extension(path: Path) -> str:
     """Fully decode the image (catches corrupt and truncated files) and return its file extension."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            image_format = image.format or ""
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise _Fail(f"not a readable image: {error}") from error
+        inspect_image(path)
+    except ImageError as error:
+        raise _Fail(f"not a readable image: {str(error).removeprefix(f'{error.path}: ')}") from error
+    with Image.open(path) as image:
+        image_format = image.format or ""
     return EXTENSIONS.get(image_format, f".{image_format.lower() or 'img'}")
 
 
@@ -456,11 +457,6 @@ def _inside(path: Path, root: Path) -> Path:
     if not resolved.is_relative_to(root.resolve()):
         raise KennerError(f"refusing to write {path}: it resolves outside {root}")
     return resolved
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _write_failures(failures: list[Outcome], path: Path) -> None:
