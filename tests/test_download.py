@@ -243,6 +243,17 @@ def test_existing_different_file_is_not_overwritten(server: str, tmp_path: Path)
     assert "not overwritten" in _failures(root)[f"{server}/good.png"]["reason"]
 
 
+def test_existing_different_source_file_is_not_overwritten(server: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    occupied = root / ".sources" / "default" / "a" / _name(PNG, ".png")
+    occupied.parent.mkdir(parents=True)
+    occupied.write_bytes(b"not the download")
+    summary = download_images(_write_csv(tmp_path / "urls.csv", [(f"{server}/good.png", "a")]), root, **FAST)
+    assert occupied.read_bytes() == b"not the download"
+    assert summary.failed == 1 and not (root / "a").exists()
+    assert "not overwritten" in _failures(root)[f"{server}/good.png"]["reason"]
+
+
 def test_same_image_under_two_classes_is_reported(server: str, tmp_path: Path) -> None:
     csv_path = _write_csv(tmp_path / "urls.csv", [(f"{server}/good.jpg", "a"), (f"{server}/copy.jpg", "b")])
     summary = download_images(csv_path, tmp_path / "root", **{**FAST, "workers": 1})

@@ -52,7 +52,7 @@ STATE_FILE = "download_state.jsonl"
 FAILURES_FILE = "download_failures.csv"
 FAILURE_COLUMNS = ("url", "class", "source", "row", "reason", "attempts")
 MAX_NAME_BYTES = 120
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_STATUS = frozenset({408, 429})  # and every 5xx
 MAX_RETRY_AFTER_S = 60.0
 CHUNK_BYTES = 1 << 16
 EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif",
@@ -311,12 +311,14 @@ class _DownloadState:
             return
         dest = _inside(self.sources / safe_name(outcome.source) / safe_name(outcome.label)
                        / f"{fetched.sha256[:16]}{fetched.ext}", self.sources)
-        if dest.exists() and file_sha256(dest) != fetched.sha256:
+        if dest.exists():
             fetched.tmp.unlink()
-            outcome.reason = f"a different file already exists at {dest}; not overwritten"
-            return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(fetched.tmp, dest)
+            if file_sha256(dest) != fetched.sha256:
+                outcome.reason = f"a different file already exists at {dest}; not overwritten"
+                return
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(fetched.tmp, dest)
         outcome.status, outcome.path = "ok", dest.relative_to(self.sources).as_posix()
         self.by_hash[fetched.sha256] = outcome
 
@@ -411,7 +413,7 @@ class _Fetcher:
 
 def _check_response(response: requests.Response, max_bytes: int) -> None:
     """Refuse error statuses, non-image content types and declared sizes over ``max_bytes``."""
-    if response.status_code in RETRY_STATUS:
+    if response.status_code in RETRY_STATUS or response.status_code >= 500:
         raise _Retry(f"HTTP {response.status_code} {response.reason}",
                      _retry_after(response.headers.get("Retry-After")))
     if response.status_code >= 400:
