@@ -9,57 +9,48 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
-from torchvision.transforms import v2
 
+from conftest import write_image
+from kenner.data.images import load_image
+from kenner.encoders import Encoder, Preprocessing
 from kenner.encoders import extract as extract_module
 from kenner.encoders.extract import extract_embeddings, hash_images
 from kenner.encoders.store import EmbeddingStore, HashCache
 from kenner.errors import ImageError, KennerError
 
 
-class TinyEncoder(nn.Module):
-    """A conv + global pool with fixed random weights that counts the images it embeds."""
-
-    name = "tiny"
-    dim = 8
-    fingerprint = "tiny-test-0001"
+class TinyEncoder(Encoder):
+    """A conv + global average pool with seeded random weights that counts the images it embeds."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
-        super().__init__()
+        preprocessing = Preprocessing(size=16, resize=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                      interpolation="bilinear", crop="squash")
+        super().__init__(name="tiny", dim=8, preprocessing=preprocessing, pooling="cls",
+                         weights_hash="seed-0")
         torch.manual_seed(0)
         self.conv = nn.Conv2d(3, self.dim, kernel_size=3)
         self.delay_s = delay_s
         self.seen = 0
-        transform = v2.Compose([v2.Resize((16, 16)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-        self.preprocessing = SimpleNamespace(size=16, resize=16, transform=lambda: transform)
         self.eval()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.conv(pixels).mean(dim=(2, 3))
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         self.seen += len(batch)
-        time.sleep(self.delay_s)
-        with torch.inference_mode():
-            return self.conv(batch).mean(dim=(2, 3))
+        time.sleep(self.delay_s)  # only to give the kill -9 test time to strike mid-run
+        return super().embed(batch)
 
 
 def make_images(directory: Path, n: int, start: int = 0) -> list[Path]:
-    """Write ``n`` distinct small PNGs (some RGBA) and return their paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(start, start + n):
-        rng = np.random.default_rng(i)
-        mode = "RGBA" if i % 3 == 0 else "RGB"
-        pixels = rng.integers(0, 256, size=(12 + i % 5, 20, len(mode)), dtype=np.uint8)
-        path = directory / f"img_{i:03d}.png"
-        Image.fromarray(pixels, mode=mode).save(path)
-        paths.append(path)
-    return paths
+    """Write ``n`` distinct small noisy PNGs of varied sizes and return their paths."""
+    return [write_image(directory / f"img_{i:03d}.png", size=(20, 12 + i % 5), noise=60, seed=i)
+            for i in range(start, start + n)]
 
 
 @pytest.fixture(autouse=True)
@@ -77,10 +68,7 @@ def test_rows_follow_paths_and_duplicates_are_computed_once(tmp_path: Path) -> N
     got = extract_embeddings(encoder, order, store, batch_size=2, num_workers=2, shard_size=3, progress=False)
     assert encoder.seen == 5 and got.dtype == np.float32 and got.shape == (7, 8)
     transform = encoder.preprocessing.transform()
-    images = [Image.open(p).convert("RGBA") for p in order]
-    flat = [Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
-            for im in images]
-    expected = encoder.embed(torch.stack([transform(im) for im in flat])).numpy()
+    expected = encoder.embed(torch.stack([transform(load_image(path)) for path in order])).numpy()
     np.testing.assert_allclose(got, expected, atol=2e-3)
     np.testing.assert_array_equal(got[1], got[3])
     np.testing.assert_array_equal(got[0], got[6])
@@ -90,8 +78,9 @@ def test_rows_follow_paths_and_duplicates_are_computed_once(tmp_path: Path) -> N
 def test_second_run_computes_nothing_and_a_new_image_only_itself(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     paths = make_images(tmp_path / "img", 6)
-    store = EmbeddingStore(tmp_path / "cache", TinyEncoder.fingerprint, TinyEncoder.dim)
-    first = extract_embeddings(TinyEncoder(), paths, store, batch_size=4, progress=False)
+    encoder = TinyEncoder()
+    store = EmbeddingStore(tmp_path / "cache", encoder.fingerprint, encoder.dim)
+    first = extract_embeddings(encoder, paths, store, batch_size=4, progress=False)
     hashed: list[str] = []
     real_sha256 = extract_module.file_sha256
     monkeypatch.setattr(extract_module, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
@@ -172,7 +161,8 @@ def test_extraction_resumes_after_kill_9(tmp_path: Path) -> None:
     script = CHILD.format(tests=str(Path(__file__).parent), images=str(tmp_path / "img"), cache=str(cache))
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
-    shard_dir = cache / TinyEncoder.fingerprint / "shards"
+    encoder = TinyEncoder()
+    shard_dir = cache / encoder.fingerprint / "shards"
     deadline = time.monotonic() + 120
     while not (shard_dir.is_dir() and any(shard_dir.glob("*.npz"))):
         assert child.poll() is None, child.stderr.read().decode()
@@ -182,7 +172,7 @@ def test_extraction_resumes_after_kill_9(tmp_path: Path) -> None:
     child.wait()
     child.stderr.close()
 
-    store = EmbeddingStore(cache, TinyEncoder.fingerprint, TinyEncoder.dim)
+    store = EmbeddingStore(cache, encoder.fingerprint, encoder.dim)
     done = len(store)
     assert 4 <= done < 40 and done % 4 == 0  # only whole shards survive
     resumed = TinyEncoder()

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from kenner.data.images import file_sha256, load_image
+from kenner.encoders.base import Encoder
 from kenner.encoders.store import EmbeddingStore, HashCache
 from kenner.errors import ImageError, KennerError
 
@@ -55,7 +56,7 @@ def hash_images(
 
 
 def extract_embeddings(
-    encoder,
+    encoder: Encoder,
     paths: Sequence[str | os.PathLike],
     store: EmbeddingStore,
     *,
@@ -93,7 +94,7 @@ def extract_embeddings(
 
 
 def _encode_into_store(
-    encoder,
+    encoder: Encoder,
     paths: list[Path],
     keys: list[str],
     store: EmbeddingStore,
@@ -107,8 +108,7 @@ def _encode_into_store(
     """Encode ``paths`` batch by batch, writing a shard of ``keys`` every ``shard_size`` images."""
     preprocessing = encoder.preprocessing
     transform = preprocessing.transform()
-    max_side = max(preprocessing.size, getattr(preprocessing, "resize", None) or 0)
-    device = _device_of(encoder)
+    max_side = preprocessing.resize  # JPEGs decode downscaled (draft mode), never below the resize
 
     def prepare(batch_paths: list[Path]) -> torch.Tensor:
         tensors = []
@@ -137,7 +137,7 @@ def _encode_into_store(
     try:
         with torch.inference_mode():
             for start, batch in zip(starts, _prefetch(prepare, batches, num_workers), strict=True):
-                vectors = encoder.embed(batch.to(device)).float().cpu().numpy()
+                vectors = encoder.embed(batch).cpu().numpy()
                 pending_keys.extend(keys[start:start + len(vectors)])
                 pending_vectors.append(vectors)
                 while len(pending_keys) >= shard_size:
@@ -168,11 +168,3 @@ def _prefetch(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
-
-def _device_of(encoder) -> torch.device:
-    """The device the encoder's weights live on (CPU for a weightless encoder)."""
-    device = getattr(encoder, "device", None)
-    if device is not None:
-        return torch.device(device)
-    parameter = next(iter(encoder.parameters()), None) if hasattr(encoder, "parameters") else None
-    return parameter.device if parameter is not None else torch.device("cpu")

@@ -26,11 +26,15 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kenner.errors import KennerError
 from kenner.io import atomic_write_bytes, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from kenner.encoders.base import Encoder
 
 DTYPES = ("float16", "float32")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -84,10 +88,12 @@ class EmbeddingStore:
         self.save_index()
 
     @classmethod
-    def for_encoder(cls, encoder, root: str | os.PathLike | None = None, dtype: str = "float16"):
-        """The store of ``encoder`` (anything with ``fingerprint``, ``dim``, ``name``) under ``root``."""
+    def for_encoder(
+        cls, encoder: Encoder, root: str | os.PathLike | None = None, dtype: str = "float16"
+    ) -> EmbeddingStore:
+        """The store of ``encoder`` under ``root`` (default: ``default_cache_dir()``)."""
         return cls(root if root is not None else default_cache_dir(), encoder.fingerprint, encoder.dim,
-                   dtype, encoder_name=getattr(encoder, "name", ""))
+                   dtype, encoder_name=encoder.name)
 
     # -- public API ---------------------------------------------------------------------------
 
