@@ -235,8 +235,10 @@ def test_load_head_reports_missing_and_corrupt_folders(tmp_path: Path) -> None:
         load_head(folder)
     (folder / "head.safetensors").write_bytes(weights)
     meta = json.loads((folder / "head.json").read_text())
-    meta["input_dim"] = 3
-    (folder / "head.json").write_text(json.dumps(meta))
+    (folder / "head.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(KennerError, match="upgrade kenner"):
+        load_head(folder)
+    (folder / "head.json").write_text(json.dumps({**meta, "input_dim": 3}))
     with pytest.raises(KennerError, match="inconsistent"):
         load_head(folder)
     (folder / "head.json").write_text("{not json")

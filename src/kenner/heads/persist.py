@@ -63,9 +63,9 @@ def load_head(directory: str | Path, *, device: str = "auto") -> EmbeddingClassi
         raise KennerError(f"{directory}: saved head is corrupt ({error}); re-train or re-copy it") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise KennerError(f"{directory / META}: not a kenner head file")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise KennerError(f"{directory / META}: written by a newer kenner ({meta.get('kenner_version')}); "
-                          "upgrade kenner to load it")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+        raise KennerError(f"{directory / META}: format version {meta.get('format_version')!r} from kenner "
+                          f"{meta.get('kenner_version')} is not readable by kenner {__version__}; upgrade kenner")
     try:
         config = HeadConfig.from_dict(meta["config"])
         n_classes, input_dim = int(meta["n_classes"]), int(meta["input_dim"])
