@@ -90,3 +90,103 @@ def test_user_errors():
         ProjectionHead(train_config=MetricTrainConfig(epochs=1)).fit(np.ones((4, 3)), np.zeros(4))
     with pytest.raises(KennerError, match="not fitted"):
         ProjectionHead().transform(np.ones((2, 3)))
+
+
+def _prepared(tmp_path):
+    """PreparedEmbeddings for generated clustered embeddings with a real group-aware split."""
+    from kenner.data.manifest import Dataset, Sample
+    from kenner.data.splits import make_split, split_of_samples
+    from kenner.pipeline import PreparedEmbeddings
+
+    X, y = _clustered(30, n_classes=6, seed=3)
+    ids = [f"s{i}" for i in range(len(y))]
+    groups = [f"g{i // 2}" for i in range(len(y))]  # two photos per object
+    names = [f"class{c}" for c in range(6)]
+    samples = [Sample(id=i, label=names[c], group=g, paths={"image": tmp_path / f"{i}.jpg"})
+               for i, c, g in zip(ids, y, groups, strict=True)]
+    labels = [names[c] for c in y]
+    split, _ = make_split(groups, labels, ratios=(0.6, 0.2, 0.2), seed=0)
+    return PreparedEmbeddings(
+        X=X, y=y, split=np.asarray(split_of_samples(split, groups)), class_names=names, sample_ids=ids,
+        groups=groups, dataset=Dataset(samples=samples, views=["image"], source=tmp_path), encoder_spec="test",
+        encoder_fingerprint="0" * 16, views="image", partition=split,
+    )
+
+
+def test_metric_run_writes_retrieval_artifacts_and_reports_reject_honestly(tmp_path):
+    import pandas as pd
+
+    from kenner.config import RunConfig
+    from kenner.heads.config import HeadConfig
+    from kenner.io import read_json
+    from kenner.retrieval.config import RetrievalConfig
+    from kenner.retrieval.model import RetrievalModel
+    from kenner.retrieval.run import run_metric_mode
+
+    torch.set_num_threads(1)
+    prepared = _prepared(tmp_path)
+    out = tmp_path / "run"
+    cfg = RunConfig(out_dir=str(out), mode="metric",
+                    head=HeadConfig(epochs=12, lr=1e-2, arcface_scale=16, arcface_margin=0.2, device="cpu"))
+    rcfg = RetrievalConfig(proj_type="linear", embedding_dim=16, p=6, k=6, knn_k=5, target_precision=0.9,
+                           eval_method="hdbscan")
+    metrics = run_metric_mode(prepared, cfg, rcfg)
+    for name in ("metrics.json", "knn_metrics.json", "embeddings_val.npy", "labels_val.npy", "reject.json",
+                 "coverage_accuracy.png", "hdbscan_metrics.json", "hdbscan_labels.npy", "confusion_matrix.png",
+                 "predictions.parquet", "report.md", "model/retrieval.json", "model/gallery/gallery.faiss",
+                 "model/projection/projection.safetensors", "model/model_info.json"):
+        assert (out / name).is_file(), name
+    val = prepared.split == "val"
+    assert np.load(out / "embeddings_val.npy").shape == (val.sum(), 16)
+    np.testing.assert_array_equal(np.load(out / "labels_val.npy"), prepared.y[val])
+    knn = read_json(out / "knn_metrics.json")
+    assert knn["train"]["leave_one_out"] and not knn["test"]["leave_one_out"]
+    assert {"recall_at_1", "recall_at_5", "recall_at_10", "map_at_r", "knn_macro_f1"} <= set(knn["test"])
+    assert metrics["test"]["recall_at_1"] == knn["test"]["recall_at_1"]
+
+    reject = read_json(out / "reject.json")
+    point = reject["val_operating_point"]
+    assert point["target_met"] and point["precision"] >= 0.9
+    # The test figures are measured: recompute them from predictions.parquet (null = unclassifiable).
+    table = pd.read_parquet(out / "predictions.parquet")
+    test = table[table["split"] == "test"]
+    accepted = test["predicted"].notna()
+    assert reject["splits"]["test"]["coverage"] == pytest.approx(accepted.mean())
+    right = (test["predicted"] == test["true"])[accepted]
+    assert reject["splits"]["test"]["precision"] == pytest.approx(right.mean())
+    assert "Reject option" in (out / "report.md").read_text()
+
+    # The saved model answers exactly as the run did.
+    model = RetrievalModel.load(out / "model")
+    test_mask = prepared.split == "test"
+    again = model.classify(prepared.X[test_mask])
+    names = np.asarray(prepared.class_names, dtype=object)
+    got = np.where(again.predicted >= 0, names[np.maximum(again.predicted, 0)], "unclassifiable")
+    assert list(got) == test["predicted"].fillna("unclassifiable").tolist()
+    assert 0 < accepted.mean() < 1
+
+
+def test_raw_knn_run_without_projection(tmp_path):
+    from kenner.config import RunConfig
+    from kenner.io import read_json
+    from kenner.retrieval.config import RetrievalConfig
+    from kenner.retrieval.run import run_metric_mode
+
+    prepared = _prepared(tmp_path)
+    out = tmp_path / "raw"
+    run_metric_mode(prepared, RunConfig(out_dir=str(out), mode="metric"),
+                    RetrievalConfig(proj_type="none", vote="majority", gallery="train+val", eval_method="none"))
+    assert not (out / "model" / "projection").exists() and not (out / "knn_metrics.json").exists()
+    assert read_json(out / "reject.json")["curve_split"] == "val"
+    assert np.load(out / "embeddings_val.npy").shape[1] == prepared.X.shape[1]
+
+
+def test_retrieval_config_rejects_bad_values():
+    from kenner.retrieval.config import RetrievalConfig
+
+    with pytest.raises(KennerError, match="--vote"):
+        RetrievalConfig(vote="borda")
+    with pytest.raises(KennerError, match="not both"):
+        RetrievalConfig(target_precision=0.9, target_coverage=0.5)
+    with pytest.raises(KennerError, match="--k must be at least 2"):
+        RetrievalConfig(k=1)

@@ -80,3 +80,18 @@ def test_user_errors_are_kenner_errors(tmp_path):
         Gallery.build(vectors, labels).search(np.ones((1, 3), np.float32))
     with pytest.raises(KennerError, match="no saved gallery"):
         Gallery.load(tmp_path)
+
+
+def test_leave_one_out_search_drops_only_the_query_itself():
+    vectors, labels = _data(n=30)
+    gallery = Gallery.build(vectors, labels)
+    plain = gallery.search(vectors, k=4)
+    assert (plain.indices[:, 0] == np.arange(30)).all()
+    exclude = np.arange(30)
+    exclude[5] = -1  # query 5 keeps itself
+    loo = gallery.search(vectors, k=3, exclude=exclude)
+    assert loo.indices.shape == (30, 3)
+    np.testing.assert_array_equal(loo.indices[5], plain.indices[5, :3])
+    others = np.delete(np.arange(30), 5)
+    np.testing.assert_array_equal(loo.indices[others], plain.indices[others, 1:])
+    assert not (loo.indices[others] == others[:, None]).any()

@@ -121,12 +121,23 @@ class Gallery:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def search(self, queries: np.ndarray, k: int = 20) -> Neighbours:
-        """The ``k`` nearest gallery items of each query (queries are L2-normalised first)."""
+    def search(self, queries: np.ndarray, k: int = 20, *, exclude: np.ndarray | None = None) -> Neighbours:
+        """The ``k`` nearest gallery items of each query (queries are L2-normalised first).
+
+        ``exclude`` (one gallery row per query, -1 = none) drops that row from the query's results:
+        leave-one-out search for queries that are themselves in the gallery.
+        """
         queries = l2_normalize(np.atleast_2d(queries))
         if queries.shape[1] != self.dim:
             raise KennerError(f"queries have dimension {queries.shape[1]}, the gallery has {self.dim}")
-        similarities, indices = self.index.search(queries, int(k))
+        extra = 0 if exclude is None else 1
+        similarities, indices = self.index.search(queries, int(k) + extra)
+        if exclude is not None:
+            # Stable sort moves the excluded row (if found) to the end, keeping the others in rank order.
+            drop = indices == np.asarray(exclude, dtype=np.int64)[:, None]
+            order = np.argsort(drop, axis=1, kind="stable")[:, :k]
+            similarities = np.take_along_axis(similarities, order, axis=1)
+            indices = np.take_along_axis(indices, order, axis=1)
         empty = indices < 0
         labels = np.where(empty, -1, self.labels[np.where(empty, 0, indices)])
         similarities = np.where(empty, -np.inf, similarities).astype(np.float32)
