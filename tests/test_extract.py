@@ -180,7 +180,7 @@ def test_extraction_resumes_after_kill_9(tmp_path: Path) -> None:
     assert resumed.seen == 40 - done
 
     fresh = TinyEncoder()
-    reference = extract_embeddings(fresh, paths, EmbeddingStore(tmp_path / "fresh", fresh.fingerprint, fresh.dim),
-                                   batch_size=2, progress=False)
+    fresh_store = EmbeddingStore(tmp_path / "fresh", fresh.fingerprint, fresh.dim)
+    reference = extract_embeddings(fresh, paths, fresh_store, batch_size=2, progress=False)
     assert got.dtype == reference.dtype == np.float32
     np.testing.assert_array_equal(got, reference)

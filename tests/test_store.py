@@ -143,6 +143,8 @@ def test_bad_arguments_raise(tmp_path: Path) -> None:
     store = EmbeddingStore(tmp_path, FP, DIM)
     with pytest.raises(KennerError, match="shape"):
         store.write(keys(2), vectors(3))
+    with pytest.raises(KennerError, match="ASCII"):
+        store.write(["clé"], vectors(1))
     with pytest.raises(KennerError, match="float32 store"):
         store.write(keys(1), np.full((1, DIM), 1e6, dtype=np.float32))
     assert len(store) == 0 and list(store.shard_dir.iterdir()) == []

@@ -2,9 +2,10 @@
 
 Images are hashed (with a ``HashCache`` so unchanged files are not read again), deduplicated by
 content, and only those missing from the store go through the encoder. A pool of threads decodes and
-transforms whole batches ahead of the model (PIL and torch release the GIL while they work), and a
-shard is written every ``shard_size`` images, so a run killed at any point keeps all finished shards
-and the next run computes only the rest.
+transforms whole batches ahead of the model (PIL, torch and ONNX Runtime release the GIL while they
+work); on 2 CPU cores this was as fast as a torch ``DataLoader`` with 2 worker processes, without
+pickling the transform or moving tensors between processes. A shard is written every ``shard_size``
+images, so a run killed at any point keeps all finished shards and the next run computes only the rest.
 """
 
 from __future__ import annotations

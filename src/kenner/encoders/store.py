@@ -137,6 +137,9 @@ class EmbeddingStore:
     def write(self, keys: Sequence[str], vectors: np.ndarray) -> Path:
         """Store ``vectors`` [N, dim] under ``keys`` as one new shard, written atomically."""
         keys = [str(key) for key in keys]
+        odd = [key for key in keys if not key.isascii()]
+        if odd:
+            raise KennerError(f"store keys are sha256 hex digests (ASCII), not {odd[0]!r}")
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape != (len(keys), self.dim):
             raise KennerError(
