@@ -1,0 +1,126 @@
+"""Encoder registry: ``create_encoder("default" | "timm:<name>" | "hf:<repo-or-dir>" | ...)``.
+
+Each family is a factory ``(target, weights, pooling) -> Encoder`` in ``ENCODERS``; the spec's prefix
+before the first ``:`` picks the family and the rest is its ``target``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kenner.encoders.base import POOLINGS, Encoder, Preprocessing
+from kenner.errors import KennerError
+from kenner.registry import Registry
+
+__all__ = ["BACKENDS", "ENCODERS", "Encoder", "Preprocessing", "create_encoder", "list_encoders"]
+
+ENCODERS: Registry[Encoder] = Registry("encoder family")
+BACKENDS = ("auto", "torch", "onnx")
+# Families whose ONNX export is tested to match torch; "auto" uses ONNX Runtime for them on CPU, where
+# bench/bench_onnx_encoder.py measured it faster than torch.
+AUTO_ONNX_FAMILIES = ("default",)
+USAGE = {
+    "default": "default",
+    "timm": "timm:<name>",
+    "hf": "hf:<repo-or-dir>",
+    "open_clip": "open_clip:<arch>[@tag]",
+    "local": "local:<dir>",
+}
+
+
+@ENCODERS.register("default")
+def _default(target: str, weights: str | Path | None, pooling: str) -> Encoder:
+    from kenner.encoders.default import create_default_encoder
+
+    if target:
+        raise KennerError(f"the default encoder takes no name (got 'default:{target}')")
+    return create_default_encoder(weights, pooling=pooling)
+
+
+@ENCODERS.register("timm")
+def _timm(target: str, weights: str | Path | None, pooling: str) -> Encoder:
+    from kenner.encoders.timm_encoder import create_timm_encoder
+
+    return create_timm_encoder(target, weights=weights, pooling=pooling)
+
+
+@ENCODERS.register("hf")
+def _hf(target: str, weights: str | Path | None, pooling: str) -> Encoder:
+    from kenner.encoders.hf import create_hf_encoder
+
+    return create_hf_encoder(target, weights=weights, pooling=pooling)
+
+
+@ENCODERS.register("open_clip")
+def _open_clip(target: str, weights: str | Path | None, pooling: str) -> Encoder:
+    from kenner.encoders.openclip import create_open_clip_encoder
+
+    return create_open_clip_encoder(target, weights=weights, pooling=pooling)
+
+
+@ENCODERS.register("local")
+def _local(target: str, weights: str | Path | None, pooling: str) -> Encoder:
+    """A local folder: a transformers ``save_pretrained`` dir, or a timm one (``config.json`` with
+    ``architecture`` plus ``model.safetensors`` / ``pytorch_model.bin``)."""
+    directory = Path(target).expanduser()
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise KennerError(
+            f"local:{target}: no config.json in {directory}; expected a transformers or timm model dir"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise KennerError(f"cannot read {config_path}: {error}") from error
+    if "architecture" not in config:
+        return _hf(str(directory), weights, pooling)
+    if weights is None:
+        found = [directory / f for f in ("model.safetensors", "pytorch_model.bin")]
+        found = [path for path in found if path.is_file()]
+        if not found:
+            raise KennerError(f"local:{target}: no model.safetensors or pytorch_model.bin in {directory}")
+        weights = found[0]
+    return _timm(config["architecture"], weights, pooling)
+
+
+def create_encoder(
+    spec: str,
+    *,
+    weights: str | Path | None = None,
+    pooling: str = "cls",
+    device: str = "cpu",
+    backend: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> Encoder:
+    """Build the encoder named by ``spec`` on ``device``, in eval mode.
+
+    ``weights``: a local weights file instead of downloaded ones. ``pooling``: ``cls``, ``mean`` or
+    ``cls+mean`` (ViTs; CNNs always average-pool). ``backend``: ``torch``, ``onnx`` (ONNX Runtime, CPU,
+    exported once into the embedding cache) or ``auto`` (ONNX Runtime where it is tested and faster:
+    the default encoder on CPU; torch otherwise). ``cache_dir``: the embedding cache root, where the
+    ONNX file is kept (default ``default_cache_dir()``).
+    """
+    if pooling not in POOLINGS:
+        raise KennerError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    if backend not in BACKENDS:
+        raise KennerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    family, _, name = spec.partition(":")
+    if family != "default" and family in ENCODERS and not name:
+        raise KennerError(f"encoder spec {spec!r} needs a name: {USAGE[family]}")
+    if family not in ENCODERS:
+        raise KennerError(f"unknown encoder {spec!r}; use one of: {', '.join(list_encoders())}")
+    cpu = str(device) == "cpu"
+    if backend == "onnx" and not cpu:
+        raise KennerError(f"the onnx backend runs on CPU, not {device}; use backend 'torch' or 'auto'")
+    encoder = ENCODERS.create(family, target=name, weights=weights, pooling=pooling)
+    if backend == "onnx" or (backend == "auto" and cpu and family in AUTO_ONNX_FAMILIES):
+        from kenner.encoders.onnx import to_onnx
+
+        return to_onnx(encoder, cache_dir=cache_dir)
+    return encoder.to(device).eval()
+
+
+def list_encoders() -> list[str]:
+    """The encoder spec patterns ``create_encoder`` accepts."""
+    return [USAGE[family] for family in ENCODERS.list()]
