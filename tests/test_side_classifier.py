@@ -74,3 +74,72 @@ def test_user_errors_name_the_problem():
         side_dataset(np.ones((3, 2)), np.ones((3, 2)), "triple")
     with pytest.raises(KennerError, match=r"\[B, T, D\]"):
         mask_weighted_pool(torch.ones(3, 4))
+
+
+def _coin_manifest(root, n=36, seed=0):
+    """Two photos per coin: the obverse is a bright disc on dark ground, the reverse the opposite."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    rows = ["id\tlabel\tobverse_path\treverse_path"]
+    for i in range(n):
+        paths = []
+        for side, (ground, disc) in (("obv", (20, 240)), ("rev", (240, 20))):
+            jitter = rng.integers(-15, 16, size=3)
+            image = Image.new("RGB", (40, 40), tuple(int(v) for v in np.clip(ground + jitter, 0, 255)))
+            r = int(rng.integers(10, 17))
+            ImageDraw.Draw(image).ellipse((20 - r, 20 - r, 20 + r, 20 + r), fill=(disc, disc, disc))
+            image.save(root / f"c{i}_{side}.png")
+            paths.append(f"c{i}_{side}.png")
+        rows.append(f"c{i}\ttype{i % 3}\t{paths[0]}\t{paths[1]}")
+    manifest = root / "coins.tsv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=32, patch_size=8)
+    directory = tmp_path_factory.mktemp("vit")
+    Dinov2Model(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize(("task", "disable_mask_pooling"), [("pair", False), ("single", True)])
+def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disable_mask_pooling):
+    from kenner.config import DataConfig, EncoderConfig, RunConfig
+    from kenner.heads.config import HeadConfig
+    from kenner.io import read_json
+    from kenner.retrieval.config import RetrievalConfig
+    from kenner.retrieval.run import train_metric_or_side
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    cfg = RunConfig(
+        out_dir=str(out), mode="side-classifier",
+        data=DataConfig(data=str(_coin_manifest(tmp_path))),
+        encoder=EncoderConfig(encoder=f"hf:{tiny_vit}", cache_dir=str(tmp_path / "cache"), device="cpu",
+                              num_workers=0),
+        head=HeadConfig(epochs=100, lr=3e-2, standardize="standardize", early_stopping_patience=0, device="cpu"),
+    )
+    rcfg = RetrievalConfig(side_task=task, disable_mask_pooling=disable_mask_pooling)
+    metrics = train_metric_or_side(cfg, rcfg)
+    assert metrics["test"]["accuracy"] >= 0.9
+    mapping = read_json(out / "label_mapping.json")
+    names = ["obverse|reverse", "reverse|obverse"] if task == "pair" else ["obverse", "reverse"]
+    assert mapping["class_to_idx"] == {names[0]: 0, names[1]: 1}
+    assert mapping["features"].startswith("pooled" if disable_mask_pooling else "patch tokens")
+    assert len(read_json(out / "history.json")) >= 1
+    for name in ("metrics.json", "confusion_matrix.png", "predictions.parquet", "report.md", "model/model_info.json"):
+        assert (out / name).is_file(), name
+    # Both rows of a coin stay in the coin's split (no leak between train and test).
+    import pandas as pd
+
+    table = pd.read_parquet(out / "predictions.parquet")
+    coin = table["sample_id"].str.split(":").str[0]
+    assert (table.groupby(coin)["split"].nunique() == 1).all()
+    assert len(table) == 2 * 36
