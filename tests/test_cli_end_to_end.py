@@ -45,7 +45,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     run, cache = root / "run", root / "cache"
     code = main(["train", "--data", str(manifest), "--out-dir", str(run), "--cache-dir", str(cache),
                  "--views", "both_concat", "--head-type", "mlp", "--hidden-sizes", "32", "--epochs", "40",
-                 "--lr", "0.01", "--standardize", "standardize", "--embed-batch-size", "8", "--num-workers", "0"])
+                 "--lr", "0.01", "--standardize", "standardize", "--embed-batch-size", "8", "--num-workers", "0",
+                 "--no-track"])
     assert code == 0
     return manifest, run, cache
 
@@ -97,7 +98,7 @@ def test_repeat_from_run_config_reuses_the_split(trained_run: tuple[Path, Path, 
     _, run, cache = trained_run
     again = tmp_path / "again"
     assert main(["train", "--config", str(run / "run_config.json"), "--out-dir", str(again),
-                 "--splits", str(run / "splits"), "--cache-dir", str(cache)]) == 0
+                 "--splits", str(run / "splits"), "--cache-dir", str(cache), "--no-track"]) == 0
     for name in ("train_ids.json", "val_ids.json", "test_ids.json"):
         assert (again / "splits" / name).read_bytes() == (run / "splits" / name).read_bytes()
     assert json.loads((again / "run_config.json").read_text())["head"]["hidden_sizes"] == [32]
@@ -124,6 +125,25 @@ def test_bad_manifest_row_is_one_clear_error(tmp_path: Path, capsys: pytest.Capt
     lines = manifest.read_text().splitlines()
     lines[3] = lines[3].replace("obverse/", "missing/")
     manifest.write_text("\n".join(lines) + "\n")
-    assert main(["train", "--data", str(manifest), "--out-dir", str(tmp_path / "run")]) == 2
+    assert main(["train", "--data", str(manifest), "--out-dir", str(tmp_path / "run"), "--no-track"]) == 2
     err = capsys.readouterr().err
     assert "row 3" in err and "missing/" in err and "Traceback" not in err
+
+
+def test_train_logs_to_mlflow_in_the_working_folder(trained_run: tuple[Path, Path, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    manifest, _, cache = trained_run
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["train", "--data", str(manifest), "--out-dir", "tracked", "--cache-dir", str(cache),
+                 "--epochs", "5", "--early-stopping-patience", "0", "--experiment", "coins"]) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("coins").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["head.head_type"] == "linear"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 5
+    assert "test_macro_f1" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.md", "metrics.json", "confusion_matrix.png"} <= artifacts

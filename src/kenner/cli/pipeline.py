@@ -24,6 +24,7 @@ from kenner.config import (
 from kenner.errors import KennerError
 from kenner.heads.config import HeadConfig
 from kenner.io import atomic_write_text
+from kenner.track import add_tracking_arguments, tracker_from_args
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="dotted override, e.g. --set head.lr=0.01 (repeatable)")
     train.add_argument("--profile", help="named preset of head knobs (see README); flags override it")
     add_run_arguments(train)
+    add_tracking_arguments(train)
     train.set_defaults(func=cmd_train)
 
     split = subparsers.add_parser("split", help="make and save a group-aware stratified split")
@@ -139,15 +141,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kenner.train.run import HEADLINE_KEYS, train_classifier, train_folds
 
     cfg = config_from_args(args)
+    tracker = tracker_from_args(args)
     if cfg.mode != "classifier":
         from kenner.retrieval.run import train_metric_or_side
 
-        metrics = train_metric_or_side(cfg)
+        metrics = train_metric_or_side(cfg, tracker)
     elif cfg.split.folds:
         metrics = {split: {k: v["mean"] for k, v in values.items()}
-                   for split, values in train_folds(cfg).items()}
+                   for split, values in train_folds(cfg, tracker).items()}
     else:
-        metrics = train_classifier(cfg)
+        metrics = train_classifier(cfg, tracker=tracker)
     print_headline(metrics, HEADLINE_KEYS)
     print(f"run folder: {cfg.out_dir}  (report: {Path(cfg.out_dir) / 'report.md'})")
     return 0

@@ -25,6 +25,7 @@ from kenner.heads.config import HeadConfig
 from kenner.heads.persist import save_head
 from kenner.io import atomic_write_json, atomic_write_text, read_json
 from kenner.pipeline import PreparedEmbeddings, prepare_embeddings, resolve_folds
+from kenner.track import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,33 @@ def report_context(title: str, prepared: PreparedEmbeddings, evaluation: Evaluat
     }
 
 
-def train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None = None) -> dict[str, dict[str, float]]:
-    """Fit a head on cached embeddings and write the whole run folder; returns metrics per split."""
+def train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None = None,
+                     tracker: Tracker | None = None) -> dict[str, dict[str, float]]:
+    """Fit a head on cached embeddings and write the whole run folder; returns metrics per split.
+
+    With a ``tracker`` the run's parameters, per-epoch history, final metrics and artifacts are logged.
+    """
+    tracker = tracker or NullTracker()
+    with tracker.start_run(Path(cfg.out_dir).name, cfg.to_dict(), tags={"kenner.mode": cfg.mode}):
+        metrics, history = _train_classifier(cfg, prepared)
+        log_run(tracker, Path(cfg.out_dir), metrics, history)
+    return metrics
+
+
+def log_run(tracker: Tracker, out_dir: Path, metrics: dict[str, dict[str, float]], history: list[dict]) -> None:
+    """Per-epoch training history, final metrics per split and the run folder's artifacts."""
+    for step, record in enumerate(history):
+        tracker.log_metrics({k: v for k, v in record.items() if isinstance(v, int | float) and k != "epoch"},
+                            step=step)
+    tracker.log_metrics({f"{split}_{key}": value for split, values in metrics.items()
+                         for key, value in values.items()})
+    for name in ("report.md", "metrics.json", "confusion_matrix.png", "per_class.csv", "run_config.json"):
+        if (out_dir / name).exists():
+            tracker.log_artifact(out_dir / name)
+    tracker.log_artifacts(out_dir / "model")
+
+
+def _train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None) -> tuple[dict, list[dict]]:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "run_config.json", cfg.to_dict())
@@ -108,11 +134,11 @@ def train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None = None)
     defaults = HeadConfig().to_dict()
     changed = {k: v for k, v in cfg.head.to_dict().items() if v != defaults[k] or k == "head_type"}
     write_report(out_dir, report_context(f"kenner run {out_dir.name}", prepared, evaluation, head=changed,
-                                         config={"profile": cfg.profile, **timings}))
-    return evaluation.metrics
+                                         config={"profile": cfg.profile or "none", **timings}))
+    return evaluation.metrics, head.history_
 
 
-def train_folds(cfg: RunConfig) -> dict[str, dict[str, float]]:
+def train_folds(cfg: RunConfig, tracker: Tracker | None = None) -> dict[str, dict[str, float]]:
     """One run per saved group-aware fold (``fold_i/``), then mean ± std of every metric."""
     out_dir = Path(cfg.out_dir)
     prepared = prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir)
@@ -121,7 +147,7 @@ def train_folds(cfg: RunConfig) -> dict[str, dict[str, float]]:
     for index, split in enumerate(folds):
         log.info("fold %d/%d", index + 1, len(folds))
         fold_cfg = replace(cfg, out_dir=str(out_dir / f"fold_{index}"))
-        per_fold.append(train_classifier(fold_cfg, prepared.with_split(split)))
+        per_fold.append(train_classifier(fold_cfg, prepared.with_split(split), tracker))
     summary = aggregate_folds(per_fold)
     atomic_write_json(out_dir / "folds_metrics.json", summary)
     atomic_write_text(out_dir / "folds_summary.md", folds_markdown(summary, len(folds)))
