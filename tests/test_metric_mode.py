@@ -1,5 +1,7 @@
 """Metric mode: the projection head learns an embedding where kNN works better than on raw embeddings."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +192,55 @@ def test_retrieval_config_rejects_bad_values():
         RetrievalConfig(target_precision=0.9, target_coverage=0.5)
     with pytest.raises(KennerError, match="--k must be at least 2"):
         RetrievalConfig(k=1)
+
+
+def test_metric_run_from_images_then_kenner_search(tmp_path):
+    """A metric run from an image folder through a tiny random ViT; `kenner search` finds an image itself."""
+    import argparse
+
+    from PIL import Image
+    from transformers import Dinov2Config, Dinov2Model
+
+    from kenner.cli.retrieval import format_results, register
+    from kenner.config import DataConfig, EncoderConfig, RunConfig
+    from kenner.heads.config import HeadConfig
+    from kenner.retrieval.config import RetrievalConfig
+    from kenner.retrieval.run import train_metric_or_side
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=32, patch_size=8)
+    Dinov2Model(config).save_pretrained(tmp_path / "vit")
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (220, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 220))):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for obj in range(6):
+            for seq in range(2):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / name / f"{name}{obj}_{seq}.png")
+    out = tmp_path / "run"
+    cfg = RunConfig(out_dir=str(out), mode="metric", data=DataConfig(data=str(tmp_path / "data")),
+                    encoder=EncoderConfig(encoder=f"hf:{tmp_path / 'vit'}", cache_dir=str(tmp_path / "cache"),
+                                          device="cpu", num_workers=0),
+                    head=HeadConfig(epochs=3, arcface_scale=16, arcface_margin=0.2, device="cpu"))
+    metrics = train_metric_or_side(cfg, RetrievalConfig(proj_type="linear", embedding_dim=8, p=3, k=2, knn_k=3))
+    assert metrics["test"]["recall_at_1"] >= 0.5
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    from kenner.io import read_json
+
+    gallery_image = next(p for p in read_json(out / "model" / "gallery" / "gallery.json")["paths"] if "green" in p)
+    args = parser.parse_args(["search", str(out), gallery_image, "-k", "2", "--device", "cpu",
+                              "--cache-dir", str(tmp_path / "cache")])
+    from kenner.cli.retrieval import search_run
+
+    results = search_run(Path(args.run), args.images, k=args.top_k, cache_dir=args.cache_dir, device=args.device)
+    assert len(results) == 1 and len(results[0]["neighbours"]) == 2
+    top = results[0]["neighbours"][0]
+    assert results[0]["predicted"] == "green"
+    assert top["label"] == "green" and top["path"] == gallery_image  # a gallery image finds itself
+    assert top["distance"] == pytest.approx(0.0, abs=1e-4)
+    assert "green" in format_results(results)
+    assert args.func(args) == 0
