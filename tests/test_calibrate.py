@@ -25,7 +25,7 @@ def test_temperature_reduces_nll_and_ece_without_changing_argmax():
     val_logits, val_y = _overconfident_logits(2000, seed=0)
     test_logits, test_y = _overconfident_logits(2000, seed=1)
     T = fit_temperature(val_logits, val_y)
-    assert T == pytest.approx(5.0, rel=0.15)
+    assert abs(T - 5.0) < 0.75
     scaled = apply_temperature(test_logits, T)
     assert float(F.cross_entropy(scaled, test_y)) < float(F.cross_entropy(test_logits, test_y))
     ece_before = expected_calibration_error(test_logits.softmax(1).numpy(), test_y.numpy(), n_bins=15)

@@ -42,7 +42,8 @@ def test_stacked_cross_entropy_matches_torch_per_head(soft):
     y = torch.randint(0, 5, (10,), generator=g)
     target = torch.softmax(torch.randn(10, 5, generator=g, dtype=torch.float64), 1) if soft else y
     smoothing = torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64)
-    weight = torch.stack([torch.ones(5), torch.rand(5, generator=g) + 0.5, torch.rand(5, generator=g)]).double()
+    weight = torch.stack([torch.ones(5), torch.rand(5, generator=g) + 0.5, torch.rand(5, generator=g)])
+    weight = weight.double()
     got = stacked_cross_entropy(logits, target, smoothing, weight)
     for h in range(3):
         want = F.cross_entropy(logits[h], target, weight=weight[h], label_smoothing=float(smoothing[h]))

@@ -56,7 +56,8 @@ def batch_key(config: HeadConfig) -> tuple[Any, ...] | None:
     )
     if unsupported:
         return None
-    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in PER_HEAD_FIELDS}
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.name not in PER_HEAD_FIELDS}
     if config.head_type == "linear":
         shared.update(hidden_sizes=(), gelu_ln=False)  # unused by a linear head
     return tuple(sorted(shared.items()))
@@ -85,7 +86,8 @@ class StackedHeads(torch.nn.Module):
         for i in range(1, len(self.weights)):
             if self.gelu_ln:
                 j = i - 1
-                h = F.layer_norm(h, h.shape[-1:]) * self.norm_weights[j][:, None] + self.norm_biases[j][:, None]
+                h = F.layer_norm(h, h.shape[-1:])
+                h = h * self.norm_weights[j][:, None] + self.norm_biases[j][:, None]
                 h = F.gelu(h)
             else:
                 h = F.relu(h)
@@ -98,7 +100,9 @@ def _stack_initial_net(config: HeadConfig, dim: int, n_classes: int, n_heads: in
     """The single-head initial weights (``build_head_net`` drawing from ``generator``), repeated H times."""
     net = build_head_net(config, dim, n_classes, generator)
     linears = [block[0] for block in net.blocks] + [net.classifier]
-    norms = [(block[1].weight, block[1].bias) for block in net.blocks] if config.gelu_ln and net.blocks else None
+    norms = None
+    if config.gelu_ln and net.blocks:
+        norms = [(block[1].weight, block[1].bias) for block in net.blocks]
 
     def repeat(t: torch.Tensor) -> torch.nn.Parameter:
         return torch.nn.Parameter(t.detach().unsqueeze(0).repeat(n_heads, *([1] * t.dim())))

@@ -1,0 +1,181 @@
+"""Sweeps on generated embeddings: grid naming, background rows, results + summary, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import kenner.train.sweep as sweep_module
+from kenner.errors import KennerError
+from kenner.evaluate.metrics import classification_metrics
+from kenner.heads.classifier import EmbeddingClassifier
+from kenner.heads.config import HeadConfig
+from kenner.train.sweep import SweepGrid, add_background, expand_grid, run_sweep
+
+
+@dataclasses.dataclass
+class Prepared:
+    X: np.ndarray
+    y: np.ndarray
+    split: np.ndarray
+    class_names: list[str]
+    dataset_name: str = "coins"
+
+
+def _prepared(seed=0, n=150, dim=10, n_classes=4):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    X = (rng.normal(0, 2, (n_classes, dim))[y] + rng.normal(0, 1, (n, dim))).astype(np.float32)
+    split = np.array(["train"] * 90 + ["val"] * 30 + ["test"] * 30)
+    return Prepared(X, y.astype(np.int64), split, [f"c{i}" for i in range(n_classes)])
+
+
+FIXED = {"epochs": 4, "batch_size": 32, "device": "cpu", "early_stopping_patience": 2}
+
+
+def test_run_names_follow_the_users_pattern_and_invalid_combinations_are_skipped():
+    grid = SweepGrid(profiles=("full", "arcface"), mlp=((1024, 512),), mixup=(0.1,), label_smoothing=(0.1,))
+    runs, skipped = expand_grid(grid, dataset="coins", encoder="dinov2", bg=5)
+    assert [r.name for r in runs] == ["coins_dinov2_mlp1024_512_mix0p1_ls0p1_full_bg5"]
+    assert runs[0].config.head_type == "mlp" and runs[0].config.hidden_sizes == (1024, 512)
+    assert runs[0].config.class_weight == "effective" and runs[0].config.mixup == 0.1
+    assert len(skipped) == 1 and "arcface" in skipped[0][0] and "mixup" in skipped[0][1]
+    grid = SweepGrid(lr=(1e-3, 1e-2), seeds=(0, 1))
+    names = [r.name for r in expand_grid(grid, dataset="d", encoder="e")[0]]
+    assert "d_e_lin_mix0_ls0_lr0p001_base_s1" in names and len(names) == 4
+    assert {r.config_name for r in expand_grid(grid, dataset="d", encoder="e")[0]} == {
+        "d_e_lin_mix0_ls0_lr0p001_base", "d_e_lin_mix0_ls0_lr0p01_base"}
+
+
+def test_add_background_draws_per_foreground_class():
+    X, y = np.zeros((12, 3), np.float32), np.repeat([0, 1, 2], 4)
+    pool = np.arange(30, dtype=np.float32).reshape(10, 3)
+    X2, y2 = add_background(X, y, pool, 2, seed=0, background_label=3)
+    assert (y2 == 3).sum() == 6 and len(X2) == 18
+    added = X2[y2 == 3]
+    assert len({tuple(row) for row in added}) == 6  # without replacement while the pool lasts
+    assert all(any((row == p).all() for p in pool) for row in added)
+    _, y3 = add_background(X, y, pool[:2], 2, seed=0, background_label=3)
+    assert (y3 == 3).sum() == 6  # pool too small: drawn with replacement
+
+
+def test_sweep_end_to_end_writes_results_and_summary(tmp_path):
+    torch.set_num_threads(1)
+    grid = SweepGrid(profiles=("base", "full"), mlp=((), (8,)), label_smoothing=(0.0, 0.1),
+                     lr=(1e-2, 3e-2), seeds=(0, 1), fixed=FIXED)
+    data = {"enc_a": _prepared(0), "enc_b": _prepared(1)}
+    results = run_sweep(data, grid, tmp_path, reference="base")
+    assert len(results) == 2 * 2 * 2 * 2 * 2 * 2 and results["name"].is_unique
+    assert set(results.loc[results["profile"] == "base", "batched_heads"]) == {4}  # ls x lr together
+    assert set(results.loc[results["profile"] == "full", "batched_heads"]) == {1}  # hard mining: alone
+    for column in ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy",
+                   "ece", "fit_seconds", "calibration_seconds", "evaluation_seconds"):
+        assert results[column].notna().all(), column
+    np.testing.assert_allclose(results["macro_f1_fg"], results["macro_f1"])  # no background class
+    assert (results.loc[results["profile"] == "full", "calibration_seconds"] > 0).all()
+    assert pd.read_csv(tmp_path / "results.csv")["name"].tolist() == results["name"].tolist()
+
+    # a batched run scores exactly what a separate EmbeddingClassifier with its config scores
+    row = results[(results["profile"] == "base") & (results["head"] == "mlp8")].iloc[3]
+    config = HeadConfig.from_dict(json.loads(row["config"]))
+    prepared = data[row["encoder"]]
+    part = {s: prepared.split == s for s in ("train", "val", "test")}
+    head = EmbeddingClassifier(config).fit(prepared.X[part["train"]], prepared.y[part["train"]],
+                                           X_val=prepared.X[part["val"]], y_val=prepared.y[part["val"]],
+                                           n_classes=4)
+    proba = head.predict_proba(prepared.X[part["test"]])
+    want = classification_metrics(prepared.y[part["test"]], proba.argmax(1), proba, prepared.class_names)
+    assert row["macro_f1_fg"] == pytest.approx(want["macro_f1"], abs=1e-9)
+    assert row["ece"] == pytest.approx(want["ece"], abs=1e-4)
+
+    summary = (tmp_path / "summary.md").read_text()
+    for heading in ("Mean per profile", "Mean per encoder", "Mean per head", "Mean per label_smoothing",
+                    "Mean per lr", "Best configuration per encoder × profile",
+                    "Delta against the reference"):
+        assert heading in summary
+    delta_line = next(line for line in summary.splitlines() if line.startswith("| full |"))
+    assert delta_line.split("|")[2].strip() == "32"  # every full run has its base twin
+    results_md = (tmp_path / "results.md").read_text()
+    assert "Mean ± std over seeds" in results_md and "coins_enc_b_mlp8_mix0_ls0p1_lr0p03_full" in results_md
+
+
+def test_background_rows_give_foreground_metrics(tmp_path):
+    prepared = _prepared(2)
+    pool = np.random.default_rng(5).normal(0, 1, (60, 10)).astype(np.float32)
+    results = run_sweep({"e": prepared}, SweepGrid(fixed=FIXED), tmp_path, background={"e": pool}, bg=2)
+    (row,) = results.itertuples()
+    assert row.name == "coins_e_lin_mix0_ls0_base_bg2"
+    assert row.macro_f1_fg != row.macro_f1  # the background class is left out of the _fg average
+    X, y, split, names = sweep_module._with_background(prepared, pool, 2, seed=0)
+    assert names[-1] == "background" and (y == 4).sum() == 2 * 4 * 3
+    rows = {s: {tuple(r) for r in X[(split == s) & (y == 4)]} for s in ("train", "val", "test")}
+    assert not (rows["train"] & rows["test"]) and not (rows["train"] & rows["val"])  # no leak across splits
+
+
+def test_interrupted_sweep_resumes_without_refitting(tmp_path, monkeypatch):
+    grid = SweepGrid(profiles=("base", "calib"), mixup=(0.0, 0.2), lr=(1e-2, 3e-2), fixed=FIXED)
+    data = {"e": _prepared(3)}
+    real_metrics, calls = sweep_module._metrics, []
+
+    def failing_metrics(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_metrics(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "_metrics", failing_metrics)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(data, grid, tmp_path)
+    first = pd.read_csv(tmp_path / "results.csv")
+    assert len(first) == 3
+
+    monkeypatch.setattr(sweep_module, "_metrics", real_metrics)
+    fitted = []
+    real_fit_group = sweep_module._fit_group
+
+    def counting_fit_group(runs, *args):
+        fitted.extend(run.name for run in runs)
+        return real_fit_group(runs, *args)
+
+    monkeypatch.setattr(sweep_module, "_fit_group", counting_fit_group)
+    results = run_sweep(data, grid, tmp_path)
+    assert len(results) == 8 and results["name"].is_unique
+    assert not set(fitted) & set(first["name"]) and len(fitted) == 5
+    pd.testing.assert_frame_equal(results.iloc[:3].reset_index(drop=True), first)  # kept as they were
+
+    fitted.clear()
+    assert len(run_sweep(data, grid, tmp_path)) == 8 and fitted == []  # nothing left to do
+    changed = dataclasses.replace(grid, fixed={**FIXED, "epochs": 5})
+    with pytest.raises(KennerError, match="other settings"):
+        run_sweep(data, changed, tmp_path)
+
+
+def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
+    import argparse
+
+    from kenner.cli.sweep import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    for i in range(6):
+        make_image(tmp_path / "bg" / f"wall{i}.png", (40, 32), color=(128, 128, 128), noise=30, seed=i)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--data", str(grouped_folder_dataset), "--encoders", "default",
+            "--profiles", "base,calib", "--lr", "0.01,0.03", "--mlp", "lin", "16", "--epochs", "3",
+            "--background-dir", str(tmp_path / "bg"), "--bg", "1", "--cache-dir", str(tmp_path / "cache"),
+            "--num-workers", "0", "--device", "cpu",
+            "--out-dir", str(out)]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 2 * 2 * 2
+    assert "folder_default_mlp16_mix0_ls0_lr0p03_calib_bg1" in set(results["name"])
+    assert (out / "splits" / "train_ids.json").exists() and (out / "summary.md").exists()
+    with pytest.raises(KennerError, match="unknown nope"):
+        args = parser.parse_args([*argv[:5], "--profiles", "base,nope", "--out-dir", str(out)])
+        args.func(args)
