@@ -25,7 +25,7 @@ $(FMNIST):
 demo: setup $(FMNIST)
 	$(BIN)/kenner demo
 
-test: setup
+test: setup $(FMNIST)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -147,3 +147,25 @@ def test_train_logs_to_mlflow_in_the_working_folder(trained_run: tuple[Path, Pat
     assert "test_macro_f1" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.md", "metrics.json", "confusion_matrix.png"} <= artifacts
+
+
+def test_embed_fills_the_cache_and_exports(trained_run: tuple[Path, Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    manifest, _, cache = trained_run
+    out = tmp_path / "emb.npz"
+    assert main(["embed", "--data", str(manifest), "--cache-dir", str(cache), "--output", str(out)]) == 0
+    assert "36 samples x 2 view(s)" in capsys.readouterr().out
+    exported = np.load(out)
+    assert exported["view_obverse"].shape == (36, 1280) and exported["view_reverse"].shape == (36, 1280)
+    assert not np.allclose(exported["view_obverse"], exported["view_reverse"])
+
+
+def test_demo_runs_on_real_fashion_mnist(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from kenner.data import fashion_mnist
+
+    if not (fashion_mnist.DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it as root)")
+    assert main(["demo", "--out-dir", str(tmp_path), "--per-class", "10", "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "test: accuracy=" in out and (tmp_path / "fashion_mnist_run" / "report.md").exists()
+    assert len(list((tmp_path / "fashion_mnist").glob("*/*.png"))) == 100
