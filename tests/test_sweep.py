@@ -117,6 +117,14 @@ def test_background_rows_give_foreground_metrics(tmp_path):
     assert not (rows["train"] & rows["test"]) and not (rows["train"] & rows["val"])  # no leak across splits
 
 
+def test_background_class_in_the_data_gives_foreground_metrics(tmp_path):
+    results = run_sweep({"e": _prepared(4)}, SweepGrid(fixed=FIXED), tmp_path, background_class="c3")
+    (row,) = results.itertuples()
+    assert row.macro_f1_fg != row.macro_f1
+    with pytest.raises(KennerError, match="not a class"):
+        run_sweep({"e": _prepared(4)}, SweepGrid(fixed=FIXED), tmp_path / "other", background_class="none")
+
+
 def test_interrupted_sweep_resumes_without_refitting(tmp_path, monkeypatch):
     grid = SweepGrid(profiles=("base", "calib"), mixup=(0.0, 0.2), lr=(1e-2, 3e-2), fixed=FIXED)
     data = {"e": _prepared(3)}

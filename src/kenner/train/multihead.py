@@ -82,7 +82,7 @@ class StackedHeads(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [B, D] (shared by all heads) -> logits [H, B, C]."""
-        h = torch.matmul(x, self.weights[0]) + self.biases[0]
+        h = torch.einsum("bd,hdo->hbo", x, self.weights[0]) + self.biases[0]  # one GEMM, not H
         for i in range(1, len(self.weights)):
             if self.gelu_ln:
                 j = i - 1
