@@ -154,7 +154,8 @@ def create_hf_encoder(source: str, *, weights: str | Path | None = None, pooling
             raise KennerError(f"could not load a transformers model from {source}: {error}") from error
         raise download_error(f"{source!r} from the Hugging Face hub", error) from error
     except ValueError as error:  # e.g. a config.json of a model type transformers does not know
-        raise KennerError(f"could not load {source} with transformers: {error}") from error
+        reason = str(error).splitlines()[0]
+        raise KennerError(f"could not load {source} with transformers: {reason}") from error
     return HFEncoder(
         model,
         preprocessing,
