@@ -73,6 +73,9 @@ class EncoderConfig:
     embed_batch_size: int = field(default=64, metadata={"help": "images per encoder forward pass"})
     num_workers: int = field(default=2, metadata={"help": "background image decoding workers"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    backend: str = field(
+        default="auto", metadata={"help": "auto (ONNX Runtime for the default encoder on CPU) | torch | onnx"}
+    )
 
 
 @dataclass(frozen=True)

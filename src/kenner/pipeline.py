@@ -145,7 +145,8 @@ def pick_device(device: str) -> str:
 
 
 def build_encoder(cfg: EncoderConfig) -> Encoder:
-    return create_encoder(cfg.encoder, weights=cfg.weights, pooling=cfg.pooling, device=pick_device(cfg.device))
+    return create_encoder(cfg.encoder, weights=cfg.weights, pooling=cfg.pooling, device=pick_device(cfg.device),
+                          backend=cfg.backend, cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None)
 
 
 def embed_views(sample_paths: list[dict[str, Path]], views: list[str], encoder: Encoder, cfg: EncoderConfig,
