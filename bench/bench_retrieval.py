@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 
-def clustered(n: int, centres: np.ndarray, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def clustered(
+    n: int, centres: np.ndarray, noise: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.integers(0, len(centres), n)
     vectors = centres[labels] + rng.normal(scale=noise, size=(n, centres.shape[1])).astype(np.float32)
     return vectors.astype(np.float32), labels
@@ -65,7 +67,7 @@ def speed(args: argparse.Namespace) -> list[str]:
     return [
         f"### Exact search: {args.queries:,} queries against a {args.gallery:,} x {args.dim} gallery",
         "",
-        f"{args.classes} Gaussian clusters (noise std {args.noise}); cosine similarity on L2-normalised vectors.",
+        f"{args.classes} Gaussian clusters (noise std {args.noise}); cosine similarity.",
         "",
         "| path | seconds | queries/s | Recall@1 |",
         "|---|---|---|---|",
@@ -97,13 +99,15 @@ def real(args: argparse.Namespace, work: Path) -> list[str]:
     data_dir = fashion_mnist.export_folder(work / "fmnist", per_class=args.per_class, seed=0)
     started = time.perf_counter()
     enc_cfg = EncoderConfig(encoder="default", cache_dir=args.cache_dir or str(work / "cache"), device="cpu")
-    prepared = prepare_embeddings(DataConfig(data=str(data_dir)), SplitConfig(), enc_cfg, out_dir=work / "prep")
+    prepared = prepare_embeddings(DataConfig(data=str(data_dir)), SplitConfig(), enc_cfg,
+                                  out_dir=work / "prep")
     embed_s = time.perf_counter() - started
     test = prepared.split == "test"
     head_cfg = HeadConfig(epochs=100, arcface_scale=16, arcface_margin=0.2, device="cpu")
     rows = []
-    for label, rcfg in (("raw-embedding kNN (temperature vote, k=20)", RetrievalConfig(proj_type="none")),
-                        ("metric mode (MLP 128-d, ArcFace s=16 m=0.2 + triplets)", RetrievalConfig(proj_type="mlp"))):
+    methods = (("raw-embedding kNN (temperature vote, k=20)", RetrievalConfig(proj_type="none")),
+               ("metric mode (MLP 128-d, ArcFace s=16 m=0.2 + triplets)", RetrievalConfig(proj_type="mlp")))
+    for label, rcfg in methods:
         started = time.perf_counter()
         cfg = RunConfig(out_dir=str(work / label.split()[0]), mode="metric", head=head_cfg)
         metrics = run_metric_mode(prepared, cfg, rcfg)["test"]
@@ -115,10 +119,11 @@ def real(args: argparse.Namespace, work: Path) -> list[str]:
     head = create_head("linear", standardize="standardize", device="cpu")
     head.fit(X_train, y_train, X_val=X_val, y_val=y_val, n_classes=len(prepared.class_names))
     scores = knn_classification(prepared.y[test], head.predict(prepared.X[test]))
-    rows.append(f"| linear head (standardised, cross-entropy) | n/a (classifier) | {scores['knn_macro_f1']:.4f} | "
-                f"{time.perf_counter() - started:.1f} |")
+    rows.append(f"| linear head (standardised, cross-entropy) | n/a (classifier) | "
+                f"{scores['knn_macro_f1']:.4f} | {time.perf_counter() - started:.1f} |")
     return [
-        f"### Fashion-MNIST ({args.per_class} per class, {len(prepared.y)} images), default encoder, test split",
+        f"### Fashion-MNIST ({args.per_class} per class, {len(prepared.y)} images), default encoder, "
+        "test split",
         "",
         f"Embedding (EfficientNet-Lite0, cached afterwards): {embed_s:.0f} s. Same split for every method; "
         f"{int(test.sum())} test images.",
@@ -136,13 +141,14 @@ def main() -> None:
     parser.add_argument("--gallery", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--classes", type=int, default=1000, help="clusters in the synthetic data")
-    parser.add_argument("--noise", type=float, default=1.5, help="noise std around unit-variance centres")
+    parser.add_argument("--noise", type=float, default=3.5, help="noise std around unit-variance centres")
     parser.add_argument("--per-class", type=int, default=200, help="Fashion-MNIST images per class")
     parser.add_argument("--cache-dir", help="embedding cache for the real-data part (default: a temp dir)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     args = parser.parse_args()
-    lines = [f"## bench_retrieval.py ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)", ""]
+    machine = platform.processor() or platform.machine()
+    lines = [f"## bench_retrieval.py ({machine}, {os.cpu_count()} CPUs)", ""]
     if not args.skip_speed:
         lines += speed(args)
     if not args.skip_real:

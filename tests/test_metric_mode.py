@@ -78,7 +78,8 @@ def test_transform_is_normalised_and_save_load_round_trips(fitted, tmp_path):
 def test_mlp_projection_trains_without_validation():
     torch.set_num_threads(1)
     X, y = _clustered(8, n_classes=3, d=12)
-    config = MetricTrainConfig(epochs=2, p=16, k=4, arcface_scale=16, arcface_margin=0.2)  # P > classes: clamped
+    # P = 16 > 3 classes: clamped to 3.
+    config = MetricTrainConfig(epochs=2, p=16, k=4, arcface_scale=16, arcface_margin=0.2)
     head = ProjectionHead("mlp", embedding_dim=8, hidden_dim=16, train_config=config).fit(X, y)
     assert len(head.history_) == 2 and "val_recall_at_1" not in head.history_[0]
     assert head.best_epoch_ == 2
@@ -110,8 +111,8 @@ def _prepared(tmp_path):
     split, _ = make_split(groups, labels, ratios=(0.6, 0.2, 0.2), seed=0)
     return PreparedEmbeddings(
         X=X, y=y, split=np.asarray(split_of_samples(split, groups)), class_names=names, sample_ids=ids,
-        groups=groups, dataset=Dataset(samples=samples, views=["image"], source=tmp_path), encoder_spec="test",
-        encoder_fingerprint="0" * 16, views="image", partition=split,
+        groups=groups, dataset=Dataset(samples=samples, views=["image"], source=tmp_path),
+        encoder_spec="test", encoder_fingerprint="0" * 16, views="image", partition=split,
     )
 
 
@@ -134,7 +135,8 @@ def test_metric_run_writes_retrieval_artifacts_and_reports_reject_honestly(tmp_p
                            eval_method="hdbscan")
     metrics = run_metric_mode(prepared, cfg, rcfg)
     for name in ("metrics.json", "knn_metrics.json", "embeddings_val.npy", "labels_val.npy", "reject.json",
-                 "coverage_accuracy.png", "hdbscan_metrics.json", "hdbscan_labels.npy", "confusion_matrix.png",
+                 "coverage_accuracy.png", "hdbscan_metrics.json", "hdbscan_labels.npy",
+                 "confusion_matrix.png",
                  "predictions.parquet", "report.md", "model/retrieval.json", "model/gallery/gallery.faiss",
                  "model/projection/projection.safetensors", "model/model_info.json"):
         assert (out / name).is_file(), name
@@ -176,8 +178,8 @@ def test_raw_knn_run_without_projection(tmp_path):
 
     prepared = _prepared(tmp_path)
     out = tmp_path / "raw"
-    run_metric_mode(prepared, RunConfig(out_dir=str(out), mode="metric"),
-                    RetrievalConfig(proj_type="none", vote="majority", gallery="train+val", eval_method="none"))
+    rcfg = RetrievalConfig(proj_type="none", vote="majority", gallery="train+val", eval_method="none")
+    run_metric_mode(prepared, RunConfig(out_dir=str(out), mode="metric"), rcfg)
     assert not (out / "model" / "projection").exists() and not (out / "knn_metrics.json").exists()
     assert read_json(out / "reject.json")["curve_split"] == "val"
     assert np.load(out / "embeddings_val.npy").shape[1] == prepared.X.shape[1]
@@ -224,19 +226,22 @@ def test_metric_run_from_images_then_kenner_search(tmp_path):
                     encoder=EncoderConfig(encoder=f"hf:{tmp_path / 'vit'}", cache_dir=str(tmp_path / "cache"),
                                           device="cpu", num_workers=0),
                     head=HeadConfig(epochs=3, arcface_scale=16, arcface_margin=0.2, device="cpu"))
-    metrics = train_metric_or_side(cfg, RetrievalConfig(proj_type="linear", embedding_dim=8, p=3, k=2, knn_k=3))
+    rcfg = RetrievalConfig(proj_type="linear", embedding_dim=8, p=3, k=2, knn_k=3)
+    metrics = train_metric_or_side(cfg, rcfg)
     assert metrics["test"]["recall_at_1"] >= 0.5
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     from kenner.io import read_json
 
-    gallery_image = next(p for p in read_json(out / "model" / "gallery" / "gallery.json")["paths"] if "green" in p)
+    gallery_paths = read_json(out / "model" / "gallery" / "gallery.json")["paths"]
+    gallery_image = next(p for p in gallery_paths if "green" in p)
     args = parser.parse_args(["search", str(out), gallery_image, "-k", "2", "--device", "cpu",
                               "--cache-dir", str(tmp_path / "cache")])
     from kenner.cli.retrieval import search_run
 
-    results = search_run(Path(args.run), args.images, k=args.top_k, cache_dir=args.cache_dir, device=args.device)
+    results = search_run(Path(args.run), args.images, k=args.top_k, cache_dir=args.cache_dir,
+                         device=args.device)
     assert len(results) == 1 and len(results[0]["neighbours"]) == 2
     top = results[0]["neighbours"][0]
     assert results[0]["predicted"] == "green"

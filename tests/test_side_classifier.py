@@ -124,7 +124,8 @@ def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disabl
         data=DataConfig(data=str(_coin_manifest(tmp_path))),
         encoder=EncoderConfig(encoder=f"hf:{tiny_vit}", cache_dir=str(tmp_path / "cache"), device="cpu",
                               num_workers=0),
-        head=HeadConfig(epochs=100, lr=3e-2, standardize="standardize", early_stopping_patience=0, device="cpu"),
+        head=HeadConfig(epochs=100, lr=3e-2, standardize="standardize", early_stopping_patience=0,
+                        device="cpu"),
     )
     rcfg = RetrievalConfig(side_task=task, disable_mask_pooling=disable_mask_pooling)
     metrics = train_metric_or_side(cfg, rcfg)
@@ -134,7 +135,8 @@ def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disabl
     assert mapping["class_to_idx"] == {names[0]: 0, names[1]: 1}
     assert mapping["features"].startswith("pooled" if disable_mask_pooling else "patch tokens")
     assert len(read_json(out / "history.json")) >= 1
-    for name in ("metrics.json", "confusion_matrix.png", "predictions.parquet", "report.md", "model/model_info.json"):
+    for name in ("metrics.json", "confusion_matrix.png", "predictions.parquet", "report.md",
+                 "model/model_info.json"):
         assert (out / name).is_file(), name
     # Both rows of a coin stay in the coin's split (no leak between train and test).
     import pandas as pd

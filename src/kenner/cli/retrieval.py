@@ -42,26 +42,29 @@ def search_run(run_dir: Path, items: list[str], *, k: int = 10, cache_dir: str |
         raise KennerError("-k/--top-k must be at least 1")
     info = load_model_info(run_dir)
     if "retrieval" not in info:
-        raise KennerError(f"{run_dir}: a {info['mode']!r} run has no gallery; search needs a --mode metric run")
+        raise KennerError(f"{run_dir}: a {info['mode']!r} run has no gallery; search needs a metric run")
     model = RetrievalModel.load(run_dir / "model")
     inputs = collect_inputs(items, info["view_names"])
     enc_cfg = EncoderConfig(encoder=info["encoder"], weights=info["weights"], pooling=info["pooling"],
                             views=info["views"], cache_dir=cache_dir, device=device)
     encoder = build_encoder(enc_cfg)
     if encoder.fingerprint != info["fingerprint"]:
-        raise KennerError(f"the encoder {info['encoder']!r} now has fingerprint {encoder.fingerprint}, but the "
-                          f"run's gallery was built with {info['fingerprint']}: its weights or preprocessing changed")
-    per_view = embed_views(inputs.paths, info["view_names"], encoder, enc_cfg, tuple(info["background_color"]))
+        raise KennerError(f"the encoder {info['encoder']!r} now has fingerprint {encoder.fingerprint}, but "
+                          f"the run's gallery was built with {info['fingerprint']}: its weights or "
+                          "preprocessing changed")
+    background = tuple(info["background_color"])
+    per_view = embed_views(inputs.paths, info["view_names"], encoder, enc_cfg, background)
     X = combine_views(per_view, info["views"]).astype(np.float32, copy=False)
     prediction = model.classify_neighbours(model.search(X, max(k, model.k)))
     gallery = model.gallery
     names = gallery.class_names or [str(c) for c in range(model.n_classes)]
     results = []
+    neighbours = prediction.neighbours
     for q, (item_id, item_paths) in enumerate(zip(inputs.ids, inputs.paths, strict=True)):
-        neighbours = prediction.neighbours
         rows = [
             {"rank": rank + 1, "label": names[neighbours.labels[q, rank]],
-             "similarity": float(neighbours.similarities[q, rank]), "distance": float(neighbours.distances[q, rank]),
+             "similarity": float(neighbours.similarities[q, rank]),
+             "distance": float(neighbours.distances[q, rank]),
              "id": gallery.ids[index] if gallery.ids else str(index),
              "path": gallery.paths[index] if gallery.paths else ""}
             for rank, index in enumerate(neighbours.indices[q, :k]) if index >= 0
@@ -79,13 +82,14 @@ def format_results(results: list[dict]) -> str:
     for result in results:
         lines.append(f"{result['id']}  ->  {result['predicted']}")
         lines.append(f"{'rank':>4}  {'distance':>8}  {'cosine':>7}  label  id  path")
-        lines += [f"{n['rank']:>4}  {n['distance']:8.4f}  {n['similarity']:7.4f}  {n['label']}  {n['id']}  {n['path']}"
-                  for n in result["neighbours"]]
+        lines += [f"{n['rank']:>4}  {n['distance']:8.4f}  {n['similarity']:7.4f}  {n['label']}  {n['id']}  "
+                  f"{n['path']}" for n in result["neighbours"]]
         lines.append("")
     return "\n".join(lines)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    results = search_run(Path(args.run), args.images, k=args.top_k, cache_dir=args.cache_dir, device=args.device)
+    results = search_run(Path(args.run), args.images, k=args.top_k, cache_dir=args.cache_dir,
+                         device=args.device)
     sys.stdout.write(json.dumps(results, indent=2) + "\n" if args.json else format_results(results))
     return 0

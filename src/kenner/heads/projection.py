@@ -32,12 +32,16 @@ CONFIG_FILE = "projection.json"
 class ProjectionNet(nn.Module):
     """``linear``: one matrix; ``mlp``: Linear -> GELU -> Linear. Output is L2-normalised."""
 
-    def __init__(self, in_dim: int, embedding_dim: int, proj_type: str = "mlp", hidden_dim: int = 512) -> None:
+    def __init__(
+        self, in_dim: int, embedding_dim: int, proj_type: str = "mlp", hidden_dim: int = 512
+    ) -> None:
         super().__init__()
         if proj_type == "linear":
             self.body = nn.Linear(in_dim, embedding_dim)
         elif proj_type == "mlp":
-            self.body = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, embedding_dim))
+            self.body = nn.Sequential(
+                nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, embedding_dim)
+            )
         else:
             raise KennerError(f"--proj-type must be one of {', '.join(PROJ_TYPES)}, not {proj_type!r}")
 
@@ -76,16 +80,19 @@ class ProjectionHead:
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
         if X.ndim != 2 or len(X) != len(y) or len(X) == 0:
-            raise KennerError(f"fit needs a non-empty [N, D] matrix and N labels; got {X.shape} and {y.shape}")
+            raise KennerError(f"fit needs a non-empty [N, D] matrix and N labels; got {X.shape}, {y.shape}")
         self.in_dim_ = X.shape[1]
         self.n_classes_ = int(n_classes if n_classes is not None else y.max() + 1)
         self.net_ = ProjectionNet(self.in_dim_, self.embedding_dim, self.proj_type, self.hidden_dim)
         started = time.perf_counter()
-        self.history_ = train_metric(self.net_, X, y, n_classes=self.n_classes_, embedding_dim=self.embedding_dim,
-                                     X_val=X_val, y_val=y_val, config=self.train_config)
+        self.history_ = train_metric(
+            self.net_, X, y, n_classes=self.n_classes_, embedding_dim=self.embedding_dim,
+            X_val=X_val, y_val=y_val, config=self.train_config,
+        )
         self.fit_seconds_ = time.perf_counter() - started
         recalls = [record.get("val_recall_at_1", -1.0) for record in self.history_]
-        self.best_epoch_ = int(np.argmax(recalls)) + 1 if "val_recall_at_1" in self.history_[0] else len(recalls)
+        validated = "val_recall_at_1" in self.history_[0]
+        self.best_epoch_ = int(np.argmax(recalls)) + 1 if validated else len(recalls)
         self.net_.cpu()
         return self
 

@@ -42,20 +42,25 @@ class RetrievalConfig:
     vote: str = _knob("temperature", f"kNN vote: {' | '.join(VOTE_METHODS)}")
     knn_k: int = _knob(20, "neighbours that vote")
     knn_temperature: float = _knob(0.07, "temperature of the temperature-weighted vote (DINO)")
-    eval_method: str = _knob("knn", "extra evaluation: none | knn (knn_metrics.json) | hdbscan (knn + HDBSCAN)")
+    eval_method: str = _knob(
+        "knn", "extra evaluation: none | knn (knn_metrics.json) | hdbscan (knn + HDBSCAN)"
+    )
     hdbscan_min_cluster_size: int = _knob(5, "HDBSCAN min_cluster_size")
-    target_precision: float | None = _knob(None, "tune a reject threshold on val for this precision (e.g. 0.95)")
+    target_precision: float | None = _knob(None, "tune a reject threshold on val for this precision (0.95)")
     target_coverage: float | None = _knob(None, "tune a reject threshold on val for this coverage (e.g. 0.8)")
-    reject_by: str = _knob("distance", "reject signal: distance (top-1 cosine distance) | margin (vote margin)")
-    side_task: str = _knob("pair", "side classifier: pair (which order?) | single (which side is this photo?)")
-    disable_mask_pooling: bool = _knob(False, "side classifier: pooled embeddings instead of mask-pooled tokens")
+    reject_by: str = _knob(
+        "distance", "reject signal: distance (top-1 cosine distance) | margin (vote margin)"
+    )
+    side_task: str = _knob("pair", "side classifier: pair (which order?) | single (which side is a photo?)")
+    disable_mask_pooling: bool = _knob(False, "side classifier: pooled embeddings, not mask-pooled tokens")
 
     def __post_init__(self) -> None:
         for name, choices in (("proj_type", PROJ_TYPES), ("gallery", GALLERY_SPLITS), ("vote", VOTE_METHODS),
                               ("eval_method", EVAL_METHODS), ("reject_by", REJECT_SIGNALS),
                               ("side_task", SIDE_TASKS)):
-            if getattr(self, name) not in choices:
-                raise KennerError(f"{_flag(name)} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if value not in choices:
+                raise KennerError(f"{_flag(name)} must be one of {', '.join(choices)}, not {value!r}")
         for name in ("embedding_dim", "proj_hidden_dim", "p", "k", "knn_k", "hdbscan_min_cluster_size"):
             if getattr(self, name) < 1:
                 raise KennerError(f"{_flag(name)} must be at least 1, not {getattr(self, name)}")

@@ -89,7 +89,7 @@ class RetrievalModel:
     def load(cls, directory: str | os.PathLike) -> RetrievalModel:
         directory = Path(directory)
         if not (directory / SETTINGS_FILE).is_file():
-            raise KennerError(f"{directory}: not a retrieval model (no {SETTINGS_FILE}); was this a metric run?")
+            raise KennerError(f"{directory}: no {SETTINGS_FILE}; is this the model/ folder of a metric run?")
         settings = read_json(directory / SETTINGS_FILE)
         return cls(
             gallery=Gallery.load(directory / "gallery"),

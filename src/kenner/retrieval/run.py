@@ -55,7 +55,9 @@ SIDE_ONLY = ("side_task", "disable_mask_pooling")
 MAX_EVAL_K = 1000  # neighbours searched for mAP@R; larger classes make mAP@R a lower bound
 
 
-def train_metric_or_side(cfg: RunConfig, retrieval: RetrievalConfig | None = None) -> dict[str, dict[str, float]]:
+def train_metric_or_side(
+    cfg: RunConfig, retrieval: RetrievalConfig | None = None
+) -> dict[str, dict[str, float]]:
     """Entry point of ``kenner train`` for modes ``metric`` and ``side-classifier``; metrics per split.
 
     ``retrieval`` defaults to the run config's ``retrieval`` section when it has one, else to defaults.
@@ -66,7 +68,8 @@ def train_metric_or_side(cfg: RunConfig, retrieval: RetrievalConfig | None = Non
     atomic_write_json(out_dir / "run_config.json", cfg.to_dict())
     atomic_write_json(out_dir / "retrieval_config.json", dataclasses.asdict(rcfg))
     if cfg.mode == "metric":
-        return run_metric_mode(prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir), cfg, rcfg)
+        prepared = prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir)
+        return run_metric_mode(prepared, cfg, rcfg)
     if cfg.mode == "side-classifier":
         encoder = build_encoder(cfg.encoder)
         prepared = prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir, encoder=encoder)
@@ -79,13 +82,16 @@ def metric_train_config(cfg: RunConfig, rcfg: RetrievalConfig) -> MetricTrainCon
     head = cfg.head
     return MetricTrainConfig(
         epochs=head.epochs, lr=head.lr, weight_decay=head.weight_decay, p=rcfg.p, k=rcfg.k,
-        arcface_scale=head.arcface_scale, arcface_margin=head.arcface_margin, warmup_epochs=rcfg.warmup_epochs,
-        triplet_weight=rcfg.triplet_weight, triplet_margin=rcfg.triplet_margin,
+        arcface_scale=head.arcface_scale, arcface_margin=head.arcface_margin,
+        warmup_epochs=rcfg.warmup_epochs, triplet_weight=rcfg.triplet_weight,
+        triplet_margin=rcfg.triplet_margin,
         patience=head.early_stopping_patience, seed=head.seed, device=pick_device(head.device),
     )
 
 
-def run_metric_mode(prepared: PreparedEmbeddings, cfg: RunConfig, rcfg: RetrievalConfig) -> dict[str, dict[str, float]]:
+def run_metric_mode(
+    prepared: PreparedEmbeddings, cfg: RunConfig, rcfg: RetrievalConfig
+) -> dict[str, dict[str, float]]:
     """Metric learning + retrieval on prepared embeddings; writes the run folder ``cfg.out_dir``."""
     out_dir = Path(cfg.out_dir)
     split, y, n_classes = prepared.split, prepared.y, len(prepared.class_names)
@@ -104,11 +110,11 @@ def run_metric_mode(prepared: PreparedEmbeddings, cfg: RunConfig, rcfg: Retrieva
     Z = projection.transform(prepared.X) if projection is not None else l2_normalize(prepared.X)
     in_gallery = train | (val if rcfg.gallery == "train+val" else False)
     first_view = prepared.dataset.views[0]
-    samples = prepared.dataset.samples
+    rows = np.flatnonzero(in_gallery)
     gallery = Gallery.build(
         Z[in_gallery], y[in_gallery], factory=rcfg.index_factory, search_params=rcfg.search_params,
-        class_names=prepared.class_names, ids=np.asarray(prepared.sample_ids)[in_gallery].tolist(),
-        paths=[str(sample.paths[first_view]) for sample, keep in zip(samples, in_gallery, strict=True) if keep],
+        class_names=prepared.class_names, ids=[prepared.sample_ids[i] for i in rows],
+        paths=[str(prepared.dataset.samples[i].paths[first_view]) for i in rows],
     )
     model = RetrievalModel(gallery=gallery, n_classes=n_classes, projection=projection, vote=rcfg.vote,
                            k=rcfg.knn_k, temperature=rcfg.knn_temperature)
@@ -126,8 +132,8 @@ def run_metric_mode(prepared: PreparedEmbeddings, cfg: RunConfig, rcfg: Retrieva
                                   background_class=cfg.data.background_class, predicted=prediction.voted)
     if rule is not None:  # predictions.parquet says "unclassifiable" (null) where the rule rejects
         accepted = rule.accept(prediction.distance, prediction.margin)
-        write_predictions(out_dir / "predictions.parquet", sample_ids=prepared.sample_ids, split=split, y_true=y,
-                          proba=prediction.scores, class_names=prepared.class_names,
+        write_predictions(out_dir / "predictions.parquet", sample_ids=prepared.sample_ids, split=split,
+                          y_true=y, proba=prediction.scores, class_names=prepared.class_names,
                           predicted=np.where(accepted, prediction.voted, -1))
 
     knn = {}
@@ -185,7 +191,7 @@ def tune_reject(prediction: RetrievalPrediction, y: np.ndarray, split: np.ndarra
     rule, marker = None, None
     if rcfg.target_precision is not None or rcfg.target_coverage is not None:
         if tune_on is None:
-            raise KennerError("--target-precision/--target-coverage tune on the validation split, which is empty")
+            raise KennerError("--target-precision/--target-coverage are tuned on val, and val is empty")
         mask = split == "val"
         rule, point = tune_reject_rule(prediction.distance[mask], prediction.margin[mask], correct[mask],
                                        by=rcfg.reject_by, target_precision=rcfg.target_precision,
@@ -197,7 +203,8 @@ def tune_reject(prediction: RetrievalPrediction, y: np.ndarray, split: np.ndarra
                              for name in SPLITS if (split == name).any()}
         marker = (point.coverage, point.precision)
     plot_curve(curve["coverage"], curve["accuracy"], out_dir / "coverage_accuracy.png", xlabel="coverage",
-               ylabel="accuracy of accepted", title=f"Coverage–accuracy ({curve_split}, by {rcfg.reject_by})",
+               ylabel="accuracy of accepted",
+               title=f"Coverage–accuracy ({curve_split}, by {rcfg.reject_by})",
                marker_point=marker)
     atomic_write_json(out_dir / "reject.json", summary)
     return summary, rule
@@ -214,7 +221,9 @@ def write_hdbscan(Z: np.ndarray, y: np.ndarray, rcfg: RetrievalConfig, out_dir: 
     return _table(["metric", "value"], [[key, _fmt(value)] for key, value in metrics.items()])
 
 
-def retrieval_markdown(knn: dict[str, dict[str, Any]], rcfg: RetrievalConfig, gallery_size: int, k: int) -> str:
+def retrieval_markdown(
+    knn: dict[str, dict[str, Any]], rcfg: RetrievalConfig, gallery_size: int, k: int
+) -> str:
     lines = [f"Gallery: {gallery_size} {rcfg.gallery} rows in a Faiss `{rcfg.index_factory}` index "
              f"(cosine similarity; distance = 1 − cosine). Vote: {rcfg.vote} over k={rcfg.knn_k}; "
              f"mAP@R searched to {k} neighbours. Gallery rows are scored leave-one-out.", ""]
@@ -227,18 +236,20 @@ def retrieval_markdown(knn: dict[str, dict[str, Any]], rcfg: RetrievalConfig, ga
 
 
 def reject_markdown(summary: dict[str, Any]) -> str:
-    text = [f"Coverage–accuracy curve on {summary['curve_split']} (signal: {summary['by']}; the marked point "
-            "is the tuned operating point):", "![coverage–accuracy](coverage_accuracy.png)"]
+    text = [f"Coverage–accuracy curve on {summary['curve_split']} (signal: {summary['by']}; "
+            "the marked point is the tuned operating point):", "![coverage–accuracy](coverage_accuracy.png)"]
     if "rule" not in summary:
-        text.append("No target set (`--target-precision` / `--target-coverage`): every prediction is accepted.")
+        text.append("No target (`--target-precision` / `--target-coverage`): every prediction is accepted.")
         return "\n\n".join(text)
     point = summary["val_operating_point"]
+    missed = "" if point["target_met"] else " (**target not reached on val**)"
     text.append(f"Rule {summary['rule']} tuned on val: coverage {point['coverage']:.3f}, precision "
-                f"{point['precision']:.3f}" + ("" if point["target_met"] else " (**target not reached on val**)")
-                + ". Measured on each split with the same rule:")
-    rows = [[name, _fmt(v["coverage"]), _fmt(v["precision"]), _fmt(v["accuracy_all"]), v["n_accepted"], v["n"]]
+                f"{point['precision']:.3f}{missed}. Measured on each split with the same rule:")
+    header = ["split", "coverage", "precision (accepted)", "accuracy (all)", "accepted", "n"]
+    keys = ("coverage", "precision", "accuracy_all")
+    rows = [[name, *(_fmt(v[key]) for key in keys), v["n_accepted"], v["n"]]
             for name, v in summary["splits"].items()]
-    text.append(_table(["split", "coverage", "precision (accepted)", "accuracy (all)", "accepted", "n"], rows))
+    text.append(_table(header, rows))
     return "\n\n".join(text)
 
 

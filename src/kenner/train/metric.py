@@ -145,11 +145,12 @@ def train_metric(
             if validate:
                 record["val_recall_at_1"] = val_recall_at_1(net, X, y, X_val, y_val, device)
                 if record["val_recall_at_1"] > best_recall:
-                    best_recall, best_state, stale = record["val_recall_at_1"], copy.deepcopy(net.state_dict()), 0
+                    best_recall, stale = record["val_recall_at_1"], 0
+                    best_state = copy.deepcopy(net.state_dict())
                 elif epoch >= config.warmup_epochs:
                     stale += 1
             history.append(record)
-            progress.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("loss", "val_recall_at_1")})
+            progress.set_postfix({k: round(record[k], 4) for k in ("loss", "val_recall_at_1") if k in record})
             if validate and config.patience and stale >= config.patience:
                 log.info("early stop after epoch %d: no better val Recall@1 for %d epochs", epoch + 1, stale)
                 break
