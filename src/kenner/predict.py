@@ -92,9 +92,14 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
                 device: str = "auto") -> list[dict]:
     """Predictions for every query item: ``{"id", "paths", "predictions": [{label, probability}]}``."""
     info = load_model_info(run_dir)
-    if info["mode"] != "classifier":
+    if info["mode"] not in ("classifier", "finetune"):
         raise KennerError(f"{run_dir}: predict does not support mode {info['mode']!r} runs yet")
     inputs = collect_inputs(items, info["view_names"])
+    if info["mode"] == "finetune":
+        from kenner.train.finetune import predict_finetuned
+
+        return _top_k_results(inputs, predict_finetuned(run_dir, inputs.paths, device=device),
+                              info["class_names"], k)
     enc_cfg = EncoderConfig(encoder=info["encoder"], weights=info["weights"], pooling=info["pooling"],
                             views=info["views"], cache_dir=cache_dir, device=device)
     encoder = build_encoder(enc_cfg)
@@ -106,8 +111,11 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
     per_view = embed_views(inputs.paths, info["view_names"], encoder, enc_cfg, tuple(info["background_color"]))
     X = combine_views(per_view, info["views"]).astype(np.float32, copy=False)
     proba = load_head(run_dir / "model").predict_proba(X)
+    return _top_k_results(inputs, proba, info["class_names"], k)
+
+
+def _top_k_results(inputs: PredictionInputs, proba: np.ndarray, names: list[str], k: int) -> list[dict]:
     order, scores = top_k(proba, k)
-    names = info["class_names"]
     return [
         {"id": item_id, "paths": {v: str(p) for v, p in item_paths.items()},
          "predictions": [{"label": names[c], "probability": float(s)} for c, s in zip(row, score_row, strict=True)]}

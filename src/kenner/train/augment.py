@@ -41,7 +41,8 @@ def eval_preprocessing(encoder_pre: Preprocessing, img_size: int | None) -> Prep
 
 
 def train_transform(pre: Preprocessing, preset: str, backend: str = "torchvision") -> Transform:
-    """The training transform of ``preset`` (none | light | strong) in ``backend`` (torchvision | albumentations)."""
+    """The training transform of ``preset`` (none | light | strong) in ``backend`` (torchvision |
+    albumentations)."""
     if preset == "none":
         return pre.transform()
     if preset not in ("light", "strong"):
@@ -88,10 +89,12 @@ class AlbumentationsTransform:
         from albumentations.pytorch import ToTensorV2
 
         size = (pre.size, pre.size)
-        steps: list = [A.RandomResizedCrop(size=size, scale=(0.6 if strong else 0.8, 1.0)), A.HorizontalFlip()]
+        steps: list = [A.RandomResizedCrop(size=size, scale=(0.6 if strong else 0.8, 1.0)),
+                       A.HorizontalFlip()]
         if strong:
             steps += [
-                A.Affine(rotate=(-15, 15), translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), shear=(-5, 5), p=0.5),
+                A.Affine(rotate=(-15, 15), translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), shear=(-5, 5),
+                         p=0.5),
                 A.Perspective(scale=(0.02, 0.06), p=0.3),
                 A.ColorJitter(*STRONG_JITTER, p=0.8),
                 A.CLAHE(clip_limit=2.0, p=0.2),

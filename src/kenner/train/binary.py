@@ -55,7 +55,8 @@ def oriented_scores(proba: np.ndarray, pos_index: int, flipped: bool) -> np.ndar
 
 
 def choose_threshold(y: np.ndarray, proba: np.ndarray, pos_index: int) -> BinaryResult:
-    """Orientation, AUROC and best-F1 threshold of the positive-class score on labelled (validation) samples."""
+    """Orientation, AUROC and best-F1 threshold of the positive-class score on labelled (validation)
+    samples."""
     is_positive = np.asarray(y) == pos_index
     raw = auroc(is_positive, oriented_scores(proba, pos_index, False))
     flipped = bool(raw < 0.5)
@@ -71,7 +72,8 @@ def binary_predictions(proba: np.ndarray, pos_index: int, result: BinaryResult) 
                     others.argmax(axis=1))
 
 
-def binary_metrics(y: np.ndarray, proba: np.ndarray, pos_index: int, result: BinaryResult) -> dict[str, float]:
+def binary_metrics(y: np.ndarray, proba: np.ndarray, pos_index: int,
+                   result: BinaryResult) -> dict[str, float]:
     """AUROC and positive-class F1 on ``y`` with the orientation and threshold of ``result``."""
     is_positive = np.asarray(y) == pos_index
     predicted_positive = binary_predictions(proba, pos_index, result) == pos_index
