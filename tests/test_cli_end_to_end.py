@@ -169,3 +169,49 @@ def test_demo_runs_on_real_fashion_mnist(tmp_path: Path, capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert "test: accuracy=" in out and (tmp_path / "fashion_mnist_run" / "report.md").exists()
     assert len(list((tmp_path / "fashion_mnist").glob("*/*.png"))) == 100
+
+
+def test_reject_option_on_a_classifier_run(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    manifest, run, cache = trained_run
+    out = tmp_path / "reject"
+    # A target coverage of 0.5 forces the rule to refuse about half of val, whatever the accuracy.
+    assert main(["train", "--config", str(run / "run_config.json"), "--out-dir", str(out), "--splits",
+                 str(run / "splits"), "--cache-dir", str(cache), "--target-coverage", "0.5", "--no-track"]) == 0
+    reject = json.loads((out / "reject.json").read_text())
+    assert reject["val_operating_point"]["coverage"] == pytest.approx(0.5, abs=0.2)
+    assert set(reject["splits"]) == {"train", "val", "test"}  # measured on test too, not assumed
+    assert (out / "coverage_accuracy.png").exists() and "Reject option" in (out / "report.md").read_text()
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert (~predictions["accepted"]).any() and predictions.loc[~predictions["accepted"], "predicted"].isna().all()
+    results = json.loads(_predict_json(out, manifest, cache, tmp_path))
+    refused = [r for r in results if r["predicted"] == "unclassifiable"]
+    assert 0 < len(refused) < len(results)
+
+
+def test_metric_mode_run_and_retrieval_predict(trained_run: tuple[Path, Path, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    manifest, run, cache = trained_run
+    out = tmp_path / "metric"
+    assert main(["train", "--mode", "metric", "--data", str(manifest), "--out-dir", str(out), "--splits",
+                 str(run / "splits"), "--cache-dir", str(cache), "--views", "both_concat", "--proj-type", "linear",
+                 "--embedding-dim", "16", "--p", "3", "--k", "4", "--epochs", "5", "--metric-scale", "16",
+                 "--metric-margin", "0.2", "--knn-k", "5", "--eval-method", "hdbscan", "--no-track"]) == 0
+    for name in ("knn_metrics.json", "embeddings_val.npy", "labels_val.npy", "hdbscan_metrics.json",
+                 "model/gallery/gallery.faiss", "report.md"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "run_config.json").read_text())["retrieval"]["embedding_dim"] == 16
+    results = json.loads(_predict_json(out, manifest, cache, tmp_path))
+    stored = pd.read_parquet(out / "predictions.parquet").set_index("sample_id")
+    test_ids = stored.index[stored["split"] == "test"]
+    by_id = {r["id"]: r for r in results}
+    for sample_id in test_ids:  # test rows are not in the gallery: the same vote as in the run
+        assert by_id[sample_id]["predicted"] == stored.loc[sample_id, "predicted"]
+    capsys.readouterr()
+    assert main(["search", str(out), str(manifest), "-k", "3", "--cache-dir", str(cache), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["neighbours"]) == 3
+
+
+def _predict_json(run: Path, manifest: Path, cache: Path, tmp_path: Path) -> str:
+    out = tmp_path / f"{run.name}_predictions.json"
+    assert main(["predict", str(run), str(manifest), "--output", str(out), "--cache-dir", str(cache)]) == 0
+    return out.read_text()

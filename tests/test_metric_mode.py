@@ -129,11 +129,11 @@ def test_metric_run_writes_retrieval_artifacts_and_reports_reject_honestly(tmp_p
     torch.set_num_threads(1)
     prepared = _prepared(tmp_path)
     out = tmp_path / "run"
-    cfg = RunConfig(out_dir=str(out), mode="metric",
-                    head=HeadConfig(epochs=12, lr=1e-2, arcface_scale=16, arcface_margin=0.2, device="cpu"))
+    cfg = RunConfig(out_dir=str(out), mode="metric", head=HeadConfig(epochs=12, lr=1e-2, device="cpu"))
     rcfg = RetrievalConfig(proj_type="linear", embedding_dim=16, p=6, k=6, knn_k=5, target_precision=0.9,
-                           eval_method="hdbscan")
-    metrics = run_metric_mode(prepared, cfg, rcfg)
+                           eval_method="hdbscan", metric_scale=16, metric_margin=0.2)
+    metrics, history = run_metric_mode(prepared, cfg, rcfg)
+    assert len(history) >= 1
     for name in ("metrics.json", "knn_metrics.json", "embeddings_val.npy", "labels_val.npy", "reject.json",
                  "coverage_accuracy.png", "hdbscan_metrics.json", "hdbscan_labels.npy",
                  "confusion_matrix.png",
@@ -225,9 +225,10 @@ def test_metric_run_from_images_then_kenner_search(tmp_path):
     cfg = RunConfig(out_dir=str(out), mode="metric", data=DataConfig(data=str(tmp_path / "data")),
                     encoder=EncoderConfig(encoder=f"hf:{tmp_path / 'vit'}", cache_dir=str(tmp_path / "cache"),
                                           device="cpu", num_workers=0),
-                    head=HeadConfig(epochs=3, arcface_scale=16, arcface_margin=0.2, device="cpu"))
-    rcfg = RetrievalConfig(proj_type="linear", embedding_dim=8, p=3, k=2, knn_k=3)
-    metrics = train_metric_or_side(cfg, rcfg)
+                    head=HeadConfig(epochs=3, device="cpu"),
+                    retrieval=RetrievalConfig(proj_type="linear", embedding_dim=8, p=3, k=2, knn_k=3,
+                                              metric_scale=16, metric_margin=0.2))
+    metrics = train_metric_or_side(cfg)
     assert metrics["test"]["recall_at_1"] >= 0.5
 
     parser = argparse.ArgumentParser()

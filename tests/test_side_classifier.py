@@ -126,9 +126,9 @@ def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disabl
                               num_workers=0),
         head=HeadConfig(epochs=100, lr=3e-2, standardize="standardize", early_stopping_patience=0,
                         device="cpu"),
+        retrieval=RetrievalConfig(side_task=task, disable_mask_pooling=disable_mask_pooling),
     )
-    rcfg = RetrievalConfig(side_task=task, disable_mask_pooling=disable_mask_pooling)
-    metrics = train_metric_or_side(cfg, rcfg)
+    metrics = train_metric_or_side(cfg)
     assert metrics["test"]["accuracy"] >= 0.9
     mapping = read_json(out / "label_mapping.json")
     names = ["obverse|reverse", "reverse|obverse"] if task == "pair" else ["obverse", "reverse"]

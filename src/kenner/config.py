@@ -17,6 +17,7 @@ from typing import Any
 
 from kenner.errors import KennerError
 from kenner.heads.config import HeadConfig
+from kenner.retrieval.config import RetrievalConfig
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class RunConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     profile: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,7 +97,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
-        sections = {"data": DataConfig, "split": SplitConfig, "encoder": EncoderConfig, "head": HeadConfig}
+        sections = {"data": DataConfig, "split": SplitConfig, "encoder": EncoderConfig, "head": HeadConfig,
+                    "retrieval": RetrievalConfig}
         kwargs: dict[str, Any] = {}
         for key, value in raw.items():
             if key in sections:

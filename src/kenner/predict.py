@@ -23,6 +23,7 @@ from kenner.errors import DataError, KennerError
 from kenner.evaluate.outputs import top_k
 from kenner.heads.persist import load_head
 from kenner.pipeline import build_encoder, embed_views
+from kenner.retrieval.reject import UNCLASSIFIABLE, RejectRule, proba_confidence
 from kenner.train.run import load_model_info
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -88,18 +89,9 @@ def read_prediction_manifest(path: Path, view_names: list[str]) -> PredictionInp
     return PredictionInputs([str(i) for i in ids], paths)
 
 
-def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: str | None = None,
-                device: str = "auto") -> list[dict]:
-    """Predictions for every query item: ``{"id", "paths", "predictions": [{label, probability}]}``."""
-    info = load_model_info(run_dir)
-    if info["mode"] not in ("classifier", "finetune"):
-        raise KennerError(f"{run_dir}: predict does not support mode {info['mode']!r} runs yet")
-    inputs = collect_inputs(items, info["view_names"])
-    if info["mode"] == "finetune":
-        from kenner.train.finetune import predict_finetuned
-
-        return _top_k_results(inputs, predict_finetuned(run_dir, inputs.paths, device=device),
-                              info["class_names"], k)
+def embed_for_run(info: dict, inputs: PredictionInputs, *, cache_dir: str | None = None,
+                  device: str = "auto") -> np.ndarray:
+    """Embed query items exactly as the run embedded its data (same encoder fingerprint and views)."""
     enc_cfg = EncoderConfig(encoder=info["encoder"], weights=info["weights"], pooling=info["pooling"],
                             views=info["views"], cache_dir=cache_dir, device=device)
     encoder = build_encoder(enc_cfg)
@@ -109,22 +101,44 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
             f"trained with {info['fingerprint']}: its weights or preprocessing changed"
         )
     per_view = embed_views(inputs.paths, info["view_names"], encoder, enc_cfg, tuple(info["background_color"]))
-    X = combine_views(per_view, info["views"]).astype(np.float32, copy=False)
-    proba = load_head(run_dir / "model").predict_proba(X)
-    return _top_k_results(inputs, proba, info["class_names"], k)
+    return combine_views(per_view, info["views"]).astype(np.float32, copy=False)
 
 
-def _top_k_results(inputs: PredictionInputs, proba: np.ndarray, names: list[str], k: int) -> list[dict]:
-    order, scores = top_k(proba, k)
+def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: str | None = None,
+                device: str = "auto") -> list[dict]:
+    """Per query item: ``{"id", "paths", "predicted", "predictions": [{label, probability}]}``.
+
+    ``predicted`` is the top label, or ``unclassifiable`` where the run's reject rule refuses it.
+    Classifier runs score with their head; metric runs vote over their Faiss gallery.
+    """
+    info = load_model_info(run_dir)
+    if info["mode"] not in ("classifier", "metric"):
+        raise KennerError(f"{run_dir}: predict works on classifier and metric runs, not {info['mode']!r} runs")
+    inputs = collect_inputs(items, info["view_names"])
+    X = embed_for_run(info, inputs, cache_dir=cache_dir, device=device)
+    if info["mode"] == "metric":
+        from kenner.retrieval.model import RetrievalModel
+
+        prediction = RetrievalModel.load(run_dir / "model").classify(X)
+        scores, accepted = prediction.scores, prediction.predicted >= 0
+    else:
+        scores = load_head(run_dir / "model").predict_proba(X)
+        rule = RejectRule.from_dict(info["reject"]) if info.get("reject") else RejectRule()
+        accepted = rule.accept(*proba_confidence(scores))
+    order, top_scores = top_k(scores, k)
+    names = info["class_names"]
     return [
         {"id": item_id, "paths": {v: str(p) for v, p in item_paths.items()},
-         "predictions": [{"label": names[c], "probability": float(s)} for c, s in zip(row, score_row, strict=True)]}
-        for item_id, item_paths, row, score_row in zip(inputs.ids, inputs.paths, order, scores, strict=True)
+         "predicted": names[row[0]] if ok else UNCLASSIFIABLE,
+         "predictions": [{"label": names[c], "probability": float(s)}
+                         for c, s in zip(row, score_row, strict=True)]}
+        for item_id, item_paths, row, score_row, ok in zip(inputs.ids, inputs.paths, order, top_scores, accepted,
+                                                           strict=True)
     ]
 
 
 def format_predictions(results: list[dict], fmt: str) -> str:
-    """CSV (one row per item: id, paths, label_1, probability_1, ...) or JSON."""
+    """CSV (one row per item: id, paths, predicted, label_1, probability_1, ...) or JSON."""
     if fmt == "json":
         return json.dumps(results, indent=2) + "\n"
     if fmt != "csv":
@@ -133,12 +147,12 @@ def format_predictions(results: list[dict], fmt: str) -> str:
     writer = csv.writer(buffer)
     k = max((len(r["predictions"]) for r in results), default=0)
     views = list(results[0]["paths"]) if results else []
-    header = ["id", *(f"{v}_path" for v in views)]
+    header = ["id", *(f"{v}_path" for v in views), "predicted"]
     for rank in range(1, k + 1):
         header += [f"label_{rank}", f"probability_{rank}"]
     writer.writerow(header)
     for result in results:
-        row = [result["id"], *(result["paths"][v] for v in views)]
+        row = [result["id"], *(result["paths"][v] for v in views), result["predicted"]]
         for prediction in result["predictions"]:
             row += [prediction["label"], f"{prediction['probability']:.6f}"]
         writer.writerow(row)

@@ -24,6 +24,7 @@ from kenner.config import (
 from kenner.errors import KennerError
 from kenner.heads.config import HeadConfig
 from kenner.io import atomic_write_text
+from kenner.retrieval.config import RetrievalConfig
 from kenner.track import add_tracking_arguments, tracker_from_args
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser.add_argument_group("split"), SplitConfig)
     add_dataclass_arguments(parser.add_argument_group("encoder"), EncoderConfig)
     add_dataclass_arguments(parser.add_argument_group("head"), HeadConfig, skip=("device",))
+    add_dataclass_arguments(parser.add_argument_group("retrieval, reject option, side classifier"),
+                            RetrievalConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -113,7 +116,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         out_dir=out_dir or default_run_name(data, encoder, head),
         mode=args.mode or base.mode,
         data=data, split=merge_explicit(base.split, args, where="split"), encoder=encoder, head=head,
-        profile=profile,
+        retrieval=merge_explicit(base.retrieval, args, where="retrieval"), profile=profile,
     )
     return apply_overrides(cfg, args.set) if args.set else cfg
 

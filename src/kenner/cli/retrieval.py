@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from kenner.errors import KennerError
 
 
@@ -30,10 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def search_run(run_dir: Path, items: list[str], *, k: int = 10, cache_dir: str | None = None,
                device: str = "auto") -> list[dict]:
     """Per query: its id, paths, the retrieval prediction ("unclassifiable" if rejected) and neighbours."""
-    from kenner.config import EncoderConfig
-    from kenner.encoders.views import combine_views
-    from kenner.pipeline import build_encoder, embed_views
-    from kenner.predict import collect_inputs
+    from kenner.predict import collect_inputs, embed_for_run
     from kenner.retrieval.model import RetrievalModel
     from kenner.retrieval.reject import UNCLASSIFIABLE
     from kenner.train.run import load_model_info
@@ -45,16 +40,7 @@ def search_run(run_dir: Path, items: list[str], *, k: int = 10, cache_dir: str |
         raise KennerError(f"{run_dir}: a {info['mode']!r} run has no gallery; search needs a metric run")
     model = RetrievalModel.load(run_dir / "model")
     inputs = collect_inputs(items, info["view_names"])
-    enc_cfg = EncoderConfig(encoder=info["encoder"], weights=info["weights"], pooling=info["pooling"],
-                            views=info["views"], cache_dir=cache_dir, device=device)
-    encoder = build_encoder(enc_cfg)
-    if encoder.fingerprint != info["fingerprint"]:
-        raise KennerError(f"the encoder {info['encoder']!r} now has fingerprint {encoder.fingerprint}, but "
-                          f"the run's gallery was built with {info['fingerprint']}: its weights or "
-                          "preprocessing changed")
-    background = tuple(info["background_color"])
-    per_view = embed_views(inputs.paths, info["view_names"], encoder, enc_cfg, background)
-    X = combine_views(per_view, info["views"]).astype(np.float32, copy=False)
+    X = embed_for_run(info, inputs, cache_dir=cache_dir, device=device)
     prediction = model.classify_neighbours(model.search(X, max(k, model.k)))
     gallery = model.gallery
     names = gallery.class_names or [str(c) for c in range(model.n_classes)]

@@ -36,10 +36,15 @@ def top_k(proba: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_predictions(path: Path, *, sample_ids: list[str], split: np.ndarray, y_true: np.ndarray | None,
                       proba: np.ndarray, class_names: list[str], k: int = 5,
-                      predicted: np.ndarray | None = None) -> Path:
-    """predictions.parquet: sample id, split, true, predicted, top-k labels and scores."""
+                      predicted: np.ndarray | None = None, accepted: np.ndarray | None = None) -> Path:
+    """predictions.parquet: sample id, split, true, predicted, top-k labels and scores.
+
+    With a reject rule's ``accepted`` mask, rejected rows have ``predicted`` null ("unclassifiable").
+    """
     order, scores = top_k(proba, k)
     predicted = order[:, 0] if predicted is None else predicted
+    if accepted is not None:
+        predicted = np.where(accepted, predicted, -1)
     names = np.asarray(class_names, dtype=object)
     columns = {
         "sample_id": pa.array(sample_ids, pa.string()),
@@ -51,6 +56,8 @@ def write_predictions(path: Path, *, sample_ids: list[str], split: np.ndarray, y
         "topk_labels": pa.array(names[order].tolist(), pa.list_(pa.string())),
         "topk_scores": pa.array(scores.astype(float).tolist(), pa.list_(pa.float64())),
     }
+    if accepted is not None:
+        columns["accepted"] = pa.array(np.asarray(accepted, dtype=bool))
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), sink)
     return atomic_write_bytes(path, sink.getvalue().to_pybytes())
@@ -67,10 +74,12 @@ class Evaluation:
 
 def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: np.ndarray,
                      class_names: list[str], sample_ids: list[str], background_class: str | None = None,
-                     predicted: np.ndarray | None = None) -> Evaluation:
+                     predicted: np.ndarray | None = None, accepted: np.ndarray | None = None) -> Evaluation:
     """Metrics per split plus predictions, per-class table and confusion matrix of the report split.
 
-    ``predicted`` overrides the argmax of ``proba`` (e.g. a retrieval vote).
+    ``predicted`` overrides the argmax of ``proba`` (e.g. a retrieval vote). Metrics score every
+    prediction; ``accepted`` (a reject rule's mask) only marks rejected rows in predictions.parquet —
+    the reject option's own figures are in reject.json.
     """
     predicted = proba.argmax(axis=1) if predicted is None else predicted
     metrics: dict[str, dict[str, float]] = {}
@@ -81,7 +90,7 @@ def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: 
                                                    background_class=background_class)
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_predictions(out_dir / "predictions.parquet", sample_ids=sample_ids, split=split, y_true=y,
-                      proba=proba, class_names=class_names, predicted=predicted)
+                      proba=proba, class_names=class_names, predicted=predicted, accepted=accepted)
     focus_name = report_split(split)
     focus = split == focus_name
     table = per_class_table(y[focus], predicted[focus], class_names)

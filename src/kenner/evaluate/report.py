@@ -84,8 +84,8 @@ def metrics_markdown_table(metrics_by_split: Mapping[str, Mapping[str, float]]) 
     splits = [s for s in SPLIT_ORDER if s in metrics_by_split]
     splits += [s for s in metrics_by_split if s not in SPLIT_ORDER]
     columns = [key for key in MAIN_METRICS if any(key in metrics_by_split[s] for s in splits)]
-    rows = [[split] + [_number(metrics_by_split[split].get(key)) for key in columns] for split in splits]
-    return _table(["split", *columns], rows)
+    rows = [[split] + [format_number(metrics_by_split[split].get(key)) for key in columns] for split in splits]
+    return markdown_table(["split", *columns], rows)
 
 
 def _section(title: str, body: str) -> str:
@@ -94,22 +94,22 @@ def _section(title: str, body: str) -> str:
 
 def _splits_table(splits: Mapping[str, Mapping[str, int]]) -> str:
     columns = list(dict.fromkeys(key for counts in splits.values() for key in counts))
-    return _table(["split", *columns], [[name] + [_number(counts.get(c)) for c in columns]
+    return markdown_table(["split", *columns], [[name] + [format_number(counts.get(c)) for c in columns]
                                         for name, counts in splits.items()])
 
 
 def _key_values(values: Mapping[str, Any]) -> str:
-    return _table(["item", "value"], [[str(key), _value(value)] for key, value in values.items()])
+    return markdown_table(["item", "value"], [[str(key), _value(value)] for key, value in values.items()])
 
 
 def _worst_classes(per_class: pd.DataFrame) -> str:
     present = per_class[per_class["support"] > 0]
     worst = present.sort_values(["f1", "support", "class"], ascending=[True, False, True]).head(WORST_CLASSES)
     columns = ["class", "support", "precision", "recall", "f1"]
-    return _table(columns, [[_number(row[c]) for c in columns] for _, row in worst.iterrows()])
+    return markdown_table(columns, [[format_number(row[c]) for c in columns] for _, row in worst.iterrows()])
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -119,7 +119,7 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _number(value: Any) -> str:
+def format_number(value: Any) -> str:
     """Metrics and counts: integers as they are, other numbers with 4 decimals."""
     if value is None:
         return "–"

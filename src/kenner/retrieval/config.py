@@ -33,6 +33,8 @@ class RetrievalConfig:
     proj_hidden_dim: int = _knob(512, "hidden size of the mlp projection")
     p: int = _knob(16, "classes per metric-learning batch (P of P×K)")
     k: int = _knob(4, "samples per class per metric-learning batch (K of P×K)")
+    metric_scale: float = _knob(64.0, "ArcFace scale s of metric mode (lower it, e.g. 30, for few classes)")
+    metric_margin: float = _knob(0.5, "ArcFace margin m of metric mode (lower it, e.g. 0.3, for few classes)")
     warmup_epochs: int = _knob(2, "epochs with ArcFace margin 0 before the target margin")
     triplet_weight: float = _knob(1.0, "weight of the mined triplet loss added to ArcFace (0 = off)")
     triplet_margin: float = _knob(0.1, "margin of the triplet loss and its semi-hard miner")

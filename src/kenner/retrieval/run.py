@@ -24,9 +24,9 @@ import numpy as np
 from kenner.config import RunConfig
 from kenner.encoders.base import Encoder
 from kenner.errors import KennerError
-from kenner.evaluate.outputs import write_evaluation, write_predictions
-from kenner.evaluate.plots import plot_curve
-from kenner.evaluate.report import write_report
+from kenner.evaluate.outputs import write_evaluation
+from kenner.evaluate.reject_report import reject_markdown, tune_reject
+from kenner.evaluate.report import format_number, markdown_table, write_report
 from kenner.heads import create_head
 from kenner.heads.persist import save_head
 from kenner.heads.projection import ProjectionHead
@@ -37,16 +37,11 @@ from kenner.retrieval.clustering import hdbscan_eval
 from kenner.retrieval.config import RetrievalConfig
 from kenner.retrieval.index import Gallery, Neighbours, l2_normalize, save_npy
 from kenner.retrieval.metrics import knn_classification, retrieval_metrics
-from kenner.retrieval.model import RetrievalModel, RetrievalPrediction
-from kenner.retrieval.reject import (
-    RejectRule,
-    coverage_accuracy_curve,
-    evaluate_rule,
-    tune_reject_rule,
-)
+from kenner.retrieval.model import RetrievalModel
 from kenner.retrieval.vote import VOTE_METHODS, vote
+from kenner.track import NullTracker, Tracker
 from kenner.train.metric import MetricTrainConfig
-from kenner.train.run import report_context, save_model_info
+from kenner.train.run import log_run, report_context, save_model_info
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +50,24 @@ SIDE_ONLY = ("side_task", "disable_mask_pooling")
 MAX_EVAL_K = 1000  # neighbours searched for mAP@R; larger classes make mAP@R a lower bound
 
 
-def train_metric_or_side(
-    cfg: RunConfig, retrieval: RetrievalConfig | None = None
-) -> dict[str, dict[str, float]]:
-    """Entry point of ``kenner train`` for modes ``metric`` and ``side-classifier``; metrics per split.
-
-    ``retrieval`` defaults to the run config's ``retrieval`` section when it has one, else to defaults.
-    """
-    rcfg = retrieval or getattr(cfg, "retrieval", None) or RetrievalConfig()
+def train_metric_or_side(cfg: RunConfig, tracker: Tracker | None = None) -> dict[str, dict[str, float]]:
+    """Entry point of ``kenner train`` for modes ``metric`` and ``side-classifier``; metrics per split."""
+    if cfg.mode not in ("metric", "side-classifier"):
+        raise KennerError(f"mode {cfg.mode!r} is not a retrieval mode (metric, side-classifier)")
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "run_config.json", cfg.to_dict())
-    atomic_write_json(out_dir / "retrieval_config.json", dataclasses.asdict(rcfg))
-    if cfg.mode == "metric":
-        prepared = prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir)
-        return run_metric_mode(prepared, cfg, rcfg)
-    if cfg.mode == "side-classifier":
-        encoder = build_encoder(cfg.encoder)
-        prepared = prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir, encoder=encoder)
-        return run_side_classifier(prepared, cfg, rcfg, encoder=encoder)
-    raise KennerError(f"mode {cfg.mode!r} is not a retrieval mode (metric, side-classifier)")
+    tracker = tracker or NullTracker()
+    with tracker.start_run(out_dir.name, cfg.to_dict(), tags={"kenner.mode": cfg.mode}):
+        if cfg.mode == "metric":
+            prepared = prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir)
+            metrics, history = run_metric_mode(prepared, cfg, cfg.retrieval)
+        else:
+            encoder = build_encoder(cfg.encoder)
+            prepared = prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir, encoder=encoder)
+            metrics, history = run_side_classifier(prepared, cfg, cfg.retrieval, encoder=encoder)
+        log_run(tracker, out_dir, metrics, history)
+    return metrics
 
 
 def metric_train_config(cfg: RunConfig, rcfg: RetrievalConfig) -> MetricTrainConfig:
@@ -82,7 +75,7 @@ def metric_train_config(cfg: RunConfig, rcfg: RetrievalConfig) -> MetricTrainCon
     head = cfg.head
     return MetricTrainConfig(
         epochs=head.epochs, lr=head.lr, weight_decay=head.weight_decay, p=rcfg.p, k=rcfg.k,
-        arcface_scale=head.arcface_scale, arcface_margin=head.arcface_margin,
+        arcface_scale=rcfg.metric_scale, arcface_margin=rcfg.metric_margin,
         warmup_epochs=rcfg.warmup_epochs, triplet_weight=rcfg.triplet_weight,
         triplet_margin=rcfg.triplet_margin,
         patience=head.early_stopping_patience, seed=head.seed, device=pick_device(head.device),
@@ -91,8 +84,11 @@ def metric_train_config(cfg: RunConfig, rcfg: RetrievalConfig) -> MetricTrainCon
 
 def run_metric_mode(
     prepared: PreparedEmbeddings, cfg: RunConfig, rcfg: RetrievalConfig
-) -> dict[str, dict[str, float]]:
-    """Metric learning + retrieval on prepared embeddings; writes the run folder ``cfg.out_dir``."""
+) -> tuple[dict[str, dict[str, float]], list[dict]]:
+    """Metric learning + retrieval on prepared embeddings; writes the run folder ``cfg.out_dir``.
+
+    Returns metrics per split and the projection's per-epoch history (empty without a projection).
+    """
     out_dir = Path(cfg.out_dir)
     split, y, n_classes = prepared.split, prepared.y, len(prepared.class_names)
     train, val = split == "train", split == "val"
@@ -125,16 +121,15 @@ def run_metric_mode(
     neighbours = model.gallery.search(Z, max(eval_k, 1), exclude=self_row)
 
     prediction = model.classify_neighbours(neighbours)
-    reject_summary, rule = tune_reject(prediction, y, split, rcfg, out_dir)
+    reject_summary, rule = tune_reject(prediction.distance, prediction.margin, prediction.voted == y, split,
+                                       by=rcfg.reject_by, target_precision=rcfg.target_precision,
+                                       target_coverage=rcfg.target_coverage, out_dir=out_dir)
     model.reject = rule
+    accepted = rule.accept(prediction.distance, prediction.margin) if rule is not None else None
     evaluation = write_evaluation(out_dir, y=y, split=split, proba=prediction.scores.astype(np.float64),
                                   class_names=prepared.class_names, sample_ids=prepared.sample_ids,
-                                  background_class=cfg.data.background_class, predicted=prediction.voted)
-    if rule is not None:  # predictions.parquet says "unclassifiable" (null) where the rule rejects
-        accepted = rule.accept(prediction.distance, prediction.margin)
-        write_predictions(out_dir / "predictions.parquet", sample_ids=prepared.sample_ids, split=split,
-                          y_true=y, proba=prediction.scores, class_names=prepared.class_names,
-                          predicted=np.where(accepted, prediction.voted, -1))
+                                  background_class=cfg.data.background_class, predicted=prediction.voted,
+                                  accepted=accepted)
 
     knn = {}
     if rcfg.eval_method != "none":
@@ -155,7 +150,8 @@ def run_metric_mode(
         config["best epoch (val Recall@1)"] = projection.best_epoch_
     write_report(out_dir, report_context(f"kenner metric run {out_dir.name}", prepared, evaluation,
                                          config=config, sections=sections))
-    return {name: {**evaluation.metrics[name], **knn.get(name, {})} for name in evaluation.metrics}
+    metrics = {name: {**evaluation.metrics[name], **knn.get(name, {})} for name in evaluation.metrics}
+    return metrics, projection.history_ if projection is not None else []
 
 
 def knn_report(neighbours: Neighbours, y: np.ndarray, split: np.ndarray, model: RetrievalModel,
@@ -179,37 +175,6 @@ def knn_report(neighbours: Neighbours, y: np.ndarray, split: np.ndarray, model: 
     return report
 
 
-def tune_reject(prediction: RetrievalPrediction, y: np.ndarray, split: np.ndarray, rcfg: RetrievalConfig,
-                out_dir: Path) -> tuple[dict[str, Any], RejectRule | None]:
-    """Tune the reject rule on val (when a target is set), measure it on every split, plot the curve."""
-    correct = prediction.voted == y
-    signal = -prediction.distance if rcfg.reject_by == "distance" else prediction.margin
-    tune_on = "val" if (split == "val").any() else None
-    curve_split = tune_on or ("test" if (split == "test").any() else "train")
-    curve = coverage_accuracy_curve(signal[split == curve_split], correct[split == curve_split])
-    summary: dict[str, Any] = {"by": rcfg.reject_by, "curve_split": curve_split}
-    rule, marker = None, None
-    if rcfg.target_precision is not None or rcfg.target_coverage is not None:
-        if tune_on is None:
-            raise KennerError("--target-precision/--target-coverage are tuned on val, and val is empty")
-        mask = split == "val"
-        rule, point = tune_reject_rule(prediction.distance[mask], prediction.margin[mask], correct[mask],
-                                       by=rcfg.reject_by, target_precision=rcfg.target_precision,
-                                       target_coverage=rcfg.target_coverage)
-        summary.update(rule=rule.to_dict(), target_precision=rcfg.target_precision,
-                       target_coverage=rcfg.target_coverage, val_operating_point=point.to_dict())
-        summary["splits"] = {name: evaluate_rule(rule, prediction.distance[split == name],
-                                                 prediction.margin[split == name], correct[split == name])
-                             for name in SPLITS if (split == name).any()}
-        marker = (point.coverage, point.precision)
-    plot_curve(curve["coverage"], curve["accuracy"], out_dir / "coverage_accuracy.png", xlabel="coverage",
-               ylabel="accuracy of accepted",
-               title=f"Coverage–accuracy ({curve_split}, by {rcfg.reject_by})",
-               marker_point=marker)
-    atomic_write_json(out_dir / "reject.json", summary)
-    return summary, rule
-
-
 def write_hdbscan(Z: np.ndarray, y: np.ndarray, rcfg: RetrievalConfig, out_dir: Path) -> str:
     """HDBSCAN on the val embeddings: hdbscan_metrics.json, hdbscan_labels.npy; markdown for the report."""
     if len(Z) < max(2, rcfg.hdbscan_min_cluster_size):
@@ -218,7 +183,7 @@ def write_hdbscan(Z: np.ndarray, y: np.ndarray, rcfg: RetrievalConfig, out_dir: 
     metrics, clusters = hdbscan_eval(Z, y, min_cluster_size=rcfg.hdbscan_min_cluster_size)
     atomic_write_json(out_dir / "hdbscan_metrics.json", metrics)
     save_npy(out_dir / "hdbscan_labels.npy", clusters)
-    return _table(["metric", "value"], [[key, _fmt(value)] for key, value in metrics.items()])
+    return markdown_table(["metric", "value"], [[key, format_number(value)] for key, value in metrics.items()])
 
 
 def retrieval_markdown(
@@ -231,26 +196,8 @@ def retrieval_markdown(
         return "\n".join(lines)
     keys = ["recall_at_1", "recall_at_5", "recall_at_10", "map_at_r", "knn_accuracy", "knn_macro_f1",
             *(f"{m}_knn_macro_f1" for m in VOTE_METHODS)]
-    rows = [[name, *(_fmt(values.get(key)) for key in keys)] for name, values in knn.items()]
-    return "\n".join([*lines, _table(["split", *keys], rows)])
-
-
-def reject_markdown(summary: dict[str, Any]) -> str:
-    text = [f"Coverage–accuracy curve on {summary['curve_split']} (signal: {summary['by']}; "
-            "the marked point is the tuned operating point):", "![coverage–accuracy](coverage_accuracy.png)"]
-    if "rule" not in summary:
-        text.append("No target (`--target-precision` / `--target-coverage`): every prediction is accepted.")
-        return "\n\n".join(text)
-    point = summary["val_operating_point"]
-    missed = "" if point["target_met"] else " (**target not reached on val**)"
-    text.append(f"Rule {summary['rule']} tuned on val: coverage {point['coverage']:.3f}, precision "
-                f"{point['precision']:.3f}{missed}. Measured on each split with the same rule:")
-    header = ["split", "coverage", "precision (accepted)", "accuracy (all)", "accepted", "n"]
-    keys = ("coverage", "precision", "accuracy_all")
-    rows = [[name, *(_fmt(v[key]) for key in keys), v["n_accepted"], v["n"]]
-            for name, v in summary["splits"].items()]
-    text.append(_table(header, rows))
-    return "\n\n".join(text)
+    rows = [[name, *(format_number(values.get(key)) for key in keys)] for name, values in knn.items()]
+    return "\n".join([*lines, markdown_table(["split", *keys], rows)])
 
 
 def has_patch_tokens(encoder: Encoder) -> bool:
@@ -299,16 +246,4 @@ def run_side_classifier(prepared: PreparedEmbeddings, cfg: RunConfig, rcfg: Retr
                    f"({'both view orders' if rcfg.side_task == 'pair' else 'one per photo'}); "
                    "both stay in the sample's split. Per-epoch metrics: `history.json`.")],
     ))
-    return evaluation.metrics
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "" if value is None else str(value)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return evaluation.metrics, head.history_

@@ -19,12 +19,14 @@ from kenner.config import RunConfig
 from kenner.data.splits import split_summary
 from kenner.errors import KennerError
 from kenner.evaluate.outputs import Evaluation, write_evaluation
+from kenner.evaluate.reject_report import reject_markdown, tune_reject
 from kenner.evaluate.report import write_report
 from kenner.heads import create_head
 from kenner.heads.config import HeadConfig
 from kenner.heads.persist import save_head
 from kenner.io import atomic_write_json, atomic_write_text, read_json
 from kenner.pipeline import PreparedEmbeddings, prepare_embeddings, resolve_folds
+from kenner.retrieval.reject import proba_confidence
 from kenner.track import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -125,16 +127,23 @@ def _train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None) -> tu
     head.fit(X_train, y_train, X_val=X_val if len(X_val) else None, y_val=y_val if len(y_val) else None,
              n_classes=len(prepared.class_names))
     proba = head.predict_proba(prepared.X)
+    distance, margin = proba_confidence(proba)
+    rcfg = cfg.retrieval
+    reject_summary, rule = tune_reject(distance, margin, proba.argmax(axis=1) == prepared.y, prepared.split,
+                                       by=rcfg.reject_by, target_precision=rcfg.target_precision,
+                                       target_coverage=rcfg.target_coverage, out_dir=out_dir)
     evaluation = write_evaluation(out_dir, y=prepared.y, split=prepared.split, proba=proba,
                                   class_names=prepared.class_names, sample_ids=prepared.sample_ids,
-                                  background_class=cfg.data.background_class)
+                                  background_class=cfg.data.background_class,
+                                  accepted=rule.accept(distance, margin) if rule else None)
     save_head(head, out_dir / "model")
-    save_model_info(out_dir / "model", cfg, prepared)
+    save_model_info(out_dir / "model", cfg, prepared, reject=rule.to_dict() if rule else None)
     timings = {"embedding (cached) s": round(embed_seconds, 2), "head fit s": round(head.fit_seconds_, 2)}
     defaults = HeadConfig().to_dict()
     changed = {k: v for k, v in cfg.head.to_dict().items() if v != defaults[k] or k == "head_type"}
     write_report(out_dir, report_context(f"kenner run {out_dir.name}", prepared, evaluation, head=changed,
-                                         config={"profile": cfg.profile or "none", **timings}))
+                                         config={"profile": cfg.profile or "none", **timings},
+                                         sections=[("Reject option", reject_markdown(reject_summary))]))
     return evaluation.metrics, head.history_
 
 
