@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,11 @@ def make_images(directory: Path, n: int, start: int = 0) -> list[Path]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> None:
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def test_rows_follow_paths_and_duplicates_are_computed_once(tmp_path: Path) -> None:
@@ -149,7 +153,7 @@ from kenner.encoders.store import EmbeddingStore
 import torch
 torch.set_num_threads(1)
 paths = sorted(__import__("pathlib").Path({images!r}).glob("*.png"))
-encoder = TinyEncoder(delay_s=0.05)
+encoder = TinyEncoder(delay_s=0.1)
 store = EmbeddingStore({cache!r}, encoder.fingerprint, encoder.dim)
 extract_embeddings(encoder, paths, store, batch_size=2, num_workers=1, shard_size=4, progress=False)
 """
@@ -164,13 +168,15 @@ def test_extraction_resumes_after_kill_9(tmp_path: Path) -> None:
     encoder = TinyEncoder()
     shard_dir = cache / encoder.fingerprint / "shards"
     deadline = time.monotonic() + 120
-    while not (shard_dir.is_dir() and any(shard_dir.glob("*.npz"))):
-        assert child.poll() is None, child.stderr.read().decode()
-        assert time.monotonic() < deadline, "the child wrote no shard"
-        time.sleep(0.01)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    child.stderr.close()
+    try:
+        while not (shard_dir.is_dir() and any(shard_dir.glob("*.npz"))):
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline, "the child wrote no shard"
+            time.sleep(0.01)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stderr.close()
 
     store = EmbeddingStore(cache, encoder.fingerprint, encoder.dim)
     done = len(store)
