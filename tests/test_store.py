@@ -152,13 +152,13 @@ def test_bad_arguments_raise(tmp_path: Path) -> None:
 
 def test_for_encoder_and_default_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KENNER_CACHE", str(tmp_path / "cache"))
-    assert default_cache_dir() == tmp_path / "cache"
+    assert default_cache_dir() == tmp_path / "cache" / "embeddings"
 
     class Encoder:
         name, fingerprint, dim = "tiny", FP, DIM
 
     store = EmbeddingStore.for_encoder(Encoder())
-    assert store.path == tmp_path / "cache" / FP and store.encoder_name == "tiny"
+    assert store.path == tmp_path / "cache" / "embeddings" / FP and store.encoder_name == "tiny"
     monkeypatch.delenv("KENNER_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "kenner" / "embeddings"
 

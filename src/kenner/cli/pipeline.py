@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", help="labelled dataset (default: the run's own, on the run's split)")
     evaluate.add_argument("--out-dir", help="where to write (default: RUN/eval)")
     evaluate.add_argument("--background-class", help="class meaning 'none of these'")
-    evaluate.add_argument("--cache-dir", help="embedding cache ($KENNER_CACHE)")
+    evaluate.add_argument("--cache-dir", help="embedding cache (default: $KENNER_CACHE/embeddings)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = subparsers.add_parser("predict", help="top-k labels for new images (files, folders, manifest)")
@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("-k", "--top-k", type=int, default=5, help="labels per image (default: 5)")
     predict.add_argument("--format", choices=("csv", "json"), help="default: from --output, else csv")
     predict.add_argument("--output", help="write here instead of stdout")
-    predict.add_argument("--cache-dir", help="embedding cache ($KENNER_CACHE)")
+    predict.add_argument("--cache-dir", help="embedding cache (default: $KENNER_CACHE/embeddings)")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda")
     predict.set_defaults(func=cmd_predict)
 
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--out-dir", default="demo_runs", help="where the images and the run go")
     demo.add_argument("--per-class", type=int, default=200, help="images per class (default: 200)")
     demo.add_argument("--encoder", default="default", help="encoder spec (default: default)")
-    demo.add_argument("--cache-dir", help="embedding cache ($KENNER_CACHE)")
+    demo.add_argument("--cache-dir", help="embedding cache (default: $KENNER_CACHE/embeddings)")
     demo.set_defaults(func=cmd_demo)
 
 

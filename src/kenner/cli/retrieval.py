@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("images", nargs="+", help="image files, folders or a TSV/CSV manifest")
     search.add_argument("-k", "--top-k", type=int, default=10, help="neighbours per image (default: 10)")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    search.add_argument("--cache-dir", help="embedding cache ($KENNER_CACHE)")
+    search.add_argument("--cache-dir", help="embedding cache (default: $KENNER_CACHE/embeddings)")
     search.add_argument("--device", default="auto", help="auto | cpu | cuda")
     search.set_defaults(func=cmd_search)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-import os
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from kenner.encoders.store import kenner_cache_root
 from kenner.errors import KennerError
 from kenner.io import atomic_write_bytes
 
@@ -62,7 +62,7 @@ def locate(root: Path | None = None, *, download: bool = True) -> Path:
 
 
 def _download_dir() -> Path:
-    return Path(os.environ.get("KENNER_CACHE", Path.home() / ".cache" / "kenner")) / "fashion-mnist"
+    return kenner_cache_root() / "fashion-mnist"
 
 
 def _download(folder: Path) -> Path:

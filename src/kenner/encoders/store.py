@@ -41,10 +41,15 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SQLITE_TIMEOUT_S = 60.0
 
 
-def default_cache_dir() -> Path:
-    """The embedding cache root: ``$KENNER_CACHE`` or ``~/.cache/kenner/embeddings``."""
+def kenner_cache_root() -> Path:
+    """kenner's cache folder: ``$KENNER_CACHE`` or ``~/.cache/kenner``."""
     env = os.environ.get("KENNER_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "kenner" / "embeddings"
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kenner"
+
+
+def default_cache_dir() -> Path:
+    """The embedding cache root: ``<kenner cache>/embeddings``."""
+    return kenner_cache_root() / "embeddings"
 
 
 class MissingEmbeddingsError(KennerError, KeyError):
