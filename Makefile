@@ -35,7 +35,10 @@ test-slow: setup
 lint: setup
 	$(BIN)/ruff check .
 
-bench: setup
+# The benchmarks' real images come from Debian packages (Tux Paint stamps, Fashion-MNIST).
+bench: setup $(FMNIST)
+	@if [ ! -d /usr/share/tuxpaint/stamps ] && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -qq tuxpaint-stamps-default >/dev/null; fi
 	$(BIN)/python bench/run_all.py
 
 clean:
