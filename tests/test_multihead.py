@@ -111,6 +111,7 @@ def test_batched_heads_equal_separate_fits(base):
         np.testing.assert_allclose(fit.net.weights[-1][h].detach().numpy(),
                                    single.model_.classifier.weight.detach().numpy().T, atol=2e-5)
     assert np.abs(proba[0] - proba[1]).max() > 0.05  # the heads really differ
+    assert len(fit.history[-1]["heads"]) < len(configs)  # early-stopped heads left the batch
 
 
 def test_without_validation_heads_run_every_epoch():

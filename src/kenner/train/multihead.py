@@ -9,7 +9,8 @@ interact, so each head's gradient is exactly its own loss's gradient) and one ba
 The optimiser is AdamW written out over the stacked tensors: its update is elementwise, so a per-head
 learning rate and weight decay are ``[H, 1, 1]`` tensors broadcast into the same arithmetic as
 ``torch.optim.AdamW`` (decay ``p *= 1 - lr * wd``, then the bias-corrected Adam step). Early stopping
-keeps each head's best epoch by its own validation macro-F1 and stops when every head has stopped.
+keeps each head's best epoch by its own validation macro-F1; a head that stops is dropped from the
+batch (its best weights are kept aside), so the remaining steps only pay for the heads still learning.
 
 Seeded exactly like :class:`kenner.heads.classifier.EmbeddingClassifier` (see the contract in
 ``train/loop.py``), each head ends where a separate ``EmbeddingClassifier`` fit with its config would
@@ -80,6 +81,14 @@ class StackedHeads(torch.nn.Module):
     def n_heads(self) -> int:
         return self.weights[0].shape[0]
 
+    def replace_(self, tensors: list[torch.Tensor]) -> list[torch.nn.Parameter]:
+        """Swap in new parameters (``tensors`` in :meth:`parameters` order; the head count may change)."""
+        new = iter(tensors)
+        for plist in (self.weights, self.biases, self.norm_weights, self.norm_biases):
+            for i in range(len(plist)):
+                plist[i] = torch.nn.Parameter(next(new).detach().clone())
+        return list(self.parameters())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [B, D] (shared by all heads) -> logits [H, B, C]."""
         h = torch.einsum("bd,hdo->hbo", x, self.weights[0]) + self.biases[0]  # one GEMM, not H
@@ -147,6 +156,13 @@ class StackedAdamW:
         """``CosineAnnealingLR(T_max=epochs)`` after ``epoch`` epochs (closed form)."""
         self.lr = self.base_lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
+    def keep(self, rows: torch.Tensor, params: list[torch.Tensor]) -> None:
+        """Continue with only the heads ``rows`` (a mask or indices); ``params`` are their parameters."""
+        self.params = params
+        self.exp_avg = [m[rows] for m in self.exp_avg]
+        self.exp_avg_sq = [v[rows] for v in self.exp_avg_sq]
+        self.base_lr, self.lr, self.weight_decay = self.base_lr[rows], self.lr[rows], self.weight_decay[rows]
+
 
 def stacked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: torch.Tensor,
                           weight: torch.Tensor) -> torch.Tensor:
@@ -197,7 +213,8 @@ def _class_weight_matrix(configs: list[HeadConfig], counts: np.ndarray) -> np.nd
 @dataclass
 class MultiHeadFit:
     """H fitted heads: the stacked net, the shared standardisation and prior, a temperature and best
-    epoch per head, and the per-epoch validation macro-F1 of every head (``history``)."""
+    epoch per head, and per epoch the heads still training (``heads``) with their train loss and
+    validation macro-F1 (``history``)."""
 
     configs: list[HeadConfig]
     net: StackedHeads
@@ -290,14 +307,14 @@ def fit_multihead(
                                  per_head([c.weight_decay for c in configs]))
         augment = FeatureAugment(config.feature_noise, config.feature_scale, config.feature_aug_p)
         patience = config.early_stopping_patience if has_val else 0
+        active = torch.arange(n_heads, device=device)  # the heads still training, in batch order
         best_f1 = torch.full((n_heads,), -1.0, dtype=torch.float64, device=device)
         best_epoch = torch.zeros(n_heads, dtype=torch.long, device=device)
-        stopped = torch.zeros(n_heads, dtype=torch.bool, device=device)
         best_state = [p.detach().clone() for p in params]
         history: list[dict[str, Any]] = []
         for epoch in tqdm(range(1, config.epochs + 1), desc=f"{n_heads} heads", unit="epoch",
                           disable=None, leave=False):
-            total = torch.zeros(n_heads, device=device)
+            total = torch.zeros(len(active), device=device)
             for idx in minibatch_order(len(Xt), config.batch_size, generator):
                 idx = idx.to(device)
                 xb, yb = augment(Xt[idx], generator), yt[idx]
@@ -314,26 +331,30 @@ def fit_multihead(
                 total += losses.detach() * len(idx)
             if config.lr_schedule == "cosine":
                 optimizer.set_cosine(epoch, config.epochs)
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": (total / len(Xt)).tolist()}
+            record: dict[str, Any] = {"epoch": epoch, "heads": active.tolist(),
+                                      "train_loss": (total / len(Xt)).tolist()}
             if Xv is not None:
                 with torch.no_grad():
                     val_logits = inference_logits(net(Xv), prior, config)
                 f1 = stacked_macro_f1(yv, val_logits.argmax(-1), n_classes)
                 record["val_macro_f1"] = f1.tolist()
                 if patience > 0:
-                    improved = (f1 > best_f1) & ~stopped
-                    best_f1 = torch.where(improved, f1, best_f1)
-                    best_epoch = torch.where(improved, epoch, best_epoch)
+                    improved = f1 > best_f1[active]
+                    best_f1[active[improved]] = f1[improved]
+                    best_epoch[active[improved]] = epoch
                     for saved, p in zip(best_state, params, strict=True):
-                        saved[improved] = p.detach()[improved]
-                    stopped |= ~improved & (epoch - best_epoch >= patience)
+                        saved[active[improved]] = p.detach()[improved]
+                    going = improved | (epoch - best_epoch[active] < patience)
+                    if not bool(going.all()):
+                        active = active[going]
+                        params = net.replace_([p[going] for p in params])
+                        optimizer.keep(going, params)
+                        smoothing, weight = smoothing[going], weight[going]
             history.append(record)
-            if patience > 0 and bool(stopped.all()):
+            if len(active) == 0:
                 break
         if patience > 0:
-            with torch.no_grad():
-                for saved, p in zip(best_state, params, strict=True):
-                    p.copy_(saved)
+            net.replace_(best_state)
             best_epochs = best_epoch.tolist()
         else:
             best_epochs = [epoch] * n_heads
