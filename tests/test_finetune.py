@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,12 +99,18 @@ def test_run_folder_frozen_phase_checkpoints_and_predict(tiny: tuple[Path, Path]
     assert len(results) == PER_CLASS
     for result in results:
         row = predictions.loc[f"beta/{Path(result['id']).stem}"]  # sample id: class/file stem
-        assert result["predictions"][0]["label"] == row["topk_labels"][0]
+        assert result["predictions"][0]["label"] == row["topk_labels"][0] == result["predicted"]
         assert abs(result["predictions"][0]["probability"] - row["topk_scores"][0]) < 1e-5
 
 
 def test_early_stopping_restores_the_best_epoch(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    # GroupNorm, no running statistics: with a negligible learning rate val macro-F1 cannot change
+    weights = tmp_path / "test_efficientnet_gn.pth"
+    model = timm.create_model("test_efficientnet_gn", pretrained=False, num_classes=0)
+    torch.save(model.state_dict(), weights)
     run = make_run(tiny, tmp_path / "run", epochs=6, patience=2, lr=1e-12, scheduler="constant")
+    encoder = EncoderConfig(encoder="timm:test_efficientnet_gn", weights=str(weights))
+    run = dataclasses.replace(run, encoder=encoder)
     finetune(run)
     history = json.loads((Path(run.out_dir) / "history.json").read_text())
     assert len(history) == 3  # epoch 1 sets the best; epochs 2 and 3 do not beat it
@@ -133,7 +140,7 @@ def test_binary_task_arcface_and_mlflow(tiny: tuple[Path, Path], tmp_path: Path)
 
 
 def test_kfold_writes_one_run_per_fold_and_the_mean(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    run = make_run(tiny, tmp_path / "run", epochs=1)
+    run = make_run(tiny, tmp_path / "run", epochs=1, precision="bf16", accum_steps=2)  # CPU autocast path
     run = FinetuneRun(out_dir=run.out_dir, data=run.data, split=SplitConfig(folds=2), encoder=run.encoder,
                       finetune=run.finetune)
     summary = finetune_folds(run)
@@ -173,6 +180,8 @@ def test_config_errors_and_cli_flags(tiny: tuple[Path, Path], tmp_path: Path) ->
         FinetuneConfig(epochs=2, freeze_epochs=2)
     with pytest.raises(KennerError, match="--mixup"):
         FinetuneConfig(head_type="arcface", mixup=0.2)
+    with pytest.raises(KennerError, match="--monitor auroc needs --pos-class"):
+        FinetuneConfig(monitor="auroc")
     with pytest.raises(KennerError, match="--aug-preset"):
         FinetuneConfig(aug_preset="medium")
     with pytest.raises(KennerError, match="--pos-class 'delta'"):
@@ -198,3 +207,30 @@ def test_config_errors_and_cli_flags(tiny: tuple[Path, Path], tmp_path: Path) ->
     again = run_from_args(parser.parse_args(["finetune", "--config", config, "--epochs", "3"]))
     assert again.finetune.epochs == 3 and again.finetune.pos_class == "hibrido"
     assert again.out_dir == run.out_dir
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_schedules_per_epoch() -> None:
+    from kenner.train.schedulers import build_scheduler, step_scheduler, warmup_cosine_factor
+
+    factors = [warmup_cosine_factor(e, warmup=1, total=5, floor=0.0) for e in range(5)]
+    half_cos = [0.5 * (1 + np.cos(np.pi * t)) for t in (0.25, 0.75)]
+    assert factors == pytest.approx([0.5, 1.0, half_cos[0], 0.5, half_cos[1]])
+
+    def lrs(cfg: FinetuneConfig, metrics: list[float | None]) -> list[float]:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        scheduler = build_scheduler(optimizer, cfg)
+        seen = []
+        for metric in metrics:
+            seen.append(optimizer.param_groups[0]["lr"])
+            step_scheduler(scheduler, metric)
+        return seen
+
+    cosine = lrs(FinetuneConfig(lr=1.0, min_lr=0.0, warmup_epochs=1, epochs=5), [None] * 5)
+    assert cosine == pytest.approx(factors)
+    restarts = lrs(FinetuneConfig(lr=1.0, min_lr=0.0, scheduler="restarts", t0=2), [None] * 4)
+    assert restarts == pytest.approx([1.0, 0.5, 1.0, 0.5])
+    plateau = lrs(FinetuneConfig(lr=1.0, scheduler="plateau", plateau_patience=1, plateau_factor=0.1),
+                  [0.5, 0.6, 0.6, 0.6, 0.6])
+    assert plateau == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.1])  # 1 stalled epoch tolerated, the 2nd cuts
+    assert lrs(FinetuneConfig(lr=1.0, scheduler="constant"), [None] * 3) == [1.0, 1.0, 1.0]

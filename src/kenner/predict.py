@@ -109,19 +109,27 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
     """Per query item: ``{"id", "paths", "predicted", "predictions": [{label, probability}]}``.
 
     ``predicted`` is the top label, or ``unclassifiable`` where the run's reject rule refuses it.
-    Classifier runs score with their head; metric runs vote over their Faiss gallery.
+    Classifier runs score with their head; metric runs vote over their Faiss gallery; finetune runs
+    run their fine-tuned network on the pixels.
     """
     info = load_model_info(run_dir)
-    if info["mode"] not in ("classifier", "metric"):
-        raise KennerError(f"{run_dir}: predict works on classifier and metric runs, not {info['mode']!r} runs")
+    if info["mode"] not in ("classifier", "metric", "finetune"):
+        raise KennerError(f"{run_dir}: predict works on classifier, metric and finetune runs, "
+                          f"not {info['mode']!r} runs")
     inputs = collect_inputs(items, info["view_names"])
-    X = embed_for_run(info, inputs, cache_dir=cache_dir, device=device)
-    if info["mode"] == "metric":
+    if info["mode"] == "finetune":
+        from kenner.train.finetune import predict_finetuned
+
+        scores = predict_finetuned(run_dir, inputs.paths, device=device)  # pixels, no embedding cache
+        accepted = np.ones(len(scores), dtype=bool)
+    elif info["mode"] == "metric":
+        X = embed_for_run(info, inputs, cache_dir=cache_dir, device=device)
         from kenner.retrieval.model import RetrievalModel
 
         prediction = RetrievalModel.load(run_dir / "model").classify(X)
         scores, accepted = prediction.scores, prediction.predicted >= 0
     else:
+        X = embed_for_run(info, inputs, cache_dir=cache_dir, device=device)
         scores = load_head(run_dir / "model").predict_proba(X)
         rule = RejectRule.from_dict(info["reject"]) if info.get("reject") else RejectRule()
         accepted = rule.accept(*proba_confidence(scores))

@@ -292,7 +292,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def validation_metrics(logits: np.ndarray, features: np.ndarray, y: np.ndarray, class_names: list[str], *,
-                       pos_index: int | None, recall: bool) -> tuple[dict[str, float], BinaryResult | None]:
+                       pos_index: int | None, recall: bool) -> dict[str, float]:
     """Loss, accuracy, macro-F1 (and Recall@1, binary AUROC/threshold) of validation predictions."""
     proba = softmax(logits)
     full = classification_metrics(y, proba.argmax(axis=1), proba, class_names, top_k=())
@@ -300,12 +300,11 @@ def validation_metrics(logits: np.ndarray, features: np.ndarray, y: np.ndarray, 
                "accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}
     if recall:
         metrics["recall_at_1"] = loo_recall_at_1(features, y)
-    binary = None
     if pos_index is not None:
         binary = choose_threshold(y, proba, pos_index)
         metrics.update(auroc=binary.auroc, threshold=binary.threshold, f1_pos=binary.f1,
                        score_flipped=float(binary.flipped))
-    return metrics, binary
+    return metrics
 
 
 def _better(value: float, best: float | None, metric: str) -> bool:
@@ -429,10 +428,8 @@ class Trainer:
             if net is None or val_loader is None:
                 continue
             logits, features = predict_logits(net, val_loader, self.settings, desc="validating")
-            values, _ = validation_metrics(logits, features, y_val, class_names, pos_index=pos_index,
+            values = validation_metrics(logits, features, y_val, class_names, pos_index=pos_index,
                                            recall=cfg.head_type == "arcface" or metric == "recall_at_1")
-            if metric not in values:
-                raise KennerError(f"--monitor {metric} needs --pos-class (binary tasks only)")
             record.update({f"{'' if source == 'model' else 'ema_'}val_{k}": v for k, v in values.items()})
             candidates[source] = values[metric]
         if self.ema is not None:

@@ -58,7 +58,7 @@ class FinetuneConfig:
     t0: int = _knob(5, "restarts: epochs of the first cosine cycle (T_0)")
     t_mult: int = _knob(1, "restarts: cycle length factor (T_mult)")
     plateau_factor: float = _knob(0.5, "plateau: learning-rate factor when the monitored metric stalls")
-    plateau_patience: int = _knob(2, "plateau: epochs without improvement before cutting the learning rate")
+    plateau_patience: int = _knob(2, "plateau: stalled epochs tolerated; the next one cuts the rate")
     label_smoothing: float = _knob(0.0, "label smoothing of the cross-entropy")
     mixup: float = _knob(0.0, "mixup alpha on images, soft labels (0 = off; linear head only)")
     sampler: str = _knob("random", "training order: shuffle, inverse-frequency weighted, or P x K", SAMPLERS)
@@ -105,6 +105,8 @@ class FinetuneConfig:
             _fail("dropout", "must be in [0, 1)", self.dropout)
         if self.freeze_epochs >= self.epochs:
             _fail("freeze_epochs", f"must be below --epochs ({self.epochs})", self.freeze_epochs)
+        if self.monitor == "auroc" and self.pos_class is None:
+            _fail("monitor", "auroc needs --pos-class (binary tasks)", self.monitor)
         if self.mixup > 0 and self.head_type == "arcface":
             _fail("mixup", "does not combine with the arcface head (its margin needs hard labels)",
                   self.mixup)

@@ -1,7 +1,7 @@
 """Learning-rate schedules of fine-tuning, stepped once per epoch.
 
-``cosine``: linear warm-up over ``warmup_epochs`` epochs, then a cosine from the base rate down to
-``min_lr`` at the last epoch; ``restarts``: ``CosineAnnealingWarmRestarts(T_0, T_mult)``; ``plateau``:
+``cosine``: linear warm-up over ``warmup_epochs`` epochs, then a cosine from the base rate towards
+``min_lr``; ``restarts``: ``CosineAnnealingWarmRestarts(T_0, T_mult)``; ``plateau``:
 ``ReduceLROnPlateau`` on the monitored validation metric; ``constant``: no schedule.
 """
 
@@ -20,11 +20,11 @@ Scheduler = LRScheduler | ReduceLROnPlateau
 
 def warmup_cosine_factor(epoch: int, *, warmup: int, total: int, floor: float) -> float:
     """Multiplier of the base rate in 0-based ``epoch``: ``(epoch + 1) / (warmup + 1)`` while warming up,
-    then a cosine from 1 to ``floor`` reached at epoch ``total - 1``."""
+    then ``floor + (1 - floor) * (1 + cos(pi * t)) / 2`` with ``t = (epoch - warmup) / (total - warmup)``
+    (1 in the first epoch after warm-up; it would reach ``floor`` one epoch after the last)."""
     if epoch < warmup:
         return (epoch + 1) / (warmup + 1)
-    span = max(total - 1 - warmup, 1)
-    progress = min((epoch - warmup) / span, 1.0)
+    progress = min((epoch - warmup) / max(total - warmup, 1), 1.0)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
