@@ -123,13 +123,14 @@ def main() -> None:
 
     per_config = kenner_seconds / len(grid)
     best = int(np.argmax(kenner_val))
-    print(f"\nkenner batched: {kenner_seconds:.1f} s for {len(grid)} configurations = {per_config:.3f} s each")
+    print(f"\nkenner batched: {kenner_seconds:.1f} s for {len(grid)} configurations "
+          f"= {per_config:.3f} s each")
     print(f"sklearn LogisticRegression: {sk_seconds:.2f} s per configuration "
           f"(mean of {len(fits)} fits{'' if args.sklearn_all else ', one per distinct C'})")
     print(f"speed-up per configuration: {sk_seconds / per_config:.1f}x")
     print(f"test macro-F1 of the configuration picked on val: kenner {kenner_test[best]:.4f} "
-          f"({grid[best]}), sklearn {sk_best[2]:.4f}; difference {100 * (kenner_test[best] - sk_best[2]):+.2f} "
-          "points")
+          f"({grid[best]}), sklearn {sk_best[2]:.4f}; "
+          f"difference {100 * (kenner_test[best] - sk_best[2]):+.2f} points")
     print(f"best test macro-F1 over all configurations: kenner {max(kenner_test):.4f}, "
           f"sklearn {max(f[2] for f in fits.values()):.4f}")
 
