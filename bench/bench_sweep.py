@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from kenner.data import fashion_mnist
+from kenner.encoders.store import kenner_cache_root
 from kenner.errors import KennerError
 from kenner.heads.config import HeadConfig
 from kenner.train.multihead import fit_multihead
@@ -78,8 +78,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--sklearn-all", action="store_true", help="fit sklearn for every configuration")
-    parser.add_argument("--cache-dir", type=Path,
-                        default=Path(os.environ.get("KENNER_CACHE", Path.home() / ".cache" / "kenner")))
+    parser.add_argument("--cache-dir", type=Path, default=kenner_cache_root(),
+                        help="kenner cache root (default: $KENNER_CACHE or ~/.cache/kenner)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
