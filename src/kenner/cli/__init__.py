@@ -17,6 +17,7 @@ from kenner.errors import KennerError
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
     "kenner.cli.pipeline",
+    "kenner.cli.finetune",
     "kenner.cli.retrieval",
     "kenner.cli.download",
 ]
