@@ -23,19 +23,9 @@ from kenner.losses.class_weights import effective_number_weights, inverse_freque
 from kenner.losses.logit_adjustment import balanced_softmax_loss, log_prior, logit_adjusted_loss
 from kenner.train.feature_aug import FeatureAugment, mixup
 from kenner.train.loop import make_generator, minibatch_order
+from synthetic import blobs
 
 torch.set_num_threads(1)
-
-
-def blobs(
-    sizes: list[int], dim: int = 8, sep: float = 3.0, seed: int = 0, draw: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian blobs: ``sizes[c]`` rows of class c around centre c (centres from ``seed``, scaled by
-    ``sep``; unit noise from ``draw``, so another ``draw`` is a fresh sample of the same classes)."""
-    centres = np.random.default_rng(seed).normal(size=(len(sizes), dim)) * sep
-    y = np.repeat(np.arange(len(sizes)), sizes)
-    noise = np.random.default_rng([seed, draw]).normal(size=(len(y), dim))
-    return (centres[y] + noise).astype(np.float32), y
 
 
 X, Y = blobs([24, 12, 4])

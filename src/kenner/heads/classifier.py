@@ -75,7 +75,7 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         device = resolve_device(config.device)
         self.classes_ = np.arange(n_classes)
         self.n_features_in_ = X.shape[1]
-        self.mean_, self.scale_ = _standardizer(X, config.standardize)
+        self.mean_, self.scale_ = fit_standardizer(X, config.standardize)
         self.log_prior_ = log_prior(np.bincount(y, minlength=n_classes)).numpy()
         forked = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=forked):
@@ -157,7 +157,7 @@ def _replace(config: HeadConfig, overrides: dict[str, Any]) -> HeadConfig:
     return dataclasses.replace(config, **overrides)
 
 
-def _standardizer(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+def fit_standardizer(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, scale)`` from the training rows; identity for ``none``, unit scale for ``center``."""
     dim = X.shape[1]
     mean = X.mean(axis=0, dtype=np.float64) if mode != "none" else np.zeros(dim)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kenner.errors import KennerError
-from kenner.heads.classifier import _standardizer, resolve_device
+from kenner.heads.classifier import fit_standardizer, resolve_device
 from kenner.heads.config import HeadConfig
 from kenner.heads.modules import build_head_net
 from kenner.losses.class_weights import effective_number_weights, inverse_frequency_weights
@@ -279,7 +279,7 @@ def fit_multihead(
     device = torch.device(device) if device is not None else resolve_device(config.device)
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
-    mean, scale = _standardizer(X, config.standardize)
+    mean, scale = fit_standardizer(X, config.standardize)
     counts = np.bincount(y, minlength=n_classes)
     prior = log_prior(counts).to(device)
     n_heads = len(configs)
