@@ -178,11 +178,21 @@ def test_raw_knn_run_without_projection(tmp_path):
 
     prepared = _prepared(tmp_path)
     out = tmp_path / "raw"
-    rcfg = RetrievalConfig(proj_type="none", vote="majority", gallery="train+val", eval_method="none")
+    rcfg = RetrievalConfig(proj_type="none", vote="majority", gallery="train+val", eval_method="none",
+                           index_factory="IVF2,Flat", search_params="nprobe=2")
     run_metric_mode(prepared, RunConfig(out_dir=str(out), mode="metric"), rcfg)
     assert not (out / "model" / "projection").exists() and not (out / "knn_metrics.json").exists()
+    assert not (out / "hdbscan_metrics.json").exists()
     assert read_json(out / "reject.json")["curve_split"] == "val"
     assert np.load(out / "embeddings_val.npy").shape[1] == prepared.X.shape[1]
+    # The index_factory choice travels with the run: the reloaded gallery is the same IVF index.
+    from kenner.retrieval.model import RetrievalModel
+
+    model = RetrievalModel.load(out / "model")
+    assert model.gallery.factory == "IVF2,Flat" and model.gallery.search_params == "nprobe=2"
+    assert "IVF" in type(model.gallery.index).__name__
+    in_gallery = np.isin(prepared.split, ["train", "val"])
+    assert len(model.gallery) == in_gallery.sum() and model.vote == "majority"
 
 
 def test_retrieval_config_rejects_bad_values():

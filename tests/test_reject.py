@@ -110,3 +110,30 @@ def test_bad_targets_are_user_errors():
         tune_threshold(scores, correct, target_precision=95)
     with pytest.raises(KennerError, match="distance"):
         tune_reject_rule(scores, scores, correct, by="entropy", target_coverage=0.5)
+
+
+def test_run_folder_reject_report_tunes_on_val_and_measures_test(tmp_path):
+    from kenner.evaluate.reject_report import reject_markdown, rule_text, tune_reject
+    from kenner.io import read_json
+
+    scores, correct = _confidences(3000, 7)
+    split = np.repeat(np.array(["train", "val", "test"]), 1000)
+    distance, margin = 1 - scores, scores
+    summary, rule = tune_reject(distance, margin, correct, split, by="margin", target_precision=0.9,
+                                target_coverage=None, out_dir=tmp_path)
+    assert rule.min_margin is not None and rule.max_distance is None
+    on_val = rule.accept(distance, margin)[split == "val"]
+    assert correct[split == "val"][on_val].mean() >= 0.9
+    saved = read_json(tmp_path / "reject.json")
+    test = split == "test"
+    assert saved["splits"]["test"]["precision"] == pytest.approx(correct[test][margin[test] >= rule.min_margin].mean())
+    assert (tmp_path / "coverage_accuracy.png").is_file()
+    text = reject_markdown(summary)
+    assert f"margin < {rule.min_margin:.4g}" in text and "target precision 0.9" in text and "| test |" in text
+    assert rule_text({"max_distance": 0.25, "min_margin": 0.1}) == "unclassifiable when distance > 0.25 or margin < 0.1"
+    assert "No target" in reject_markdown(tune_reject(distance, margin, correct, split, by="distance",
+                                                      target_precision=None, target_coverage=None,
+                                                      out_dir=tmp_path)[0])
+    with pytest.raises(KennerError, match="val is empty"):
+        tune_reject(distance, margin, correct, np.full(3000, "train"), by="distance", target_precision=None,
+                    target_coverage=0.5, out_dir=tmp_path)

@@ -77,3 +77,18 @@ def test_retrieval_metrics_skips_k_beyond_the_list_and_knn_scores():
     scores = knn_classification(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]))
     assert scores["knn_accuracy"] == 0.75
     assert scores["knn_macro_f1"] == pytest.approx(np.mean([2 / 3, 2 / 3, 1.0]))
+
+
+def test_leave_one_out_map_at_r_agrees_with_pytorch_metric_learning():
+    """Gallery items queried without themselves: R counts the other items of their class only."""
+    g, gl, _, _ = _toy(seed=2)
+    loo = Gallery.build(g, gl).search(g, k=len(g) - 1, exclude=np.arange(len(g)))
+    calculator = AccuracyCalculator(include=("mean_average_precision_at_r",), k="max_bin_count")
+    gn = torch.from_numpy(g / np.linalg.norm(g, axis=1, keepdims=True))
+    reference = calculator.get_accuracy(gn, torch.from_numpy(gl), gn, torch.from_numpy(gl), ref_includes_query=True)
+    expected = reference["mean_average_precision_at_r"]
+    in_gallery = np.ones(len(g), dtype=bool)
+    assert map_at_r(loo.labels, gl, gl, in_gallery) == pytest.approx(expected, abs=1e-6)
+    assert map_at_r(loo.labels, gl, gl) < expected  # counting the query itself in R understates mAP@R
+    metrics = retrieval_metrics(loo.labels, gl, gl, query_in_gallery=in_gallery)
+    assert metrics["map_at_r"] == pytest.approx(expected, abs=1e-6)

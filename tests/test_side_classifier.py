@@ -126,7 +126,7 @@ def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disabl
                               num_workers=0),
         head=HeadConfig(epochs=100, lr=3e-2, standardize="standardize", early_stopping_patience=0,
                         device="cpu"),
-        retrieval=RetrievalConfig(side_task=task, disable_mask_pooling=disable_mask_pooling),
+        retrieval=RetrievalConfig(side_task=task, disable_mask_pooling=disable_mask_pooling, target_coverage=0.5),
     )
     metrics = train_metric_or_side(cfg)
     assert metrics["test"]["accuracy"] >= 0.9
@@ -145,3 +145,27 @@ def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disabl
     coin = table["sample_id"].str.split(":").str[0]
     assert (table.groupby(coin)["split"].nunique() == 1).all()
     assert len(table) == 2 * 36
+    # The reject option works on the side classifier's probabilities too, measured on test.
+    reject = read_json(out / "reject.json")
+    assert reject["val_operating_point"]["coverage"] >= 0.5 and "test" in reject["splits"]
+    assert (out / "coverage_accuracy.png").is_file() and "Reject option" in (out / "report.md").read_text()
+
+    # New photos get the features the run trained on: the saved head reproduces the run's scores.
+    from kenner.retrieval.side_predict import side_input_views, side_proba
+    from kenner.train.run import load_model_info
+
+    info = load_model_info(out)
+    first = [coin_id for coin_id in table["sample_id"] if coin_id.endswith(":" + names[0])][:6]
+    coins = [coin_id.split(":")[0] for coin_id in first]
+    if task == "single":  # one loose photo per item: obverses, then reverses
+        assert side_input_views(info) == ["image"]
+        items = [{"image": tmp_path / f"{c}_{side}.png"} for side in ("obv", "rev") for c in coins]
+        expected = [f"{c}:{name}" for name in names for c in coins]
+    else:  # both photos of a coin, in the manifest's order
+        assert side_input_views(info) == ["obverse", "reverse"]
+        items = [{"obverse": tmp_path / f"{c}_obv.png", "reverse": tmp_path / f"{c}_rev.png"} for c in coins]
+        expected = first
+    proba = side_proba(out, info, items, cache_dir=str(tmp_path / "cache"), device="cpu")
+    stored = table.set_index("sample_id").loc[expected]
+    np.testing.assert_allclose(proba.max(axis=1), stored["score"].to_numpy(), atol=1e-4)
+    assert [info["class_names"][c] for c in proba.argmax(axis=1)] == stored["topk_labels"].str[0].tolist()

@@ -62,10 +62,23 @@ def reject_markdown(summary: dict[str, Any]) -> str:
         return "\n\n".join(text)
     point = summary["val_operating_point"]
     missed = "" if point["target_met"] else " (**target not reached on val**)"
-    text.append(f"Rule {summary['rule']} tuned on val: coverage {point['coverage']:.3f}, precision "
-                f"{point['precision']:.3f}{missed}. Measured on each split with the same rule:")
+    target = (f"target precision {summary['target_precision']}" if summary.get("target_precision") is not None
+              else f"target coverage {summary['target_coverage']}")
+    text.append(f"Rule \"{rule_text(summary['rule'])}\" tuned on val for {target}: coverage "
+                f"{point['coverage']:.3f}, precision {point['precision']:.3f}{missed}. "
+                "Measured on each split with the same rule:")
     header = ["split", "coverage", "precision (accepted)", "accuracy (all)", "accepted", "n"]
     rows = [[name, *(format_number(v[key]) for key in ("coverage", "precision", "accuracy_all")),
              v["n_accepted"], v["n"]] for name, v in summary["splits"].items()]
     text.append(markdown_table(header, rows))
     return "\n\n".join(text)
+
+
+def rule_text(rule: dict[str, float | None]) -> str:
+    """A reject rule in words, e.g. ``unclassifiable when distance > 0.1234``."""
+    parts = []
+    if rule.get("max_distance") is not None:
+        parts.append(f"distance > {rule['max_distance']:.4g}")
+    if rule.get("min_margin") is not None:
+        parts.append(f"margin < {rule['min_margin']:.4g}")
+    return "unclassifiable when " + " or ".join(parts) if parts else "accept everything"

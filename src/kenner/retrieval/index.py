@@ -44,8 +44,8 @@ class Neighbours:
 
     @property
     def distances(self) -> np.ndarray:
-        """Cosine distance ``1 - similarity`` ([Q, K]; inf for empty slots)."""
-        return 1.0 - self.similarities
+        """Cosine distance ``1 - similarity`` ([Q, K]; inf for empty slots), float rounding clipped at 0."""
+        return np.maximum(1.0 - self.similarities, 0.0)
 
 
 class Gallery:

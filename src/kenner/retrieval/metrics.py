@@ -4,7 +4,8 @@
 - precision@1: the top-1 neighbour has the query's class (equals class-level Recall@1).
 - mAP@R (Musgrave et al., "A Metric Learning Reality Check"): R = number of gallery items of the
   query's class; AP over the first R neighbours, divided by R. Neighbours beyond those retrieved
-  count as misses, so search with k >= the largest class size for the exact value.
+  count as misses, so search with k >= the largest class size for the exact value. A query that is
+  itself a gallery item searched leave-one-out has R - 1 relevant items (``query_in_gallery``).
 - kNN accuracy and macro-F1 of voted predictions (scikit-learn).
 """
 
@@ -32,13 +33,20 @@ def precision_at_1(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> fl
     return float((neighbour_labels[:, 0] == query_labels).mean())
 
 
-def map_at_r(neighbour_labels: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> float:
-    """Mean average precision at R; queries whose class is absent from the gallery are skipped."""
+def map_at_r(neighbour_labels: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
+             query_in_gallery: np.ndarray | None = None) -> float:
+    """Mean average precision at R; queries with no other gallery item of their class are skipped.
+
+    ``query_in_gallery`` (bool per query) marks queries searched leave-one-out: their R excludes themselves.
+    """
     neighbour_labels, query_labels = _check(neighbour_labels, query_labels)
     classes, counts = np.unique(np.asarray(gallery_labels), return_counts=True)
     r = np.zeros(len(query_labels), dtype=np.int64)
-    present = np.isin(query_labels, classes)
-    r[present] = counts[np.searchsorted(classes, query_labels[present])]
+    known = np.isin(query_labels, classes)
+    r[known] = counts[np.searchsorted(classes, query_labels[known])]
+    if query_in_gallery is not None:
+        r -= np.asarray(query_in_gallery, dtype=bool) & known
+    present = r > 0
     if not present.any():
         return float("nan")
     k = neighbour_labels.shape[1]
@@ -64,6 +72,7 @@ def retrieval_metrics(
     gallery_labels: np.ndarray,
     *,
     ks: Sequence[int] = (1, 5, 10),
+    query_in_gallery: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Recall@K for each K that fits the neighbour list, precision@1 and mAP@R, as one dict."""
     out = {
@@ -72,7 +81,7 @@ def retrieval_metrics(
         if k <= np.shape(neighbour_labels)[1]
     }
     out["precision_at_1"] = precision_at_1(neighbour_labels, query_labels)
-    out["map_at_r"] = map_at_r(neighbour_labels, query_labels, gallery_labels)
+    out["map_at_r"] = map_at_r(neighbour_labels, query_labels, gallery_labels, query_in_gallery)
     out["n_queries"] = len(query_labels)
     return out
 

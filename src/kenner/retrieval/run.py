@@ -7,8 +7,9 @@ artifacts (metrics.json, predictions.parquet, per_class.csv, confusion_matrix.pn
 knn_metrics.json, embeddings_val.npy, labels_val.npy, reject.json, coverage_accuracy.png,
 hdbscan_metrics.json / hdbscan_labels.npy (``--eval-method hdbscan``) and model/ (gallery, projection).
 
-Side classifier: see :mod:`kenner.heads.side`; writes the shared artifacts plus label_mapping.json and
-history.json (per-epoch metrics).
+Side classifier: see :mod:`kenner.heads.side`; writes the shared artifacts plus label_mapping.json,
+history.json (per-epoch metrics) and the reject option on its probabilities (reject.json,
+coverage_accuracy.png); :mod:`kenner.retrieval.side_predict` applies it to new photos.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from kenner.retrieval.config import RetrievalConfig
 from kenner.retrieval.index import Gallery, Neighbours, l2_normalize, save_npy
 from kenner.retrieval.metrics import knn_classification, retrieval_metrics
 from kenner.retrieval.model import RetrievalModel
+from kenner.retrieval.reject import proba_confidence
 from kenner.retrieval.vote import VOTE_METHODS, vote
 from kenner.track import NullTracker, Tracker
 from kenner.train.metric import MetricTrainConfig
@@ -163,7 +165,8 @@ def knn_report(neighbours: Neighbours, y: np.ndarray, split: np.ndarray, model: 
         if not mask.any():
             continue
         part = Neighbours(neighbours.indices[mask], neighbours.similarities[mask], neighbours.labels[mask])
-        entry: dict[str, Any] = retrieval_metrics(part.labels, y[mask], model.gallery.labels)
+        entry: dict[str, Any] = retrieval_metrics(part.labels, y[mask], model.gallery.labels,
+                                                  query_in_gallery=in_gallery[mask])
         entry["leave_one_out"] = bool(in_gallery[mask].any())
         for method in VOTE_METHODS:
             voted = vote(part, model.n_classes, method=method, k=model.k, temperature=model.temperature)
@@ -228,8 +231,13 @@ def run_side_classifier(prepared: PreparedEmbeddings, cfg: RunConfig, rcfg: Retr
     head = create_head(cfg.head.head_type, config=cfg.head)
     head.fit(X[train], y[train], X_val=X[val] if val.any() else None, y_val=y[val] if val.any() else None,
              n_classes=2)
-    evaluation = write_evaluation(out_dir, y=y, split=split, proba=head.predict_proba(X), class_names=names,
-                                  sample_ids=ids)
+    proba = head.predict_proba(X)
+    distance, margin = proba_confidence(proba)
+    reject_summary, rule = tune_reject(distance, margin, proba.argmax(axis=1) == y, split, by=rcfg.reject_by,
+                                       target_precision=rcfg.target_precision,
+                                       target_coverage=rcfg.target_coverage, out_dir=out_dir)
+    evaluation = write_evaluation(out_dir, y=y, split=split, proba=proba, class_names=names, sample_ids=ids,
+                                  accepted=rule.accept(distance, margin) if rule is not None else None)
     mapping = {"task": rcfg.side_task, "views": views, "features": features,
                "classes": dict(enumerate(names)), "class_to_idx": {name: i for i, name in enumerate(names)}}
     atomic_write_json(out_dir / "label_mapping.json", mapping)
@@ -237,13 +245,15 @@ def run_side_classifier(prepared: PreparedEmbeddings, cfg: RunConfig, rcfg: Retr
     atomic_write_json(out_dir / "history.json", head.history_)
     save_head(head, out_dir / "model")
     save_model_info(out_dir / "model", cfg, prepared, class_names=names,
-                    side={"task": rcfg.side_task, "features": features, "mask_pooling": use_tokens})
+                    side={"task": rcfg.side_task, "features": features, "mask_pooling": use_tokens},
+                    reject=rule.to_dict() if rule is not None else None)
     write_report(out_dir, report_context(
         f"kenner side classifier {out_dir.name}", prepared, evaluation,
         config={"task": rcfg.side_task, "features": features, "head": cfg.head.head_type,
                 "best epoch": getattr(head, "best_epoch_", None)},
         sections=[("Side classifier", f"Classes: {', '.join(names)}. Each sample gives two rows "
                    f"({'both view orders' if rcfg.side_task == 'pair' else 'one per photo'}); "
-                   "both stay in the sample's split. Per-epoch metrics: `history.json`.")],
+                   "both stay in the sample's split. Per-epoch metrics: `history.json`."),
+                  ("Reject option", reject_markdown(reject_summary))],
     ))
     return evaluation.metrics, head.history_
