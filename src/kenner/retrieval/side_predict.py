@@ -1,7 +1,8 @@
 """The side classifier on new photos: the features its run trained on, then the head's probabilities.
 
-A ``single`` run sorts unlabelled photos one by one (query items have one view, ``image``); a ``pair``
-run needs both views of a coin (a manifest with the run's ``<view>_path`` columns) and tells their order.
+A ``single`` run sorts unlabelled photos one by one (query items have one view, ``image``, like a
+folder dataset); a ``pair`` run needs both views of a coin (a manifest with the run's ``<view>_path``
+columns) and tells their order.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from kenner.config import EncoderConfig
+from kenner.data.manifest import FOLDER_VIEW
 from kenner.errors import KennerError
 from kenner.heads.persist import load_head
 from kenner.heads.side import view_features
 from kenner.pipeline import build_encoder, embed_views
 
-SINGLE_VIEW = "image"
-
 
 def side_input_views(info: dict) -> list[str]:
     """Views each query item needs for a side-classifier run described by ``model_info.json``."""
-    return [SINGLE_VIEW] if info["side"]["task"] == "single" else list(info["view_names"])
+    return [FOLDER_VIEW] if info["side"]["task"] == "single" else list(info["view_names"])
 
 
 def side_proba(run_dir: Path, info: dict, paths: list[dict[str, Path]], *, cache_dir: str | None = None,
