@@ -8,7 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from kenner.evaluate.calibration import expected_calibration_error
-from kenner.train.calibrate import apply_temperature, fit_temperature
+from kenner.heads import EmbeddingClassifier
+from kenner.train.calibrate import (
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    apply_temperature,
+    calibration_markdown,
+    calibration_summary,
+    fit_temperature,
+    head_calibration,
+)
+from synthetic import blobs
 
 
 def _overconfident_logits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,3 +57,46 @@ def test_underconfident_logits_get_temperature_below_one():
     assert fit_temperature(logits / 25.0, y) < 1.0  # 1/5 of the honest scale
     with pytest.raises(ValueError):
         apply_temperature(logits, 0.0)
+
+
+def test_separable_validation_keeps_temperature_one_and_extremes_are_clamped(caplog):
+    logits = torch.tensor([[4.0, 0.0], [0.0, 3.0], [5.0, 1.0]])
+    with caplog.at_level("WARNING"):
+        assert fit_temperature(logits, torch.tensor([0, 1, 0])) == 1.0  # NLL falls all the way to T -> 0
+    assert "classified correctly" in caplog.text
+    # one error among confident rows: the optimum is a small but finite T, kept within the bounds
+    T = fit_temperature(torch.tensor([[40.0, 0.0], [0.0, 30.0], [1.0, 0.0]]), torch.tensor([0, 1, 1]))
+    assert MIN_TEMPERATURE <= T <= MAX_TEMPERATURE
+    logits, y = _overconfident_logits(500, seed=4)  # the honest temperature is 5
+    assert fit_temperature(logits * 1000, y) == MAX_TEMPERATURE  # would need T = 5000
+    assert fit_temperature(logits / 1000, y) == MIN_TEMPERATURE  # near-uniform: would need T = 0.005
+
+
+def test_calibration_summary_reports_ece_and_nll_before_and_after():
+    logits, y = _overconfident_logits(1000, seed=5)
+    T = fit_temperature(logits, y)
+    summary = calibration_summary(logits, y, T)
+    assert summary["temperature"] == T and summary["n"] == 1000
+    assert summary["ece_before"] == pytest.approx(expected_calibration_error(logits.softmax(1).numpy(), y.numpy()))
+    assert summary["ece_after"] < summary["ece_before"] and summary["nll_after"] < summary["nll_before"]
+    assert summary["nll_before"] == pytest.approx(float(F.cross_entropy(logits.double(), y)))
+    unchanged = calibration_summary(logits, y, 1.0)
+    assert unchanged["ece_before"] == unchanged["ece_after"]
+    table = calibration_markdown({"test": summary})
+    assert f"T = {T:.4g}" in table and f"| test | 1000 | {summary['ece_before']:.4f} |" in table
+
+
+def test_head_calibration_measures_a_fitted_head_per_split():
+    torch.set_num_threads(1)
+    (X_tr, y_tr), (X_va, y_va), (X_te, y_te) = (blobs([40, 40, 40], sep=0.7, draw=d) for d in range(3))
+    head = EmbeddingClassifier(head_type="mlp", hidden_sizes=(64,), epochs=60, batch_size=16, lr=0.02,
+                               weight_decay=0.0, early_stopping_patience=0, calibrate=True, device="cpu")
+    head.fit(X_tr, y_tr, X_val=X_va, y_val=y_va)
+    X, y = np.concatenate([X_tr, X_va, X_te]), np.concatenate([y_tr, y_va, y_te])
+    split = np.repeat(["train", "val", "test"], [len(y_tr), len(y_va), len(y_te)])
+    summaries = head_calibration(head, X, y, split)
+    assert list(summaries) == ["val", "test"]
+    after = expected_calibration_error(head.predict_proba(X_te), y_te)
+    assert summaries["test"]["ece_after"] == pytest.approx(after)
+    assert summaries["test"]["ece_after"] < summaries["test"]["ece_before"]
+    assert summaries["val"]["nll_after"] < summaries["val"]["nll_before"]

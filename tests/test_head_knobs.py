@@ -224,3 +224,15 @@ def test_knobs_round_trip_through_the_estimator_config() -> None:
     clf = EmbeddingClassifier(config, epochs=2, device="cpu").fit(X, Y)
     assert clf.config == dataclasses.replace(config, epochs=2, device="cpu")
     assert clf.model_.classifier.scale == 8.0 and clf.model_.classifier.margin == 0.2
+
+
+def test_logit_adjustment_both_trains_like_train_and_predicts_like_infer() -> None:
+    knobs = dict(logit_tau=0.7, epochs=3, batch_size=8, lr=0.05, device="cpu")
+    trained = EmbeddingClassifier(logit_adjust="train", **knobs).fit(X, Y)
+    both = EmbeddingClassifier(logit_adjust="both", **knobs).fit(X, Y)
+    assert [r["train_loss"] for r in both.history_] == [r["train_loss"] for r in trained.history_]
+    np.testing.assert_array_equal(both.decision_function(X), trained.decision_function(X))
+    shift = np.log(both.predict_proba(X)) - np.log(trained.predict_proba(X))
+    expected = -0.7 * both.log_prior_
+    np.testing.assert_allclose(shift - shift[:, :1], np.broadcast_to(expected - expected[0], shift.shape),
+                               rtol=1e-4, atol=1e-6)

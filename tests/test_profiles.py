@@ -64,3 +64,24 @@ def test_profiles_only_name_real_fields_and_markdown_lists_them():
         assert set(overrides) <= fields, name
         assert f"| `{name}` |" in PROFILES_MARKDOWN
     assert "class_weight=`effective`" in PROFILES_MARKDOWN
+
+
+def test_every_head_knob_is_a_train_flag_and_flags_override_the_profile():
+    import argparse
+
+    from kenner.cli.pipeline import config_from_args, register
+
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers()
+    register(subparsers)
+    train = subparsers.choices["train"]
+    flags = {option for action in train._actions for option in action.option_strings}
+    for f in dataclasses.fields(HeadConfig):
+        assert "--" + f.name.replace("_", "-") in flags, f.name
+    args = parser.parse_args(["train", "--data", "d", "--profile", "full", "--class-weight", "inverse",
+                              "--head-type", "mlp", "--label-smoothing", "0.1", "--no-calibrate", "--no-track"])
+    head = config_from_args(args).head
+    assert (head.class_weight, head.head_type, head.label_smoothing, head.calibrate) == ("inverse", "mlp", 0.1,
+                                                                                        False)
+    assert head.standardize == "standardize" and head.gelu_ln and head.hardmine_epochs > 0  # from the profile
+    assert config_from_args(parser.parse_args(["train", "--data", "d", "--no-track"])).head == HeadConfig()

@@ -15,7 +15,8 @@ from kenner.errors import KennerError
 from kenner.evaluate.metrics import classification_metrics
 from kenner.heads.classifier import EmbeddingClassifier
 from kenner.heads.config import HeadConfig
-from kenner.train.sweep import SweepGrid, add_background, expand_grid, run_sweep
+from kenner.track import Tracker
+from kenner.train.sweep import SweepGrid, add_background, expand_grid, run_sweep, with_background
 
 
 @dataclasses.dataclass
@@ -111,10 +112,18 @@ def test_background_rows_give_foreground_metrics(tmp_path):
     (row,) = results.itertuples()
     assert row.name == "coins_e_lin_mix0_ls0_base_bg2"
     assert row.macro_f1_fg != row.macro_f1  # the background class is left out of the _fg average
-    X, y, split, names = sweep_module._with_background(prepared, pool, 2, seed=0)
+    X, y, split, names = with_background(prepared.X, prepared.y, prepared.split, prepared.class_names, pool, 2,
+                                         seed=0)
     assert names[-1] == "background" and (y == 4).sum() == 2 * 4 * 3
     rows = {s: {tuple(r) for r in X[(split == s) & (y == 4)]} for s in ("train", "val", "test")}
     assert not (rows["train"] & rows["test"]) and not (rows["train"] & rows["val"])  # no leak across splits
+    # with --background-class the images join that class; only the other 3 classes count as foreground
+    X, y, split, names = with_background(prepared.X, prepared.y, prepared.split, prepared.class_names, pool, 2,
+                                         seed=0, background_class="c3")
+    assert names == prepared.class_names and (y == 3).sum() == (prepared.y == 3).sum() + 2 * 3 * 3
+    results = run_sweep({"e": prepared}, SweepGrid(fixed=FIXED), tmp_path / "joined", background={"e": pool},
+                        bg=2, background_class="c3")
+    assert results["macro_f1_fg"].iloc[0] != results["macro_f1"].iloc[0]
 
 
 def test_background_class_in_the_data_gives_foreground_metrics(tmp_path):
@@ -178,12 +187,97 @@ def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
             "--background-dir", str(tmp_path / "bg"), "--bg", "1", "--cache-dir", str(tmp_path / "cache"),
             "--num-workers", "0", "--device", "cpu",
             "--out-dir", str(out)]
-    args = parser.parse_args(argv)
+    tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "coin-sweep"]
+    args = parser.parse_args(argv + tracking)
     assert args.func(args) == 0
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 2 * 2 * 2
     assert "folder_default_mlp16_mix0_ls0_lr0p03_calib_bg1" in set(results["name"])
     assert (out / "splits" / "train_ids.json").exists() and (out / "summary.md").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("coin-sweep")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    assert sorted(run.info.run_name for run in runs) == sorted(results["name"])  # one run per configuration
+    tracked = {run.info.run_name: run.data.metrics for run in runs}
+    for row in results.itertuples():
+        assert tracked[row.name]["macro_f1_fg"] == pytest.approx(row.macro_f1_fg)
+        assert tracked[row.name]["ece_uncalibrated"] == pytest.approx(row.ece_uncalibrated)
+
+    for extra, message in ((["--bg", "0"], "--background-dir is used with --bg"),
+                           (["--bg", "-1"], "--bg must be >= 0")):
+        args = parser.parse_args([*argv, *extra, "--no-track"])
+        with pytest.raises(KennerError, match=message):
+            args.func(args)
+    no_dir = [a for a in argv if a != str(tmp_path / "bg") and a != "--background-dir"]
+    args = parser.parse_args([*no_dir, "--no-track"])
+    with pytest.raises(KennerError, match="--background-dir DIR"):
+        args.func(args)
     with pytest.raises(KennerError, match="unknown nope"):
         args = parser.parse_args([*argv[:5], "--profiles", "base,nope", "--out-dir", str(out)])
         args.func(args)
+
+
+def test_calibrated_runs_report_ece_before_and_after_temperature_scaling(tmp_path):
+    grid = SweepGrid(profiles=("base", "calib"), mlp=((8,),), label_smoothing=(0.0, 0.1), fixed=FIXED)
+    results = run_sweep({"e": _prepared(5)}, grid, tmp_path).set_index("name")
+    assert set(results["batched_heads"]) == {4}  # calibration is per head: base and calib train together
+    for ls in ("0", "0p1"):
+        base, calib = results.loc[f"coins_e_mlp8_mix0_ls{ls}_base"], results.loc[f"coins_e_mlp8_mix0_ls{ls}_calib"]
+        assert base["temperature"] == 1.0 and base["ece_uncalibrated"] == base["ece"]
+        assert base["calibration_seconds"] == 0.0 and calib["calibration_seconds"] > 0
+        assert calib["temperature"] != 1.0
+        assert calib["ece_uncalibrated"] == pytest.approx(base["ece"], abs=1e-12)  # the same head before T
+        assert calib["ece"] != pytest.approx(calib["ece_uncalibrated"])
+        assert calib["macro_f1_fg"] == base["macro_f1_fg"]  # temperature never changes the argmax
+    assert "ece_uncalibrated" in (tmp_path / "results.md").read_text()
+
+
+def test_calibration_without_validation_rows_is_a_clear_error(tmp_path):
+    prepared = _prepared(6)
+    prepared.split = np.where(prepared.split == "val", "train", prepared.split)
+    with pytest.raises(KennerError, match="validation rows"):
+        run_sweep({"e": prepared}, SweepGrid(profiles=("calib",), fixed=FIXED), tmp_path)
+
+
+class RecordingTracker(Tracker):
+    """Keeps what a sweep tracks, run by run."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict] = []
+
+    def start_run(self, name, params, tags=None):
+        self.runs.append({"name": name, "params": params, "tags": dict(tags or {}), "metrics": {},
+                          "status": None})
+        return self
+
+    def log_metrics(self, metrics, step=None):
+        self.runs[-1]["metrics"].update(metrics)
+
+    def log_artifact(self, path):
+        raise AssertionError("a sweep run has no artifacts")
+
+    def log_artifacts(self, directory):
+        raise AssertionError("a sweep run has no artifacts")
+
+    def end_run(self, status="FINISHED"):
+        self.runs[-1]["status"] = status
+
+
+def test_every_configuration_is_one_tracked_run_and_resume_tracks_only_new_ones(tmp_path):
+    tracker = RecordingTracker()
+    grid = SweepGrid(profiles=("base", "calib"), lr=(1e-2, 3e-2), fixed=FIXED)
+    results = run_sweep({"e": _prepared(7)}, grid, tmp_path, tracker=tracker)
+    assert [run["name"] for run in tracker.runs] == results["name"].tolist()
+    run = tracker.runs[-1]
+    row = results.iloc[-1]
+    assert run["status"] == "FINISHED" and run["tags"]["kenner.sweep"] == tmp_path.name
+    assert run["params"]["profile"] == row["profile"] and run["params"]["head"] == json.loads(row["config"])
+    for key in ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy", "ece",
+                "ece_uncalibrated", "fit_seconds", "calibration_seconds", "evaluation_seconds"):
+        assert run["metrics"][key] == pytest.approx(row[key]), key
+    more = dataclasses.replace(grid, lr=(1e-2, 3e-2, 1e-1))
+    run_sweep({"e": _prepared(7)}, more, tmp_path, tracker=tracker)
+    assert len(tracker.runs) == 6  # only the two new configurations

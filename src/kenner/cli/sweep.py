@@ -20,6 +20,7 @@ from kenner.config import (
 )
 from kenner.errors import KennerError
 from kenner.heads.config import HeadConfig
+from kenner.track import add_tracking_arguments, tracker_from_args
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sweep", help="train many heads (encoders x profiles x knobs) on one split; results + summary",
         description="Every combination of the comma-separated values below is fitted on cached embeddings "
         "over the same saved split. Configurations differing only in lr, weight decay, label smoothing or "
-        "class weights train together as one batched model. Rerunning skips finished configurations.",
+        "class weights train together as one batched model. Rerunning skips finished configurations. "
+        "Each configuration is also one tracked run (MLflow by default) in --experiment.",
     )
     grid = parser.add_argument_group("grid (comma-separated values; every combination runs)")
     grid.add_argument("--encoders", default="default", help="encoder specs (default: default)")
@@ -46,14 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--weight-decay", help="weight decays (default: the profile's)")
     grid.add_argument("--seeds", default="0", help="head seeds; several give mean ± std (default: 0)")
     parser.add_argument("--reference", default="base", help="profile the summary compares others with")
-    parser.add_argument("--bg", type=int, default=0, help="background rows per foreground class "
-                        "(needs --background-dir)")
-    parser.add_argument("--background-dir", help="folder of images of none of the classes (for --bg)")
+    parser.add_argument("--bg", type=int, default=0, help="background rows per foreground class, drawn "
+                        "from --background-dir into every split (default: 0 = off)")
+    parser.add_argument("--background-dir", help="folder of images of none of the classes (with --bg N); they "
+                        "join --background-class when given, else a new class 'background'")
     parser.add_argument("--out-dir", required=True, help="sweep folder (results.csv, results.md, summary.md)")
     add_dataclass_arguments(parser.add_argument_group("data"), DataConfig)
     add_dataclass_arguments(parser.add_argument_group("split"), SplitConfig)
     add_dataclass_arguments(parser.add_argument_group("encoder"), EncoderConfig, skip=("encoder",))
     add_dataclass_arguments(parser.add_argument_group("head (every run)"), HeadConfig, skip=SWEPT)
+    add_tracking_arguments(parser)
     parser.set_defaults(func=cmd_sweep)
 
 
@@ -117,8 +121,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from kenner.train.sweep import run_sweep
 
     grid = build_grid(args)
+    if args.bg < 0:
+        raise KennerError(f"--bg must be >= 0, got {args.bg}")
     if args.bg > 0 and not args.background_dir:
         raise KennerError("--bg N adds background images; give them with --background-dir DIR")
+    if args.background_dir and args.bg == 0:
+        raise KennerError("--background-dir is used with --bg N (background images per foreground class)")
     data = build_dataclass(DataConfig, explicit_values(args, DataConfig), where="data")
     split_cfg = build_dataclass(SplitConfig, explicit_values(args, SplitConfig), where="split")
     out_dir = Path(args.out_dir)
@@ -135,7 +143,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 Path(args.background_dir), encoder, enc_cfg, prepared.dataset.views, data.background_color)
     device = pick_device(args.device or "auto")
     results = run_sweep(embeddings, grid, out_dir, background_class=data.background_class,
-                        background=background or None, bg=args.bg, reference=args.reference, device=device)
+                        background=background or None, bg=args.bg, reference=args.reference, device=device,
+                        tracker=tracker_from_args(args))
     best = results.sort_values("macro_f1_fg", ascending=False).head(5)
     for row in best.itertuples():
         print(f"{row.macro_f1_fg:.4f}  {row.name}")

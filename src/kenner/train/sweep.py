@@ -26,10 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from kenner.errors import KennerError
+from kenner.evaluate.calibration import expected_calibration_error
 from kenner.evaluate.metrics import classification_metrics
 from kenner.heads.classifier import EmbeddingClassifier
 from kenner.heads.config import HeadConfig
 from kenner.io import atomic_write_text
+from kenner.track import NullTracker, Tracker
 from kenner.train.calibrate import fit_temperature
 from kenner.train.loop import inference_logits
 from kenner.train.multihead import batch_key, fit_multihead
@@ -37,7 +39,8 @@ from kenner.train.profiles import resolve_config
 
 log = logging.getLogger(__name__)
 
-METRICS = ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy", "ece")
+METRICS = ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy", "ece",
+           "ece_uncalibrated")
 TIMINGS = ("fit_seconds", "calibration_seconds", "evaluation_seconds")
 KNOBS = ("head", "mixup", "label_smoothing", "lr", "weight_decay")
 BACKGROUND = "background"
@@ -126,9 +129,10 @@ def expand_grid(grid: SweepGrid, *, dataset: str, encoder: str, bg: int = 0
 
 def add_background(X: np.ndarray, y: np.ndarray, X_bg: np.ndarray, n_per_class: int, seed: int, *,
                    background_label: int) -> tuple[np.ndarray, np.ndarray]:
-    """Append ``n_per_class`` background rows per foreground class present in ``y``, drawn from ``X_bg``
-    (without replacement while the pool lasts), labelled ``background_label``."""
-    n = n_per_class * len(np.unique(y))
+    """Append ``n_per_class`` background rows per foreground class present in ``y`` (every label but
+    ``background_label``), drawn from ``X_bg`` (without replacement while the pool lasts), labelled
+    ``background_label``."""
+    n = n_per_class * len(np.setdiff1d(np.unique(y), [background_label]))
     if n == 0:
         return X, y
     if len(X_bg) == 0:
@@ -139,33 +143,45 @@ def add_background(X: np.ndarray, y: np.ndarray, X_bg: np.ndarray, n_per_class: 
             np.concatenate([y, np.full(n, background_label, dtype=y.dtype)]))
 
 
-def _with_background(data: Embeddings, X_bg: np.ndarray, n_per_class: int, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Background rows for every split, each split drawing from its own disjoint share of the pool
-    (shares proportional to the split sizes), so no background image is in two splits."""
-    if BACKGROUND in data.class_names:
+def with_background(X: np.ndarray, y: np.ndarray, split: np.ndarray, class_names: list[str], X_bg: np.ndarray,
+                    n_per_class: int, seed: int, background_class: str | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Background rows for every split (``n_per_class`` per foreground class of that split), each split
+    drawing from its own disjoint share of the pool (shares proportional to the split sizes), so no
+    background image is in two splits.
+
+    The rows join ``background_class`` when it names a class of the data, else a new last class
+    ``background``. Returns ``(X, y, split, class_names)``.
+    """
+    if background_class is not None and background_class in class_names:
+        label, names = class_names.index(background_class), list(class_names)
+    elif BACKGROUND in class_names:
         raise KennerError(f"the data already has a class {BACKGROUND!r}; use --background-class {BACKGROUND}")
-    label = len(data.class_names)
-    names = [name for name in ("train", "val", "test") if (data.split == name).any()]
-    sizes = np.array([(data.split == name).sum() for name in names], dtype=float)
+    else:
+        label, names = len(class_names), [*class_names, BACKGROUND]
+    parts_present = [name for name in ("train", "val", "test") if (split == name).any()]
+    sizes = np.array([(split == name).sum() for name in parts_present], dtype=float)
     order = np.random.default_rng(seed).permutation(len(X_bg))
     cuts = np.round(np.cumsum(sizes / sizes.sum()) * len(X_bg)).astype(int)
-    parts = np.split(order, cuts[:-1])
     Xs, ys, splits = [], [], []
-    for name, part in zip(names, parts, strict=True):
-        mask = data.split == name
-        X, y = add_background(data.X[mask], data.y[mask], X_bg[part], n_per_class, seed,
-                              background_label=label)
-        Xs.append(X)
-        ys.append(y)
-        splits.append(np.full(len(y), name))
-    return np.concatenate(Xs), np.concatenate(ys), np.concatenate(splits), [*data.class_names, BACKGROUND]
+    for name, part in zip(parts_present, np.split(order, cuts[:-1]), strict=True):
+        mask = split == name
+        X_part, y_part = add_background(X[mask], y[mask], X_bg[part], n_per_class, seed, background_label=label)
+        Xs.append(X_part)
+        ys.append(y_part)
+        splits.append(np.full(len(y_part), name))
+    return np.concatenate(Xs), np.concatenate(ys), np.concatenate(splits), names
 
 
-def _metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str], background: str | None) -> dict:
+def _metrics(y: np.ndarray, logits: torch.Tensor, temperature: float, class_names: list[str],
+             background: str | None) -> dict[str, float]:
+    """The results-table metrics of one head; ``ece_uncalibrated`` is the ECE at temperature 1."""
+    proba = torch.softmax(logits.double() / temperature, dim=-1).numpy()
     metrics = classification_metrics(y, proba.argmax(1), proba, class_names, background_class=background)
     for key in METRICS[:4]:
         metrics.setdefault(key, metrics[key.removesuffix("_fg")])
+    raw = torch.softmax(logits.double(), dim=-1).numpy()
+    metrics["ece_uncalibrated"] = metrics["ece"] if temperature == 1.0 else expected_calibration_error(raw, y)
     return {key: metrics[key] for key in (*METRICS, "macro_f1")}
 
 
@@ -189,40 +205,45 @@ def _fit_group(runs: list[SweepRun], task: _Task, device: str | None) -> Iterato
     as soon as it is evaluated."""
     n_classes = len(task.class_names)
     configs = [run.config for run in runs]
+    if any(c.calibrate for c in configs) and task.X_val is None:
+        raise KennerError(f"{runs[0].name}: temperature scaling (profile calib/full, --calibrate) is fitted on "
+                          "validation rows, but the split has none; give --split-ratios a val share")
     if batch_key(configs[0]) is not None:
         fit = fit_multihead(task.X_train, task.y_train, configs, n_classes=n_classes, X_val=task.X_val,
                             y_val=task.y_val, calibrate=False, device=device)
         if any(c.calibrate for c in configs):
             fit.calibrate(task.X_val, task.y_val)
         start = time.perf_counter()
-        probas = fit.predict_proba(task.X_eval)
+        logits, temperatures = fit.logits(task.X_eval).cpu(), fit.temperatures.tolist()
         shared_eval = (time.perf_counter() - start) / len(runs)
-        fit_s, calib_s = fit.fit_seconds / len(runs), fit.calibration_seconds / len(runs)
-        epochs = fit.best_epochs
+        n_calibrated = max(sum(c.calibrate for c in configs), 1)
+        fit_s, epochs = fit.fit_seconds / len(runs), fit.best_epochs
+        calib_seconds = [fit.calibration_seconds / n_calibrated if c.calibrate else 0.0 for c in configs]
     else:
         (run,) = runs
         config = dataclasses.replace(run.config, calibrate=False, **({"device": device} if device else {}))
         head = EmbeddingClassifier(config).fit(task.X_train, task.y_train, X_val=task.X_val, y_val=task.y_val,
                                                n_classes=n_classes)
-        fit_s, calib_s = head.fit_seconds_, 0.0
+        fit_s, calib_seconds, temperature = head.fit_seconds_, [0.0], 1.0
+        prior = torch.as_tensor(head.log_prior_)
         if run.config.calibrate:
             start = time.perf_counter()
-            val_logits = inference_logits(torch.as_tensor(head.decision_function(task.X_val)),
-                                          torch.as_tensor(head.log_prior_), config)
-            head.temperature_ = fit_temperature(val_logits, task.y_val)
-            calib_s = time.perf_counter() - start
+            val_logits = inference_logits(torch.as_tensor(head.decision_function(task.X_val)), prior, config)
+            temperature = fit_temperature(val_logits, task.y_val)
+            calib_seconds = [time.perf_counter() - start]
         start = time.perf_counter()
-        probas = head.predict_proba(task.X_eval)[None]
-        shared_eval, epochs = time.perf_counter() - start, [head.best_epoch_]
-    for run, proba, epoch in zip(runs, probas, epochs, strict=True):
+        logits = inference_logits(torch.as_tensor(head.decision_function(task.X_eval)), prior, config)[None]
+        shared_eval, epochs, temperatures = time.perf_counter() - start, [head.best_epoch_], [temperature]
+    for run, head_logits, temperature, calib_s, epoch in zip(runs, logits, temperatures, calib_seconds, epochs,
+                                                             strict=True):
         start = time.perf_counter()
-        metrics = _metrics(task.y_eval, proba, task.class_names, task.background)
+        metrics = _metrics(task.y_eval, head_logits, temperature, task.class_names, task.background)
         yield {
             "name": run.name, "config_name": run.config_name, "encoder": run.encoder, "profile": run.profile,
             "head": _arch(run.config.head_type, run.config.hidden_sizes), "mixup": run.config.mixup,
             "label_smoothing": run.config.label_smoothing, "lr": run.config.lr,
             "weight_decay": run.config.weight_decay, "seed": run.config.seed,
-            **metrics, "fit_seconds": fit_s, "calibration_seconds": calib_s,
+            **metrics, "temperature": temperature, "fit_seconds": fit_s, "calibration_seconds": calib_s,
             "evaluation_seconds": shared_eval + time.perf_counter() - start, "best_epoch": epoch,
             "batched_heads": len(runs), "eval_split": task.eval_split,
             "config": json.dumps(run.config.to_dict(), sort_keys=True),
@@ -232,13 +253,13 @@ def _fit_group(runs: list[SweepRun], task: _Task, device: str | None) -> Iterato
 def _task(data: Embeddings, background_class: str | None, X_bg: np.ndarray | None, bg: int,
           seed: int) -> _Task:
     X, y, split, class_names = data.X, data.y, data.split, list(data.class_names)
+    if background_class is not None and background_class not in class_names:
+        raise KennerError(f"--background-class {background_class!r} is not a class; "
+                          f"classes: {', '.join(class_names[:20])}")
     background = background_class
     if bg > 0 and X_bg is not None:
-        X, y, split, class_names = _with_background(data, X_bg, bg, seed)
+        X, y, split, class_names = with_background(X, y, split, class_names, X_bg, bg, seed, background_class)
         background = background or BACKGROUND
-    if background is not None and background not in class_names:
-        raise KennerError(f"--background-class {background!r} is not a class; "
-                          f"classes: {', '.join(class_names[:20])}")
     train, val = split == "train", split == "val"
     if not train.any():
         raise KennerError("the split has no training rows; check --split-ratios and the dataset size")
@@ -278,13 +299,17 @@ def run_sweep(
     bg: int = 0,
     reference: str = "base",
     device: str | None = None,
+    tracker: Tracker | None = None,
 ) -> pd.DataFrame:
     """Run every configuration of ``grid`` for every encoder (name -> embeddings on one split).
 
     ``background``/``bg``: per encoder, a pool of embeddings of images of no class; ``bg`` rows per
-    foreground class are added to every split as a new class ``background`` (foreground metrics then
-    leave it out, as they do for ``background_class``). Returns all rows, finished earlier or now.
+    foreground class are added to every split, to ``background_class`` when given, else as a new class
+    ``background`` (foreground metrics leave it out). ``tracker``: every configuration finished now
+    becomes one tracked run (its name, settings, metrics and timings) in the tracker's experiment.
+    Returns all rows, finished earlier or now.
     """
+    tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.csv"
@@ -314,6 +339,7 @@ def run_sweep(
             for row in _fit_group(group, task, device):
                 results = pd.concat([results, pd.DataFrame([row])], ignore_index=True)
                 atomic_write_text(path, results.to_csv(index=False))
+                track_row(tracker, row, sweep=out_dir.name)
                 log.info("%s: macro_f1_fg=%.4f", row["name"], row["macro_f1_fg"])
                 bar.update()
         bar.close()
@@ -323,6 +349,17 @@ def run_sweep(
     atomic_write_text(out_dir / "results.md", results_markdown(results))
     atomic_write_text(out_dir / "summary.md", summary_markdown(results, reference, skipped_all))
     return results
+
+
+def track_row(tracker: Tracker, row: dict[str, Any], *, sweep: str) -> None:
+    """One tracked run for one results row: the head config and grid values as parameters, metrics and
+    timings as metrics, the sweep folder's name, encoder and profile as tags."""
+    params = {"encoder": row["encoder"], "profile": row["profile"], "head": json.loads(row["config"])}
+    tags = {"kenner.mode": "sweep", "kenner.sweep": sweep, "kenner.encoder": row["encoder"],
+            "kenner.profile": row["profile"], "kenner.config_name": row["config_name"]}
+    with tracker.start_run(row["name"], params, tags=tags):
+        tracker.log_metrics({key: row[key] for key in (*METRICS, "macro_f1", "temperature", *TIMINGS,
+                                                        "best_epoch", "batched_heads")})
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
@@ -378,7 +415,11 @@ def summary_markdown(results: pd.DataFrame, reference: str, skipped: Sequence[tu
         table.insert(1, "runs", results.groupby(by, sort=True).size().to_numpy())
         out.write(markdown_table(table) + "\n")
     out.write("## Best configuration per encoder × profile (by macro_f1_fg, mean over seeds)\n\n")
-    per_config = results.groupby(["encoder", "profile", "config_name"], sort=True)[shown].mean().reset_index()
+    grouped = results.groupby(["encoder", "profile", "config_name"], sort=True)
+    per_config = grouped[shown].mean().reset_index()
+    if results["seed"].nunique() > 1:
+        per_config.insert(4, "macro_f1_fg_std", grouped["macro_f1_fg"].std(ddof=0).to_numpy())
+        per_config.insert(4, "seeds", grouped.size().to_numpy())
     best = per_config.loc[per_config.groupby(["encoder", "profile"])["macro_f1_fg"].idxmax()]
     out.write(markdown_table(best) + "\n")
     out.write(f"## Delta against the reference profile `{reference}`\n\n")
