@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +218,132 @@ def _predict_json(run: Path, manifest: Path, cache: Path, tmp_path: Path) -> str
     out = tmp_path / f"{run.name}_predictions.json"
     assert main(["predict", str(run), str(manifest), "--output", str(out), "--cache-dir", str(cache)]) == 0
     return out.read_text()
+
+
+def _break_truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+# (what is broken, edit(data_root, manifest), extra flags, words the message must contain)
+BAD_INPUTS = [
+    ("zero-byte image", lambda root, m: (root / "obverse" / "aur00_1.png").write_bytes(b""), [],
+     ["row 2", "aur00_1.png", "empty file"]),
+    ("non-image file", lambda root, m: (root / "reverse" / "den01_0.png").write_text("not a picture"), [],
+     ["row 7", "den01_0.png", "not an image"]),
+    ("truncated image", lambda root, m: _break_truncate(root / "obverse" / "ses00_0.png"), [],
+     ["row 9", "ses00_0.png", "truncated"]),
+    ("duplicate id", lambda root, m: m.write_text(m.read_text().replace("aur01_0\t", "aur00_0\t", 1)), [],
+     ["row 3", "duplicate id 'aur00_0'"]),
+    ("empty label", lambda root, m: m.write_text(m.read_text().replace("den00_1\tdenarius", "den00_1\t", 1)), [],
+     ["row 6", "empty label"]),
+    ("missing column", lambda root, m: m.write_text(m.read_text().replace("label", "class", 1)), [],
+     ["missing required column(s): label"]),
+    ("unknown view", lambda root, m: None, ["--views", "edge"], ["--views", "unknown view mode 'edge'"]),
+]
+
+
+@pytest.mark.parametrize(("what", "edit", "flags", "words"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture, what, edit, flags,
+                                      words) -> None:
+    manifest = write_two_view_dataset(tmp_path / "data", groups_per_class=2)
+    edit(manifest.parent, manifest)
+    code = main(["train", "--data", str(manifest), "--out-dir", str(tmp_path / "run"), "--no-track",
+                 "--cache-dir", str(tmp_path / "cache"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, what
+    assert err.startswith(f"kenner: error: {manifest}") and "Traceback" not in err
+    for word in words:
+        assert word in err, (what, word, err)
+    assert not (tmp_path / "cache").exists()  # nothing was embedded
+
+
+def _copy_dataset(manifest: Path, target: Path) -> Path:
+    """A copy of the dataset (same bytes, so the embedding cache still applies)."""
+    shutil.copytree(manifest.parent, target)
+    return target / manifest.name
+
+
+def test_skip_and_min_size_write_excluded_csv(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    manifest, _, cache = trained_run
+    copy = _copy_dataset(manifest, tmp_path / "data")
+    (copy.parent / "obverse" / "aur00_0.png").write_bytes(b"")
+    Image.new("RGB", (40, 20), (150, 150, 160)).save(copy.parent / "reverse" / "den01_1.png")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(copy), "--out-dir", str(run), "--cache-dir", str(cache),
+                 "--on-bad-image", "skip", "--min-size", "32", "--epochs", "3", "--no-track"]) == 0
+    excluded = pd.read_csv(run / "excluded.csv", dtype={"row": "Int64"})
+    assert list(excluded.columns) == ["sample_id", "row", "view", "path", "reason"]
+    by_id = excluded.set_index("sample_id")
+    assert set(by_id.index) == {"aur00_0", "den01_0", "den01_1"}  # den01_0 goes with its group
+    assert by_id.loc["aur00_0", "row"] == 1 and "empty file" in by_id.loc["aur00_0", "reason"]
+    assert all("group 'den01'" in by_id.loc[i, "reason"] and "min_size 32" in by_id.loc[i, "reason"]
+               for i in ("den01_0", "den01_1"))
+    predictions = pd.read_parquet(run / "predictions.parquet")
+    assert len(predictions) == 33 and not set(predictions["sample_id"]) & set(by_id.index)
+    assert "| excluded | 3 |" in (run / "report.md").read_text()
+
+
+def test_train_folds_writes_fold_runs_and_summary(trained_run: tuple[Path, Path, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    manifest, _, cache = trained_run
+    out = tmp_path / "folds"
+    common = ["--data", str(manifest), "--cache-dir", str(cache), "--folds", "3", "--epochs", "3", "--no-track"]
+    assert main(["train", "--out-dir", str(out), *common]) == 0
+    assert "mean over 3 folds" in capsys.readouterr().out
+    summary = json.loads((out / "folds_metrics.json").read_text())
+    assert len(summary["test"]["macro_f1"]["values"]) == 3
+    assert "3-fold summary" in (out / "folds_summary.md").read_text()
+    tests = [set(json.loads((out / "splits" / f"fold_{i}" / "test_ids.json").read_text())) for i in range(3)]
+    assert not (tests[0] & tests[1] or tests[0] & tests[2] or tests[1] & tests[2])
+    assert len(set().union(*tests)) == 18  # every group is tested exactly once
+    for i in range(3):
+        fold = out / f"fold_{i}"
+        assert (fold / "metrics.json").exists() and (fold / "report.md").exists()
+        assert (fold / "splits" / "test_ids.json").read_bytes() == (
+            out / "splits" / f"fold_{i}" / "test_ids.json").read_bytes()
+    assert main(["evaluate", str(out / "fold_0"), "--cache-dir", str(cache)]) == 0  # a fold is a whole run
+    again = tmp_path / "again"
+    assert main(["train", "--out-dir", str(again), "--splits", str(out / "splits"), *common]) == 0
+    assert (again / "splits" / "fold_2" / "val_ids.json").read_bytes() == (
+        out / "splits" / "fold_2" / "val_ids.json").read_bytes()
+
+
+def test_single_view_run_predicts_files_folders_and_manifests(trained_run: tuple[Path, Path, Path],
+                                                              tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest, run, cache = trained_run
+    out = tmp_path / "obverse_run"
+    assert main(["train", "--data", str(manifest), "--out-dir", str(out), "--cache-dir", str(cache),
+                 "--splits", str(run / "splits"), "--views", "obv", "--background-class", "sestertius",
+                 "--epochs", "20", "--lr", "0.01", "--no-track"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("train", "val", "test"):
+        assert {"macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg",
+                "accuracy_fg"} <= set(metrics[split])
+    capsys.readouterr()
+
+    images = manifest.parent / "obverse"
+    files = [str(images / "aur00_0.png"), str(images / "ses03_1.png")]
+    assert main(["predict", str(out), *files, "-k", "2", "--cache-dir", str(cache)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0]) == ["id", "obverse_path", "predicted", "label_1", "probability_1", "label_2",
+                             "probability_2"]
+    assert [r["id"] for r in rows] == files
+    assert float(rows[0]["probability_1"]) >= float(rows[0]["probability_2"])
+
+    folder_json = tmp_path / "folder.json"
+    assert main(["predict", str(out), str(images), "--output", str(folder_json), "--cache-dir", str(cache)]) == 0
+    from_folder = {Path(r["id"]).name: r for r in json.loads(folder_json.read_text())}
+    assert len(from_folder) == 36 and len(from_folder["aur00_0.png"]["predictions"]) == 3
+
+    query = tmp_path / "query.csv"
+    query.write_text(f"id,obverse_path\nq1,{images / 'ses03_1.png'}\nq2,{images / 'aur00_0.png'}\n")
+    assert main(["predict", str(out), str(query), "--format", "json", "--cache-dir", str(cache)]) == 0
+    from_manifest = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in from_manifest] == ["q1", "q2"]
+    assert from_manifest[1]["predicted"] == from_folder["aur00_0.png"]["predicted"] == rows[0]["predicted"]
+    assert from_manifest[0]["predicted"] == rows[1]["predicted"]
+
+    query.write_text(f"id,obverse_path\nq1,{images / 'gone.png'}\n")
+    assert main(["predict", str(out), str(query), "--cache-dir", str(cache)]) == 2
+    assert f"{query}, row 1: obverse image" in capsys.readouterr().err

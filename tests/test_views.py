@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kenner.encoders.views import available_modes, combine_views, output_dim
+from kenner.encoders.views import available_modes, combine_views, output_dim, resolve_mode
 from kenner.errors import KennerError
 
 
@@ -62,3 +62,11 @@ def test_shape_errors(coin) -> None:
         combine_views({"obv1": np.zeros((2, 3)), "obv2": np.zeros((2, 3))}, "obv")
     with pytest.raises(KennerError, match="no views"):
         combine_views({}, "avg")
+
+
+def test_resolve_mode_gives_the_canonical_mode() -> None:
+    views = ["obverse", "reverse"]
+    assert [resolve_mode(views, m) for m in ("obv", "rev", "both_avg", "both_concat", "reverse", "avg")] == [
+        "obverse", "reverse", "avg", "concat", "reverse", "avg"]
+    with pytest.raises(KennerError, match="unknown view mode 'edge'"):
+        resolve_mode(views, "edge")

@@ -27,7 +27,9 @@ class DataConfig:
     data: str = field(default="", metadata={"help": "image folder (root/<class>/<ID>_<seq>.jpg) or TSV/CSV manifest"})
     on_bad_image: str = field(default="fail", metadata={"help": "fail on a bad image, or skip it (reported)"})
     omit_classes: tuple[str, ...] = field(default=(), metadata={"help": "comma-separated classes to leave out"})
-    min_condition: float | None = field(default=None, metadata={"help": "keep samples whose mean condition > X"})
+    min_condition: float | None = field(
+        default=None, metadata={"help": "keep samples whose mean condition >= X (unrated ones are kept)"}
+    )
     min_samples_per_class: int = field(default=0, metadata={"help": "drop classes with fewer samples"})
     min_size: int | None = field(
         default=None, metadata={"help": "drop a whole group if any image's short side is below PX"}
@@ -145,9 +147,14 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def parse_value(tp: Any, text: Any, *, name: str) -> Any:
-    """Parse a flag/JSON value into the field's type (tuples accept comma-separated strings)."""
+    """Parse a flag/JSON value into the field's type (tuples accept comma-separated strings).
+
+    An optional field reads ``""`` as None, and ``"none"`` too unless it holds text: a class or folder
+    may well be called "none".
+    """
     tp, optional = _unwrap_optional(tp)
-    if text is None or (optional and isinstance(text, str) and text.lower() in ("none", "")):
+    if text is None or (optional and isinstance(text, str)
+                        and (text == "" or (tp is not str and text.lower() == "none"))):
         return None
     try:
         if typing.get_origin(tp) is tuple:

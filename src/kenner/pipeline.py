@@ -20,8 +20,8 @@ from kenner.encoders import create_encoder
 from kenner.encoders.base import Encoder
 from kenner.encoders.extract import extract_embeddings
 from kenner.encoders.store import EmbeddingStore, default_cache_dir
-from kenner.encoders.views import combine_views
-from kenner.errors import KennerError
+from kenner.encoders.views import combine_views, resolve_mode
+from kenner.errors import DataError, KennerError
 from kenner.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,14 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None) -> tuple[Dataset, li
     return dataset, exclusions
 
 
+def check_views(dataset: Dataset, mode: str) -> None:
+    """Fail before any embedding when ``--views`` names no view (or combination) of ``dataset``."""
+    try:
+        resolve_mode(dataset.views, mode)
+    except KennerError as error:
+        raise DataError(f"--views: {error}", path=str(dataset.source)) from None
+
+
 def resolve_split(dataset: Dataset, cfg: SplitConfig, out_dir: Path) -> Split:
     """Reuse ``--splits DIR`` or ``out_dir/splits``; otherwise make the split and save it there."""
     target = out_dir / "splits"
@@ -129,7 +137,12 @@ def resolve_folds(dataset: Dataset, cfg: SplitConfig, out_dir: Path) -> list[Spl
         folds = load_folds(source)
         if len(folds) != cfg.folds:
             raise KennerError(f"{source} holds {len(folds)} folds, but --folds {cfg.folds} was asked for")
+        if source != target:
+            save_folds(folds, target, groups=dataset.groups, labels=dataset.labels)
         return folds
+    if cfg.splits:
+        raise KennerError(f"--splits {cfg.splits}: no fold_0/train_ids.json there; "
+                          f"make folds with 'kenner split --folds {cfg.folds}'")
     folds = make_folds(dataset.groups, dataset.labels, k=cfg.folds, seed=cfg.split_seed,
                        val_fraction=cfg.split_ratios[1])
     save_folds(folds, target, groups=dataset.groups, labels=dataset.labels)
@@ -167,6 +180,7 @@ def prepare_embeddings(data: DataConfig, split_cfg: SplitConfig, enc_cfg: Encode
     """Dataset -> split -> cached embeddings -> one matrix with labels and a split column."""
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset, exclusions = load_data(data, out_dir)
+    check_views(dataset, enc_cfg.views)
     if split is None:
         split = resolve_folds(dataset, split_cfg, out_dir)[0] if split_cfg.folds else resolve_split(
             dataset, split_cfg, out_dir)

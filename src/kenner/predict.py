@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from kenner.config import EncoderConfig
-from kenner.encoders.views import combine_views
+from kenner.data.manifest import FOLDER_VIEW, IMAGE_EXTENSIONS
+from kenner.encoders.views import combine_views, resolve_mode
 from kenner.errors import DataError, KennerError
 from kenner.evaluate.outputs import top_k
 from kenner.heads.persist import load_head
@@ -26,7 +27,6 @@ from kenner.pipeline import build_encoder, embed_views
 from kenner.retrieval.reject import UNCLASSIFIABLE, RejectRule, proba_confidence
 from kenner.train.run import load_model_info
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MANIFEST_SUFFIXES = {".csv", ".tsv"}
 
 
@@ -51,7 +51,7 @@ def collect_inputs(items: Sequence[str], view_names: list[str]) -> PredictionInp
             ids += manifest.ids
             paths += manifest.paths
             continue
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
                        and not p.name.startswith(".")) if path.is_dir() else [path]
         if len(view_names) > 1:
             raise KennerError(
@@ -66,12 +66,16 @@ def collect_inputs(items: Sequence[str], view_names: list[str]) -> PredictionInp
 
 
 def read_prediction_manifest(path: Path, view_names: list[str]) -> PredictionInputs:
-    """A manifest for prediction: ``<view>_path`` columns, optional ``id``; labels are not needed."""
+    """A manifest for prediction: ``<view>_path`` columns (a bare ``path`` is the view ``image``, as
+    in training manifests), optional ``id``; labels are not needed."""
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read the manifest ({error})", path=str(path)) from None
+    table.columns = [str(name).strip().lower() for name in table.columns]
+    if FOLDER_VIEW in view_names and f"{FOLDER_VIEW}_path" not in table.columns:
+        table = table.rename(columns={"path": f"{FOLDER_VIEW}_path"})
     missing = [f"{view}_path" for view in view_names if f"{view}_path" not in table.columns]
     if missing:
         raise DataError(f"missing column(s) {', '.join(missing)}; found {', '.join(table.columns)}",
@@ -85,13 +89,25 @@ def read_prediction_manifest(path: Path, view_names: list[str]) -> PredictionInp
             if not cell:
                 raise DataError(f"empty {view}_path", path=str(path), row=row)
             entry[view] = (path.parent / cell).resolve()
+            if not entry[view].is_file():
+                raise DataError(f"{view} image {entry[view]}: file not found", path=str(path), row=row)
         paths.append(entry)
     return PredictionInputs([str(i) for i in ids], paths)
 
 
+def query_views(info: dict) -> list[str]:
+    """The views a query needs: the one view a run's ``--views`` picks, else all the run's views."""
+    if info["mode"] in ("classifier", "metric"):
+        mode = resolve_mode(info["view_names"], info["views"])
+        if mode in info["view_names"]:
+            return [mode]
+    return list(info["view_names"])
+
+
 def embed_for_run(info: dict, inputs: PredictionInputs, *, cache_dir: str | None = None,
                   device: str = "auto") -> np.ndarray:
-    """Embed query items exactly as the run embedded its data (same encoder fingerprint and views)."""
+    """Embed query items exactly as the run embedded its data (same encoder fingerprint and views);
+    only the views the run uses are embedded."""
     enc_cfg = EncoderConfig(encoder=info["encoder"], weights=info["weights"], pooling=info["pooling"],
                             views=info["views"], cache_dir=cache_dir, device=device)
     encoder = build_encoder(enc_cfg)
@@ -100,7 +116,7 @@ def embed_for_run(info: dict, inputs: PredictionInputs, *, cache_dir: str | None
             f"the encoder {info['encoder']!r} now has fingerprint {encoder.fingerprint}, but the run was "
             f"trained with {info['fingerprint']}: its weights or preprocessing changed"
         )
-    per_view = embed_views(inputs.paths, info["view_names"], encoder, enc_cfg, tuple(info["background_color"]))
+    per_view = embed_views(inputs.paths, query_views(info), encoder, enc_cfg, tuple(info["background_color"]))
     return combine_views(per_view, info["views"]).astype(np.float32, copy=False)
 
 
@@ -116,7 +132,7 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
     if info["mode"] not in ("classifier", "metric", "finetune"):
         raise KennerError(f"{run_dir}: predict works on classifier, metric and finetune runs, "
                           f"not {info['mode']!r} runs")
-    inputs = collect_inputs(items, info["view_names"])
+    inputs = collect_inputs(items, query_views(info))
     if info["mode"] == "finetune":
         from kenner.train.finetune import predict_finetuned
 

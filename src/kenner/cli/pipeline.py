@@ -152,10 +152,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif cfg.split.folds:
         metrics = {split: {k: v["mean"] for k, v in values.items()}
                    for split, values in train_folds(cfg, tracker).items()}
+        print(f"mean over {cfg.split.folds} folds:")
     else:
         metrics = train_classifier(cfg, tracker=tracker)
     print_headline(metrics, HEADLINE_KEYS)
-    print(f"run folder: {cfg.out_dir}  (report: {Path(cfg.out_dir) / 'report.md'})")
+    report = "folds_summary.md" if cfg.mode == "classifier" and cfg.split.folds else "report.md"
+    print(f"run folder: {cfg.out_dir}  (report: {Path(cfg.out_dir) / report})")
     return 0
 
 

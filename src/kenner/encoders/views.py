@@ -24,30 +24,37 @@ def available_modes(views: list[str]) -> list[str]:
     return modes
 
 
+def resolve_mode(views: list[str], mode: str) -> str:
+    """The canonical form of ``mode`` for these views: one of ``views``, ``avg`` or ``concat``.
+
+    Raises ``KennerError`` listing the views and modes when ``mode`` fits none of them.
+    """
+    mode = ALIASES.get(mode, mode)
+    if mode in views or mode in COMBINED_MODES:
+        return mode
+    if mode in PREFIX_ALIASES:
+        matches = _starting_with(views, mode)
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise KennerError(f"view mode {mode!r} is ambiguous: views {', '.join(matches)}; name one")
+    raise KennerError(
+        f"unknown view mode {mode!r}; views: {', '.join(views)}; modes: {', '.join(available_modes(views))}"
+    )
+
+
 def combine_views(per_view: dict[str, np.ndarray], mode: str) -> np.ndarray:
     """One float32 matrix [n_samples, dim] from per-view matrices [n_samples, dim_view]."""
     if not per_view:
         raise KennerError("no views to combine")
-    views = list(per_view)
     arrays = {name: np.asarray(matrix, dtype=np.float32) for name, matrix in per_view.items()}
     rows = {name: matrix.shape[0] for name, matrix in arrays.items()}
     if any(matrix.ndim != 2 for matrix in arrays.values()) or len(set(rows.values())) != 1:
         shapes = ", ".join(f"{name}: {matrix.shape}" for name, matrix in arrays.items())
         raise KennerError(f"views must be 2-D matrices with the same number of rows, got {shapes}")
-    mode = ALIASES.get(mode, mode)
+    mode = resolve_mode(list(arrays), mode)
     if mode in arrays:
         return arrays[mode]
-    if mode in PREFIX_ALIASES:
-        matches = _starting_with(views, mode)
-        if len(matches) == 1:
-            return arrays[matches[0]]
-        if matches:
-            raise KennerError(f"view mode {mode!r} is ambiguous: views {', '.join(matches)}; name one")
-    if mode not in COMBINED_MODES:
-        raise KennerError(
-            f"unknown view mode {mode!r}; views: {', '.join(views)}; "
-            f"modes: {', '.join(available_modes(views))}"
-        )
     if len(arrays) == 1:
         return next(iter(arrays.values()))
     if mode == "concat":

@@ -16,7 +16,7 @@ import numpy as np
 
 from kenner import __version__
 from kenner.config import RunConfig
-from kenner.data.splits import split_summary
+from kenner.data.splits import save_split, split_summary
 from kenner.errors import KennerError
 from kenner.evaluate.outputs import Evaluation, write_evaluation
 from kenner.evaluate.reject_report import reject_markdown, tune_reject
@@ -155,7 +155,12 @@ def train_folds(cfg: RunConfig, tracker: Tracker | None = None) -> dict[str, dic
     per_fold = []
     for index, split in enumerate(folds):
         log.info("fold %d/%d", index + 1, len(folds))
-        fold_cfg = replace(cfg, out_dir=str(out_dir / f"fold_{index}"))
+        fold_dir = out_dir / f"fold_{index}"
+        # Each fold folder is a whole run folder, so kenner evaluate/predict work on it too.
+        save_split(split, fold_dir / "splits", groups=prepared.groups, labels=prepared.dataset.labels)
+        atomic_write_json(fold_dir / "class_to_idx.json", prepared.dataset.class_to_idx)
+        fold_split = replace(cfg.split, folds=0, splits=str(fold_dir / "splits"))
+        fold_cfg = replace(cfg, out_dir=str(fold_dir), split=fold_split)
         per_fold.append(train_classifier(fold_cfg, prepared.with_split(split), tracker))
     summary = aggregate_folds(per_fold)
     atomic_write_json(out_dir / "folds_metrics.json", summary)
