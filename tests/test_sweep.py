@@ -211,6 +211,9 @@ def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
         args = parser.parse_args([*argv, *extra, "--no-track"])
         with pytest.raises(KennerError, match=message):
             args.func(args)
+    args = parser.parse_args([*argv, "--folds", "3", "--no-track"])
+    with pytest.raises(KennerError, match="--folds is for kenner train"):
+        args.func(args)
     no_dir = [a for a in argv if a != str(tmp_path / "bg") and a != "--background-dir"]
     args = parser.parse_args([*no_dir, "--no-track"])
     with pytest.raises(KennerError, match="--background-dir DIR"):

@@ -129,6 +129,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise KennerError("--background-dir is used with --bg N (background images per foreground class)")
     data = build_dataclass(DataConfig, explicit_values(args, DataConfig), where="data")
     split_cfg = build_dataclass(SplitConfig, explicit_values(args, SplitConfig), where="split")
+    if split_cfg.folds:
+        raise KennerError("kenner sweep compares configurations on one split; --folds is for kenner train "
+                          "(repeat runs with --seeds instead)")
     out_dir = Path(args.out_dir)
     embeddings, background = {}, {}
     for spec in (s.strip() for s in args.encoders.split(",") if s.strip()):
