@@ -347,3 +347,19 @@ def test_single_view_run_predicts_files_folders_and_manifests(trained_run: tuple
     query.write_text(f"id,obverse_path\nq1,{images / 'gone.png'}\n")
     assert main(["predict", str(out), str(query), "--cache-dir", str(cache)]) == 2
     assert f"{query}, row 1: obverse image" in capsys.readouterr().err
+
+
+def test_evaluate_on_another_labelled_dataset(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    manifest, run, cache = trained_run
+    other = tmp_path / manifest.name
+    lines = manifest.read_text().splitlines()
+    kept = [line for line in lines[1:] if not line.startswith("aur")]
+    other.write_text("\n".join([lines[0], *kept]).replace("\tobverse/", f"\t{manifest.parent}/obverse/")
+                     .replace("\treverse/", f"\t{manifest.parent}/reverse/") + "\n")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--data", str(other), "--out-dir", str(out), "--background-class",
+                 "sestertius", "--cache-dir", str(cache)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"test"} and metrics["test"]["n"] == 24  # another dataset: every row is test
+    assert "macro_f1_fg" in metrics["test"] and "accuracy_fg" in metrics["test"]
+    assert (out / "report.md").exists() and (out / "confusion_matrix.png").exists()
