@@ -234,3 +234,105 @@ def test_schedules_per_epoch() -> None:
                   [0.5, 0.6, 0.6, 0.6, 0.6])
     assert plateau == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.1])  # 1 stalled epoch tolerated, the 2nd cuts
     assert lrs(FinetuneConfig(lr=1.0, scheduler="constant"), [None] * 3) == [1.0, 1.0, 1.0]
+
+
+def test_cli_resume_from_another_run_fresh_and_predict_elsewhere(
+    tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kenner.cli import main
+    from kenner.train.schedulers import warmup_cosine_factor
+
+    data, weights = tiny
+    monkeypatch.chdir(weights.parent)  # a relative --weights path, as users type it
+    flags = ["finetune", "--data", str(data), "--encoder", "timm:test_resnet", "--weights", weights.name,
+             "--img-size", "32", "--batch-size", "4", "--num-workers", "0", "--warmup-epochs", "0",
+             "--lr", "1e-3", "--no-track"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([*flags, "--epochs", "2", "--ema-decay", "0.9", "--checkpoint-every", "1",
+                 "--out-dir", str(first)]) == 0
+
+    # --resume an epoch checkpoint of another run, with more epochs: the cosine follows the new length
+    resume = str(first / "checkpoints" / "checkpoint_epoch_1.pt")
+    assert main([*flags, "--epochs", "3", "--out-dir", str(second), "--resume", resume]) == 0
+    history = json.loads((second / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[0] == json.loads((first / "history.json").read_text())[0]
+    floor = 1e-6 / 1e-3
+    assert [r["lr"] for r in history[1:]] == pytest.approx(
+        [1e-3 * warmup_cosine_factor(e, warmup=0, total=3, floor=floor) for e in (1, 2)])
+    info = json.loads((second / "model" / "model_info.json").read_text())
+    best = load_checkpoint(second / "checkpoints" / "best_model.pt")
+    assert best["train_state"]["epoch"] == info["best_epoch"]  # best_model.pt is the best epoch's
+    assert Path(info["weights"]).is_absolute()
+
+    assert main([*flags, "--epochs", "1", "--out-dir", str(second), "--fresh"]) == 0
+    assert [r["epoch"] for r in json.loads((second / "history.json").read_text())] == [1]
+    with pytest.raises(SystemExit):
+        main([*flags, "--out-dir", str(second), "--fresh", "--resume", resume])
+    capsys.readouterr()
+
+    # kenner predict through the CLI, from another working folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    image = data / "gamma" / "gamma3_1.png"
+    assert main(["predict", str(second), str(image), "--format", "json", "-k", "2"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    row = pd.read_parquet(second / "predictions.parquet").set_index("sample_id").loc["gamma/gamma3_1"]
+    assert result["predicted"] == row["predicted"]
+    assert result["predictions"][0]["probability"] == pytest.approx(row["topk_scores"][0], abs=1e-5)
+
+
+class _Pixels(torch.nn.Module):
+    """A stand-in backbone without batch statistics: flatten [B, 3, 4, 4] -> 6 features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(48, 6)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.linear(pixels.flatten(1))
+
+
+def test_gradient_accumulation_equals_the_full_batch() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from kenner.train.finetune import FinetuneNet, train_one_epoch
+    from kenner.train.precision import TrainSettings
+
+    generator = torch.Generator().manual_seed(0)
+    pixels, labels = torch.randn(8, 1, 3, 4, 4, generator=generator), torch.arange(8) % 3
+    cfg = FinetuneConfig(epochs=1, aug_preset="none")
+    weights = []
+    for micro, accum in ((8, 1), (4, 2), (2, 4)):
+        torch.manual_seed(0)
+        model = FinetuneNet(_Pixels(), torch.nn.Linear(6, 3), combine="avg", dropout=0.0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        settings = TrainSettings(device="cpu", precision="fp32", tf32=False, num_workers=0, accum_steps=accum)
+        loader = DataLoader(TensorDataset(pixels, labels), batch_size=micro)
+        train_one_epoch(model, loader, optimizer, torch.amp.GradScaler("cpu", enabled=False), None, settings,
+                        cfg, epoch=0, n_classes=3)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for other in weights[1:]:
+        for full, accumulated in zip(weights[0], other, strict=True):
+            torch.testing.assert_close(full, accumulated)
+
+
+def test_samplers() -> None:
+    from kenner.train.finetune import _train_sampler
+
+    y = np.array([0] * 12 + [1] * 4 + [2] * 2)
+    weighted = _train_sampler(FinetuneConfig(sampler="weighted"), y, 6)
+    assert torch.allclose(weighted.weights, torch.as_tensor(1.0 / np.bincount(y)[y], dtype=torch.double))
+    torch.manual_seed(0)
+    drawn = np.bincount(y[list(weighted)], minlength=3)
+    assert len(y) == drawn.sum() and drawn.min() >= 2  # about a third each, not 12 : 4 : 2
+    assert _train_sampler(FinetuneConfig(), y, 6) is None  # plain shuffling
+    pk = _train_sampler(FinetuneConfig(sampler="pk", pk_k=2), y, 6)
+    order = list(pk)
+    for start in range(0, len(order) - 5, 6):  # each micro-batch: 3 classes x 2 images
+        assert sorted(np.bincount(y[order[start:start + 6]], minlength=3)) == [2, 2, 2]
+    with pytest.raises(KennerError, match="multiple of --pk-k 4"):
+        _train_sampler(FinetuneConfig(sampler="pk", pk_k=4), y, 6)
+    with pytest.raises(KennerError, match="at most 3 classes"):
+        _train_sampler(FinetuneConfig(sampler="pk", pk_k=2), y, 8)

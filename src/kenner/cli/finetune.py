@@ -11,9 +11,9 @@ from kenner.errors import KennerError
 from kenner.track import add_tracking_arguments, tracker_from_args
 from kenner.train.finetune_config import FinetuneConfig, FinetuneRun, load_finetune_run
 
-# EncoderConfig fields fine-tuning does not use (it reads pixels, not the embedding cache; FinetuneConfig
-# has its own --num-workers and --device).
-UNUSED_ENCODER_FIELDS = ("cache_dir", "embed_batch_size", "num_workers", "device")
+# EncoderConfig fields fine-tuning does not use (it reads pixels, not the embedding cache, and trains the
+# torch model; FinetuneConfig has its own --num-workers and --device).
+UNUSED_ENCODER_FIELDS = ("cache_dir", "embed_batch_size", "num_workers", "device", "backend")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,5 +76,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     else:
         metrics = finetune(run, tracker=tracker, resume=args.resume, fresh=args.fresh)
     print_headline(metrics, HEADLINE_KEYS)
-    print(f"run folder: {run.out_dir}  (report: {Path(run.out_dir) / 'report.md'})")
+    report = "folds_summary.md" if run.split.folds else "report.md"
+    print(f"run folder: {run.out_dir}  (report: {Path(run.out_dir) / report})")
     return 0

@@ -72,7 +72,7 @@ from kenner.train.finetune_config import FinetuneConfig, FinetuneRun
 from kenner.train.loop import make_generator, reset_classifier_
 from kenner.train.precision import TrainSettings, apply_backend_flags, auto_settings, detect_device
 from kenner.train.run import aggregate_folds, folds_markdown, load_model_info, log_run
-from kenner.train.schedulers import build_scheduler, step_scheduler
+from kenner.train.schedulers import build_scheduler, reapply_schedule, step_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -385,8 +385,12 @@ class Trainer:
             "kenner_version": __version__,
         }
 
-    def restore(self, path: Path) -> None:
-        """Continue from the checkpoint at ``path`` (weights, optimizer, schedule, RNG, epoch, best)."""
+    def restore(self, path: Path, checkpoint_dir: Path) -> None:
+        """Continue from the checkpoint at ``path`` (weights, optimizer, schedule, RNG, epoch, best).
+
+        ``checkpoint_dir`` is this run's: its ``best_model.pt`` is made to hold the resumed state's best
+        epoch, and a larger ``--epochs`` or ``--patience`` than the checkpoint's run had continues training.
+        """
         checkpoint = load_checkpoint(path)
         try:
             self.model.load_state_dict(checkpoint["model"])
@@ -396,6 +400,7 @@ class Trainer:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             if self.scheduler is not None and checkpoint["scheduler"] is not None:
                 self.scheduler.load_state_dict(checkpoint["scheduler"])
+                reapply_schedule(self.scheduler)
             self.scaler.load_state_dict(checkpoint["scaler"])
             self.state = TrainState(**checkpoint["train_state"])
         except (KeyError, TypeError, RuntimeError, ValueError) as error:
@@ -403,6 +408,25 @@ class Trainer:
                               "pass --fresh to start again, or the run's own settings") from error
         set_rng_state(checkpoint["rng"])
         log.info("resuming from %s after epoch %d", path, self.state.epoch)
+        self._adopt_best(path, checkpoint_dir)
+        state, cfg = self.state, self.cfg
+        state.done = bool(cfg.patience and state.stale >= cfg.patience) or state.epoch >= cfg.epochs
+
+    def _adopt_best(self, path: Path, checkpoint_dir: Path) -> None:
+        """Put the checkpoint of the resumed state's best epoch in this run's ``best_model.pt``: the resumed
+        checkpoint itself or the ``best_model.pt`` beside it. Without one (``--resume`` of a file from
+        elsewhere, or a best epoch the resumed run later overwrote), the best is chosen afresh from here."""
+        state, own = self.state, checkpoint_dir / BEST
+        if not state.best_epoch:
+            return
+        for candidate in (path, path.parent / BEST):
+            if candidate.is_file() and load_checkpoint(candidate)["train_state"]["epoch"] == state.best_epoch:
+                if not (own.is_file() and os.path.samefile(candidate, own)):
+                    atomic_write_bytes(own, candidate.read_bytes())
+                return
+        log.warning("the checkpoint of best epoch %d of %s is not at hand; the best model is chosen among "
+                    "the epochs trained from here", state.best_epoch, path)
+        state.best_metric, state.best_epoch, state.best_source, state.stale = None, 0, "model", 0
 
     def best_weights(self, checkpoint_dir: Path) -> dict[str, torch.Tensor]:
         """Model or EMA weights (whichever scored best on validation) of ``best_model.pt``."""
@@ -507,7 +531,7 @@ def finetune(run: FinetuneRun, *, tracker: Tracker | None = None, resume: str | 
         val_loader = _loader(images(val_idx, pre.transform()), micro, settings) if len(val_idx) else None
         trainer = Trainer.create(cfg, settings, model)
         if start_from is not None:
-            trainer.restore(start_from)
+            trainer.restore(start_from, checkpoint_dir)
         fit_started = time.perf_counter()
         while not trainer.state.done:
             record, improved = trainer.epoch(train_loader, val_loader, y[val_idx], class_names, pos_index)
@@ -539,10 +563,11 @@ def finetune(run: FinetuneRun, *, tracker: Tracker | None = None, resume: str | 
         state = trainer.state
         atomic_write_json(out_dir / "history.json", state.history)
         model_dir = out_dir / "model"
+        encoder_spec, weights_file = absolute_paths(run.encoder.encoder, run.encoder.weights)
         atomic_write_bytes(model_dir / WEIGHTS_FILE, save_safetensors(fp32_state_dict(model)))
         atomic_write_json(model_dir / "model_info.json", {
-            "kenner_version": __version__, "mode": "finetune", "encoder": run.encoder.encoder,
-            "weights": run.encoder.weights, "pooling": run.encoder.pooling, "views": run.encoder.views,
+            "kenner_version": __version__, "mode": "finetune", "encoder": encoder_spec, "weights": weights_file,
+            "pooling": run.encoder.pooling, "views": run.encoder.views,
             "view_names": views, "combine": combine, "class_names": class_names,
             "background_color": list(run.data.background_color), "head_type": cfg.head_type,
             "arcface_scale": cfg.arcface_scale, "preprocessing": pre.as_dict(), "weights_file": WEIGHTS_FILE,
@@ -571,6 +596,15 @@ def finetune(run: FinetuneRun, *, tracker: Tracker | None = None, resume: str | 
         })
         log_run(track, out_dir, metrics, history=[])  # the epochs were logged as they ended
     return metrics
+
+
+def absolute_paths(spec: str, weights: str | None) -> tuple[str, str | None]:
+    """The encoder spec (``hf:``/``local:`` folders) and weights file with local paths made absolute, so that
+    ``kenner predict`` finds them from any working folder."""
+    family, colon, target = spec.partition(":")
+    if colon and family in ("hf", "local") and Path(target).exists():
+        spec = f"{family}:{Path(target).resolve()}"
+    return spec, str(Path(weights).resolve()) if weights else None
 
 
 def history_markdown(history: list[dict[str, Any]]) -> str:

@@ -52,3 +52,12 @@ def step_scheduler(scheduler: Scheduler | None, metric: float | None) -> None:
             scheduler.step(metric)
         return
     scheduler.step()
+
+
+def reapply_schedule(scheduler: Scheduler | None) -> None:
+    """Set the rates of a restored cosine schedule from its own formula, so that a run resumed with another
+    ``--epochs`` follows the cosine of its new length (an unchanged run gets the same rates)."""
+    if isinstance(scheduler, LambdaLR):
+        for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                       scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * factor(scheduler.last_epoch)
