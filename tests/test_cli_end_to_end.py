@@ -147,7 +147,7 @@ def test_train_logs_to_mlflow_in_the_working_folder(trained_run: tuple[Path, Pat
     assert run.info.status == "FINISHED"
     assert run.data.params["head.head_type"] == "linear"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 5
-    assert "test_macro_f1" in run.data.metrics
+    assert "test/macro_f1" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.md", "metrics.json", "confusion_matrix.png"} <= artifacts
 
@@ -363,3 +363,31 @@ def test_evaluate_on_another_labelled_dataset(trained_run: tuple[Path, Path, Pat
     assert set(metrics) == {"test"} and metrics["test"]["n"] == 24  # another dataset: every row is test
     assert "macro_f1_fg" in metrics["test"] and "accuracy_fg" in metrics["test"]
     assert (out / "report.md").exists() and (out / "confusion_matrix.png").exists()
+
+
+def test_background_images_and_calibration_in_a_train_run(trained_run: tuple[Path, Path, Path],
+                                                          tmp_path: Path) -> None:
+    manifest, run, cache = trained_run
+    background = tmp_path / "background"
+    rng = np.random.default_rng(3)
+    for i in range(30):
+        path = background / ("street" if i % 2 else "sky") / f"bg{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
+    out = tmp_path / "bg_run"
+    assert main(["train", "--data", str(manifest), "--out-dir", str(out), "--splits", str(run / "splits"),
+                 "--cache-dir", str(cache), "--background-dir", str(background), "--bg", "2",
+                 "--profile", "calib", "--no-track"]) == 0
+    assert json.loads((out / "class_to_idx.json").read_text())["background"] == 3
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    added = predictions[predictions["true"] == "background"]
+    per_split = added.groupby("split").size().to_dict()
+    assert per_split == {"train": 6, "val": 6, "test": 6}  # 2 per foreground class (3 classes) in every split
+    images = added["sample_id"].str.split("#").str[0]
+    assert images.groupby(images).apply(lambda s: added.loc[s.index, "split"].nunique()).max() == 1  # no leak
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "macro_f1_fg" in metrics["test"]  # the background class is left out of the _fg metrics
+    assert {"ece_uncalibrated", "temperature"} <= set(metrics["test"])
+    assert "ECE before" in (out / "report.md").read_text()
+    assert main(["train", "--data", str(manifest), "--out-dir", str(tmp_path / "x"), "--bg", "2",
+                 "--no-track"]) == 2  # --bg without --background-dir is a clear error

@@ -135,7 +135,7 @@ def test_binary_task_arcface_and_mlflow(tiny: tuple[Path, Path], tmp_path: Path)
     assert logged.info.status == "FINISHED"
     assert logged.data.params["finetune.head_type"] == "arcface"
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_loss")] == [1, 2]
-    assert logged.data.metrics["test_macro_f1"] == metrics["test"]["macro_f1"]
+    assert logged.data.metrics["test/macro_f1"] == metrics["test"]["macro_f1"]
     assert {"metrics.json", "report.md"} <= {a.path for a in client.list_artifacts(logged.info.run_id)}
 
 

@@ -112,7 +112,7 @@ def _prepared(tmp_path):
     return PreparedEmbeddings(
         X=X, y=y, split=np.asarray(split_of_samples(split, groups)), class_names=names, sample_ids=ids,
         groups=groups, dataset=Dataset(samples=samples, views=["image"], source=tmp_path),
-        encoder_spec="test", encoder_fingerprint="0" * 16, views="image", partition=split,
+        encoder_spec="test", encoder_fingerprint="0" * 16, views="image",
     )
 
 

@@ -169,3 +169,18 @@ def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disabl
     stored = table.set_index("sample_id").loc[expected]
     np.testing.assert_allclose(proba.max(axis=1), stored["score"].to_numpy(), atol=1e-4)
     assert [info["class_names"][c] for c in proba.argmax(axis=1)] == stored["topk_labels"].str[0].tolist()
+
+    # ... and `kenner predict` gives the same answers from the command line.
+    import json
+
+    from kenner.cli import main
+
+    query = tmp_path / "query.tsv"
+    header = "image_path" if task == "single" else "obverse_path\treverse_path"
+    query.write_text(header + "\n" + "".join(
+        "\t".join(str(p) for p in item.values()) + "\n" for item in items))
+    target = tmp_path / "side_predictions.json"
+    assert main(["predict", str(out), str(query), "-k", "1", "--output", str(target),
+                 "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]) == 0
+    answers = json.loads(target.read_text())
+    assert [a["predictions"][0]["label"] for a in answers] == stored["topk_labels"].str[0].tolist()

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import kenner.train.sweep as sweep_module
+from kenner.data.background import draw_background
 from kenner.errors import KennerError
 from kenner.evaluate.metrics import classification_metrics
 from kenner.heads.classifier import EmbeddingClassifier
 from kenner.heads.config import HeadConfig
 from kenner.track import Tracker
-from kenner.train.sweep import SweepGrid, add_background, expand_grid, run_sweep, with_background
+from kenner.train.sweep import SweepGrid, expand_grid, run_sweep, with_background
 
 
 @dataclasses.dataclass
@@ -53,16 +54,17 @@ def test_run_names_follow_the_users_pattern_and_invalid_combinations_are_skipped
         "d_e_lin_mix0_ls0_lr0p001_base", "d_e_lin_mix0_ls0_lr0p01_base"}
 
 
-def test_add_background_draws_per_foreground_class():
-    X, y = np.zeros((12, 3), np.float32), np.repeat([0, 1, 2], 4)
-    pool = np.arange(30, dtype=np.float32).reshape(10, 3)
-    X2, y2 = add_background(X, y, pool, 2, seed=0, background_label=3)
-    assert (y2 == 3).sum() == 6 and len(X2) == 18
-    added = X2[y2 == 3]
-    assert len({tuple(row) for row in added}) == 6  # without replacement while the pool lasts
-    assert all(any((row == p).all() for p in pool) for row in added)
-    _, y3 = add_background(X, y, pool[:2], 2, seed=0, background_label=3)
-    assert (y3 == 3).sum() == 6  # pool too small: drawn with replacement
+def test_draw_background_per_foreground_class_and_split():
+    y = np.repeat([0, 1, 2], 4)
+    split = np.array(["train"] * 8 + ["test"] * 4)
+    drawn = draw_background(split, y, 3, n_pool=10, n_per_class=1, seed=0)
+    assert len(drawn["train"]) == 2 and len(drawn["test"]) == 1  # classes 0,1 in train; class 2 in test
+    assert not set(drawn["train"]) & set(drawn["test"])  # disjoint shares of the pool
+    assert len(set(drawn["train"])) == 2  # without replacement while the share lasts
+    small = draw_background(split, y, 3, n_pool=2, n_per_class=3, seed=0)
+    assert len(small["train"]) == 6 and len(set(small["train"])) == 1  # share of 1 image: with replacement
+    with pytest.raises(KennerError, match="too few"):
+        draw_background(split, y, 3, n_pool=1, n_per_class=1, seed=0)
 
 
 def test_sweep_end_to_end_writes_results_and_summary(tmp_path):

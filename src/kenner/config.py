@@ -40,10 +40,23 @@ class DataConfig:
     background_class: str | None = field(
         default=None, metadata={"help": "class meaning 'none of these'; adds foreground-only metrics"}
     )
+    background_dir: str | None = field(
+        default=None, metadata={"help": "folder of images of none of the classes (with --bg N)"}
+    )
+    bg: int = field(
+        default=0, metadata={"help": "background images per foreground class from --background-dir, in every "
+                                     "split; they join --background-class, else a new class 'background'"}
+    )
 
     def __post_init__(self) -> None:
         if self.on_bad_image not in ("fail", "skip"):
             raise KennerError(f"--on-bad-image must be 'fail' or 'skip', not {self.on_bad_image!r}")
+        if self.bg < 0:
+            raise KennerError(f"--bg must be >= 0, got {self.bg}")
+        if self.bg > 0 and not self.background_dir:
+            raise KennerError("--bg N adds background images; give them with --background-dir DIR")
+        if self.background_dir and self.bg == 0:
+            raise KennerError("--background-dir is used with --bg N (background images per foreground class)")
 
 
 @dataclass(frozen=True)
@@ -235,3 +248,12 @@ def merge_explicit(instance: Any, args: argparse.Namespace, *, where: str) -> An
     updates = {name: parse_value(hints[name], value, name=f"{where}.{name}")
                for name, value in explicit_values(args, cls).items()}
     return dataclasses.replace(instance, **updates)
+
+
+def absolute_paths(spec: str, weights: str | None) -> tuple[str, str | None]:
+    """The encoder spec (``hf:``/``local:`` folders) and weights file with local paths made absolute, so that
+    ``kenner predict`` finds them from any working folder."""
+    family, colon, target = spec.partition(":")
+    if colon and family in ("hf", "local") and Path(target).exists():
+        spec = f"{family}:{Path(target).resolve()}"
+    return spec, str(Path(weights).resolve()) if weights else None

@@ -8,7 +8,7 @@ from pathlib import Path
 from kenner.config import DataConfig, EncoderConfig, RunConfig
 from kenner.data import fashion_mnist
 from kenner.heads.config import HeadConfig
-from kenner.train.run import HEADLINE_KEYS, train_classifier
+from kenner.train.run import headline, train_classifier
 
 
 def run_demo(out_dir: Path, *, per_class: int = 200, encoder: str = "default",
@@ -24,8 +24,6 @@ def run_demo(out_dir: Path, *, per_class: int = 200, encoder: str = "default",
     )
     metrics = train_classifier(cfg)
     print(f"\nkenner demo: Fashion-MNIST, {per_class} images per class, encoder {encoder!r}, linear head")
-    for split, values in metrics.items():
-        shown = "  ".join(f"{key}={values[key]:.4f}" for key in HEADLINE_KEYS if key in values)
-        print(f"  {split:>5}: {shown}")
+    print(headline(metrics, indent="  "))
     print(f"  report: {Path(cfg.out_dir) / 'report.md'}   ({time.perf_counter() - started:.0f} s)")
     return metrics

@@ -6,6 +6,7 @@ training, sweeps, retrieval and reports all start from it, so they all see the s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from kenner.config import DataConfig, EncoderConfig, SplitConfig
+from kenner.data.background import background_images, background_label, draw_background
 from kenner.data.filters import apply_filters
-from kenner.data.manifest import Dataset, Exclusion, load_dataset, write_exclusions
+from kenner.data.manifest import Dataset, Exclusion, Sample, load_dataset, write_exclusions
 from kenner.data.splits import Split, load_folds, load_split, make_folds, make_split, save_folds, save_split
 from kenner.encoders import create_encoder
 from kenner.encoders.base import Encoder
@@ -43,7 +45,6 @@ class PreparedEmbeddings:
     encoder_spec: str
     encoder_fingerprint: str
     views: str
-    partition: Split
     per_view: dict[str, np.ndarray] = field(default_factory=dict)
     exclusions: list[Exclusion] = field(default_factory=list)
 
@@ -64,13 +65,7 @@ class PreparedEmbeddings:
         """The same embeddings under another split (k-fold)."""
         from kenner.data.splits import split_of_samples
 
-        return PreparedEmbeddings(
-            X=self.X, y=self.y, split=np.asarray(split_of_samples(split, self.groups)),
-            class_names=self.class_names, sample_ids=self.sample_ids, groups=self.groups,
-            dataset=self.dataset, encoder_spec=self.encoder_spec,
-            encoder_fingerprint=self.encoder_fingerprint, views=self.views, partition=split,
-            per_view=self.per_view, exclusions=self.exclusions,
-        )
+        return dataclasses.replace(self, split=np.asarray(split_of_samples(split, self.groups)))
 
 
 def safe_name(text: str) -> str:
@@ -197,6 +192,40 @@ def prepare_embeddings(data: DataConfig, split_cfg: SplitConfig, enc_cfg: Encode
         X=X, y=np.asarray([class_to_idx[label] for label in dataset.labels], dtype=np.int64),
         split=split_column, class_names=list(dataset.classes), sample_ids=list(dataset.ids),
         groups=list(dataset.groups), dataset=dataset, encoder_spec=enc_cfg.encoder,
-        encoder_fingerprint=encoder.fingerprint, views=enc_cfg.views, partition=split, per_view=per_view,
+        encoder_fingerprint=encoder.fingerprint, views=enc_cfg.views, per_view=per_view,
         exclusions=exclusions,
+    )
+
+
+def embed_background(data: DataConfig, views: list[str], encoder: Encoder, enc_cfg: EncoderConfig
+                     ) -> tuple[list[Path], dict[str, np.ndarray]]:
+    """The ``--background-dir`` images and their per-view embeddings (one image stands for every view)."""
+    paths = background_images(data.background_dir)
+    return paths, embed_views([dict.fromkeys(views, path) for path in paths], views, encoder, enc_cfg,
+                              data.background_color)
+
+
+def add_background_rows(prepared: PreparedEmbeddings, data: DataConfig, enc_cfg: EncoderConfig, *,
+                        encoder: Encoder | None = None, seed: int = 0) -> PreparedEmbeddings:
+    """``--bg N`` background images per foreground class appended to every split, as samples
+    ``background/<file>#<n>`` of the background class (see :mod:`kenner.data.background`)."""
+    views = prepared.dataset.views
+    paths, per_view = embed_background(data, views, encoder or build_encoder(enc_cfg), enc_cfg)
+    label, names = background_label(prepared.class_names, data.background_class)
+    drawn = draw_background(prepared.split, prepared.y, label, len(paths), data.bg, seed)
+    rows = np.concatenate(list(drawn.values()))
+    split = np.concatenate([np.full(len(r), name) for name, r in drawn.items()])
+    root = Path(data.background_dir)
+    ids = [f"background/{paths[i].relative_to(root).as_posix()}#{n}" for n, i in enumerate(rows)]
+    samples = [Sample(id=sample_id, label=names[label], group=sample_id, paths=dict.fromkeys(views, paths[i]))
+               for sample_id, i in zip(ids, rows, strict=True)]
+    X_bg = combine_views({view: matrix[rows] for view, matrix in per_view.items()}, enc_cfg.views)
+    return dataclasses.replace(
+        prepared, X=np.concatenate([prepared.X, X_bg.astype(np.float32, copy=False)]),
+        y=np.concatenate([prepared.y, np.full(len(rows), label, dtype=prepared.y.dtype)]),
+        split=np.concatenate([prepared.split, split]), class_names=names,
+        sample_ids=[*prepared.sample_ids, *ids], groups=[*prepared.groups, *ids],
+        dataset=Dataset([*prepared.dataset.samples, *samples], views, prepared.dataset.source,
+                        prepared.dataset.image_sizes),
+        per_view={view: np.concatenate([prepared.per_view[view], matrix[rows]]) for view, matrix in per_view.items()},
     )

@@ -97,6 +97,10 @@ def read_prediction_manifest(path: Path, view_names: list[str]) -> PredictionInp
 
 def query_views(info: dict) -> list[str]:
     """The views a query needs: the one view a run's ``--views`` picks, else all the run's views."""
+    if info["mode"] == "side-classifier":
+        from kenner.retrieval.side_predict import side_input_views
+
+        return side_input_views(info)
     if info["mode"] in ("classifier", "metric"):
         mode = resolve_mode(info["view_names"], info["views"])
         if mode in info["view_names"]:
@@ -126,14 +130,18 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
 
     ``predicted`` is the top label, or ``unclassifiable`` where the run's reject rule refuses it.
     Classifier runs score with their head; metric runs vote over their Faiss gallery; finetune runs
-    run their fine-tuned network on the pixels.
+    run their fine-tuned network on the pixels; side-classifier runs say which side (order) a photo
+    (pair) shows.
     """
     info = load_model_info(run_dir)
-    if info["mode"] not in ("classifier", "metric", "finetune"):
-        raise KennerError(f"{run_dir}: predict works on classifier, metric and finetune runs, "
-                          f"not {info['mode']!r} runs")
     inputs = collect_inputs(items, query_views(info))
-    if info["mode"] == "finetune":
+    rule = RejectRule.from_dict(info["reject"]) if info.get("reject") else RejectRule()
+    if info["mode"] == "side-classifier":
+        from kenner.retrieval.side_predict import side_proba
+
+        scores = side_proba(run_dir, info, inputs.paths, cache_dir=cache_dir, device=device)
+        accepted = rule.accept(*proba_confidence(scores))
+    elif info["mode"] == "finetune":
         from kenner.train.finetune import predict_finetuned
 
         scores = predict_finetuned(run_dir, inputs.paths, device=device)  # pixels, no embedding cache
@@ -144,11 +152,12 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
 
         prediction = RetrievalModel.load(run_dir / "model").classify(X)
         scores, accepted = prediction.scores, prediction.predicted >= 0
-    else:
+    elif info["mode"] == "classifier":
         X = embed_for_run(info, inputs, cache_dir=cache_dir, device=device)
         scores = load_head(run_dir / "model").predict_proba(X)
-        rule = RejectRule.from_dict(info["reject"]) if info.get("reject") else RejectRule()
         accepted = rule.accept(*proba_confidence(scores))
+    else:
+        raise KennerError(f"{run_dir}: predict does not know {info['mode']!r} runs")
     order, top_scores = top_k(scores, k)
     names = info["class_names"]
     return [

@@ -60,9 +60,8 @@ def default_run_name(data: DataConfig, encoder: EncoderConfig) -> str:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from kenner.cli.pipeline import print_headline
     from kenner.train.finetune import finetune, finetune_folds
-    from kenner.train.run import HEADLINE_KEYS
+    from kenner.train.run import headline
 
     run = run_from_args(args)
     tracker = tracker_from_args(args)
@@ -75,7 +74,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(f"mean over {run.split.folds} folds (mean ± std: {Path(run.out_dir) / 'folds_summary.md'})")
     else:
         metrics = finetune(run, tracker=tracker, resume=args.resume, fresh=args.fresh)
-    print_headline(metrics, HEADLINE_KEYS)
+    print(headline(metrics))
     report = "folds_summary.md" if run.split.folds else "report.md"
     print(f"run folder: {run.out_dir}  (report: {Path(run.out_dir) / report})")
     return 0

@@ -141,7 +141,7 @@ def default_run_name(data: DataConfig, encoder: EncoderConfig, head: HeadConfig)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from kenner.train.run import HEADLINE_KEYS, train_classifier, train_folds
+    from kenner.train.run import headline, train_classifier, train_folds
 
     cfg = config_from_args(args)
     tracker = tracker_from_args(args)
@@ -155,16 +155,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"mean over {cfg.split.folds} folds:")
     else:
         metrics = train_classifier(cfg, tracker=tracker)
-    print_headline(metrics, HEADLINE_KEYS)
+    print(headline(metrics))
     report = "folds_summary.md" if cfg.mode == "classifier" and cfg.split.folds else "report.md"
     print(f"run folder: {cfg.out_dir}  (report: {Path(cfg.out_dir) / report})")
     return 0
-
-
-def print_headline(metrics: dict[str, dict[str, float]], keys: tuple[str, ...]) -> None:
-    for split, values in metrics.items():
-        shown = "  ".join(f"{k}={values[k]:.4f}" for k in keys if k in values)
-        print(f"{split:>5}: {shown}")
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -218,11 +212,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kenner.train.evaluate_run import evaluate_run
-    from kenner.train.run import HEADLINE_KEYS
+    from kenner.train.run import headline
 
     metrics = evaluate_run(Path(args.run), data=args.data, out_dir=args.out_dir,
                            background_class=args.background_class, cache_dir=args.cache_dir)
-    print_headline(metrics, HEADLINE_KEYS)
+    print(headline(metrics))
     return 0
 
 

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def search_run(run_dir: Path, items: list[str], *, k: int = 10, cache_dir: str | None = None,
                device: str = "auto") -> list[dict]:
     """Per query: its id, paths, the retrieval prediction ("unclassifiable" if rejected) and neighbours."""
-    from kenner.predict import collect_inputs, embed_for_run
+    from kenner.predict import collect_inputs, embed_for_run, query_views
     from kenner.retrieval.model import RetrievalModel
     from kenner.retrieval.reject import UNCLASSIFIABLE
     from kenner.train.run import load_model_info
@@ -39,7 +39,7 @@ def search_run(run_dir: Path, items: list[str], *, k: int = 10, cache_dir: str |
     if "retrieval" not in info:
         raise KennerError(f"{run_dir}: a {info['mode']!r} run has no gallery; search needs a metric run")
     model = RetrievalModel.load(run_dir / "model")
-    inputs = collect_inputs(items, info["view_names"])
+    inputs = collect_inputs(items, query_views(info))
     X = embed_for_run(info, inputs, cache_dir=cache_dir, device=device)
     prediction = model.classify_neighbours(model.search(X, max(k, model.k)))
     gallery = model.gallery

@@ -18,6 +18,7 @@ from kenner.config import (
     explicit_values,
     parse_value,
 )
+from kenner.encoders.views import combine_views
 from kenner.errors import KennerError
 from kenner.heads.config import HeadConfig
 from kenner.track import add_tracking_arguments, tracker_from_args
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 # HeadConfig fields the sweep sets itself (from the lists below or per profile/device).
 SWEPT = ("lr", "weight_decay", "label_smoothing", "mixup", "seed", "head_type", "hidden_sizes", "device")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,10 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--weight-decay", help="weight decays (default: the profile's)")
     grid.add_argument("--seeds", default="0", help="head seeds; several give mean ± std (default: 0)")
     parser.add_argument("--reference", default="base", help="profile the summary compares others with")
-    parser.add_argument("--bg", type=int, default=0, help="background rows per foreground class, drawn "
-                        "from --background-dir into every split (default: 0 = off)")
-    parser.add_argument("--background-dir", help="folder of images of none of the classes (with --bg N); they "
-                        "join --background-class when given, else a new class 'background'")
     parser.add_argument("--out-dir", required=True, help="sweep folder (results.csv, results.md, summary.md)")
     add_dataclass_arguments(parser.add_argument_group("data"), DataConfig)
     add_dataclass_arguments(parser.add_argument_group("split"), SplitConfig)
@@ -97,36 +93,11 @@ def build_grid(args: argparse.Namespace):
     )
 
 
-def background_embeddings(directory: Path, encoder, enc_cfg: EncoderConfig, views: list[str],
-                          color: tuple[int, ...]) -> np.ndarray:
-    """Embeddings of every image under ``directory``; with several views the image stands for each."""
-    from kenner.encoders.extract import extract_embeddings
-    from kenner.encoders.store import EmbeddingStore, default_cache_dir
-    from kenner.encoders.views import combine_views
-
-    if not directory.is_dir():
-        raise KennerError(f"--background-dir {directory}: not a folder")
-    paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise KennerError(f"--background-dir {directory}: no images found")
-    store = EmbeddingStore(Path(enc_cfg.cache_dir) if enc_cfg.cache_dir else default_cache_dir(),
-                           encoder.fingerprint, encoder.dim)
-    X = extract_embeddings(encoder, paths, store, batch_size=enc_cfg.embed_batch_size,
-                           num_workers=enc_cfg.num_workers, background=tuple(color))
-    return combine_views(dict.fromkeys(views, X), enc_cfg.views).astype(np.float32, copy=False)
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from kenner.pipeline import build_encoder, pick_device, prepare_embeddings
+    from kenner.pipeline import build_encoder, embed_background, pick_device, prepare_embeddings
     from kenner.train.sweep import run_sweep
 
     grid = build_grid(args)
-    if args.bg < 0:
-        raise KennerError(f"--bg must be >= 0, got {args.bg}")
-    if args.bg > 0 and not args.background_dir:
-        raise KennerError("--bg N adds background images; give them with --background-dir DIR")
-    if args.background_dir and args.bg == 0:
-        raise KennerError("--background-dir is used with --bg N (background images per foreground class)")
     data = build_dataclass(DataConfig, explicit_values(args, DataConfig), where="data")
     split_cfg = build_dataclass(SplitConfig, explicit_values(args, SplitConfig), where="split")
     if split_cfg.folds:
@@ -141,12 +112,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         # the first encoder saves the split in out_dir/splits; the others reuse it
         prepared = prepare_embeddings(data, split_cfg, enc_cfg, out_dir=out_dir, encoder=encoder)
         embeddings[prepared.encoder_name] = prepared
-        if args.bg > 0:
-            background[prepared.encoder_name] = background_embeddings(
-                Path(args.background_dir), encoder, enc_cfg, prepared.dataset.views, data.background_color)
+        if data.bg:
+            _, per_view = embed_background(data, prepared.dataset.views, encoder, enc_cfg)
+            background[prepared.encoder_name] = combine_views(per_view, enc_cfg.views).astype(np.float32)
     device = pick_device(args.device or "auto")
     results = run_sweep(embeddings, grid, out_dir, background_class=data.background_class,
-                        background=background or None, bg=args.bg, reference=args.reference, device=device,
+                        background=background or None, bg=data.bg, reference=args.reference, device=device,
                         tracker=tracker_from_args(args))
     best = results.sort_values("macro_f1_fg", ascending=False).head(5)
     for row in best.itertuples():

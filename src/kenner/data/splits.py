@@ -121,12 +121,17 @@ def split_of_samples(split: Split, groups: Sequence) -> list[str]:
 
 def split_summary(split: Split, groups: Sequence, labels: Sequence) -> dict[str, dict[str, int]]:
     """Per split: number of groups, samples and classes (for reports)."""
-    names = split_of_samples(split, groups)
+    return column_summary(split_of_samples(split, groups), groups, labels)
+
+
+def column_summary(split_column: Sequence[str], groups: Sequence, labels: Sequence) -> dict[str, dict[str, int]]:
+    """:func:`split_summary` from a per-sample split column (rows added after splitting count too)."""
     summary = {}
     for name in SPLIT_NAMES:
-        in_split = [str(label) for label, where in zip(labels, names, strict=True) if where == name]
-        summary[name] = {"groups": len(split.ids(name)), "samples": len(in_split),
-                         "classes": len(set(in_split))}
+        rows = [(group, str(label)) for group, label, where in zip(groups, labels, split_column, strict=True)
+                if where == name]
+        summary[name] = {"groups": len({group for group, _ in rows}), "samples": len(rows),
+                         "classes": len({label for _, label in rows})}
     return summary
 
 

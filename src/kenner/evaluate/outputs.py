@@ -74,12 +74,13 @@ class Evaluation:
 
 def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: np.ndarray,
                      class_names: list[str], sample_ids: list[str], background_class: str | None = None,
-                     predicted: np.ndarray | None = None, accepted: np.ndarray | None = None) -> Evaluation:
+                     predicted: np.ndarray | None = None, accepted: np.ndarray | None = None,
+                     extra_metrics: dict[str, dict[str, float]] | None = None) -> Evaluation:
     """Metrics per split plus predictions, per-class table and confusion matrix of the report split.
 
     ``predicted`` overrides the argmax of ``proba`` (e.g. a retrieval vote). Metrics score every
     prediction; ``accepted`` (a reject rule's mask) only marks rejected rows in predictions.parquet —
-    the reject option's own figures are in reject.json.
+    the reject option's own figures are in reject.json. ``extra_metrics`` (per split) join metrics.json.
     """
     predicted = proba.argmax(axis=1) if predicted is None else predicted
     metrics: dict[str, dict[str, float]] = {}
@@ -88,6 +89,7 @@ def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: 
         if mask.any():
             metrics[name] = classification_metrics(y[mask], predicted[mask], proba[mask], class_names,
                                                    background_class=background_class)
+            metrics[name].update((extra_metrics or {}).get(name, {}))
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_predictions(out_dir / "predictions.parquet", sample_ids=sample_ids, split=split, y_true=y,
                       proba=proba, class_names=class_names, predicted=predicted, accepted=accepted)

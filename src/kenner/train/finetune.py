@@ -38,6 +38,7 @@ from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
 from kenner import __version__
+from kenner.config import absolute_paths
 from kenner.data.images import load_image
 from kenner.data.manifest import Dataset, Exclusion
 from kenner.data.splits import split_of_samples, split_summary
@@ -596,15 +597,6 @@ def finetune(run: FinetuneRun, *, tracker: Tracker | None = None, resume: str | 
         })
         log_run(track, out_dir, metrics, history=[])  # the epochs were logged as they ended
     return metrics
-
-
-def absolute_paths(spec: str, weights: str | None) -> tuple[str, str | None]:
-    """The encoder spec (``hf:``/``local:`` folders) and weights file with local paths made absolute, so that
-    ``kenner predict`` finds them from any working folder."""
-    family, colon, target = spec.partition(":")
-    if colon and family in ("hf", "local") and Path(target).exists():
-        spec = f"{family}:{Path(target).resolve()}"
-    return spec, str(Path(weights).resolve()) if weights else None
 
 
 def history_markdown(history: list[dict[str, Any]]) -> str:

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from kenner import __version__
-from kenner.config import RunConfig
-from kenner.data.splits import save_split, split_summary
+from kenner.config import RunConfig, absolute_paths
+from kenner.data.background import BACKGROUND
+from kenner.data.splits import column_summary, save_split
 from kenner.errors import KennerError
 from kenner.evaluate.outputs import Evaluation, write_evaluation
 from kenner.evaluate.reject_report import reject_markdown, tune_reject
@@ -25,22 +26,32 @@ from kenner.heads import create_head
 from kenner.heads.config import HeadConfig
 from kenner.heads.persist import save_head
 from kenner.io import atomic_write_json, atomic_write_text, read_json
-from kenner.pipeline import PreparedEmbeddings, prepare_embeddings, resolve_folds
+from kenner.pipeline import PreparedEmbeddings, add_background_rows, prepare_embeddings, resolve_folds
 from kenner.retrieval.reject import proba_confidence
 from kenner.track import NullTracker, Tracker
+from kenner.train.calibrate import calibration_markdown, head_calibration
 
 log = logging.getLogger(__name__)
 
-HEADLINE_KEYS = ("accuracy", "macro_f1", "weighted_f1", "macro_f1_fg", "top5_accuracy", "ece")
+HEADLINE_KEYS = ("accuracy", "macro_f1", "weighted_f1", "macro_f1_fg", "top5_accuracy", "ece", "ece_uncalibrated",
+                 "recall_at_1", "map_at_r")
+
+
+def headline(metrics: dict[str, dict[str, float]], indent: str = "") -> str:
+    """One line per split with the headline metrics present (printed after a run)."""
+    return "\n".join(f"{indent}{split:>5}: " + "  ".join(f"{k}={values[k]:.4f}" for k in HEADLINE_KEYS
+                                                       if isinstance(values.get(k), float | int))
+                     for split, values in metrics.items())
 
 
 def save_model_info(model_dir: Path, cfg: RunConfig, prepared: PreparedEmbeddings, **extra: Any) -> Path:
     """What ``kenner predict`` needs besides the head: encoder, views, classes, preprocessing."""
+    encoder, weights = absolute_paths(cfg.encoder.encoder, cfg.encoder.weights)
     info = {
         "kenner_version": __version__,
         "mode": cfg.mode,
-        "encoder": cfg.encoder.encoder,
-        "weights": cfg.encoder.weights,
+        "encoder": encoder,
+        "weights": weights,
         "pooling": cfg.encoder.pooling,
         "fingerprint": prepared.encoder_fingerprint,
         "views": cfg.encoder.views,
@@ -75,7 +86,7 @@ def report_context(title: str, prepared: PreparedEmbeddings, evaluation: Evaluat
     return {
         "title": title,
         "dataset": dataset_summary(prepared),
-        "splits": split_summary(prepared.partition, prepared.groups, prepared.dataset.labels),
+        "splits": column_summary(prepared.split, prepared.groups, prepared.y),
         "encoder": {"spec": prepared.encoder_spec, "fingerprint": prepared.encoder_fingerprint,
                     "views": prepared.views},
         "metrics": evaluation.metrics,
@@ -98,12 +109,12 @@ def train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None = None,
 
 
 def log_run(tracker: Tracker, out_dir: Path, metrics: dict[str, dict[str, float]], history: list[dict]) -> None:
-    """Per-epoch training history, final metrics per split and the run folder's artifacts."""
-    for step, record in enumerate(history):
+    """Per-epoch history (steps 1..N), final metrics as ``<split>/<metric>``, and the run's artifacts."""
+    for step, record in enumerate(history, start=1):
         tracker.log_metrics({k: v for k, v in record.items() if isinstance(v, int | float) and k != "epoch"},
                             step=step)
-    tracker.log_metrics({f"{split}_{key}": value for split, values in metrics.items()
-                         for key, value in values.items()})
+    tracker.log_metrics({f"{split}/{key}": value for split, values in metrics.items()
+                         for key, value in values.items() if isinstance(value, int | float)})
     for name in ("report.md", "metrics.json", "confusion_matrix.png", "per_class.csv", "run_config.json"):
         if (out_dir / name).exists():
             tracker.log_artifact(out_dir / name)
@@ -116,6 +127,9 @@ def _train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None) -> tu
     atomic_write_json(out_dir / "run_config.json", cfg.to_dict())
     started = time.perf_counter()
     prepared = prepared or prepare_embeddings(cfg.data, cfg.split, cfg.encoder, out_dir=out_dir)
+    if cfg.data.bg:
+        prepared = add_background_rows(prepared, cfg.data, cfg.encoder, seed=cfg.head.seed)
+        atomic_write_json(out_dir / "class_to_idx.json", {name: i for i, name in enumerate(prepared.class_names)})
     embed_seconds = time.perf_counter() - started
     X_train, y_train = prepared.part("train")
     X_val, y_val = prepared.part("val")
@@ -132,10 +146,19 @@ def _train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None) -> tu
     reject_summary, rule = tune_reject(distance, margin, proba.argmax(axis=1) == prepared.y, prepared.split,
                                        by=rcfg.reject_by, target_precision=rcfg.target_precision,
                                        target_coverage=rcfg.target_coverage, out_dir=out_dir)
-    evaluation = write_evaluation(out_dir, y=prepared.y, split=prepared.split, proba=proba,
-                                  class_names=prepared.class_names, sample_ids=prepared.sample_ids,
-                                  background_class=cfg.data.background_class,
-                                  accepted=rule.accept(distance, margin) if rule else None)
+    sections = [("Reject option", reject_markdown(reject_summary))]
+    calibration = {}
+    if cfg.head.calibrate:
+        calibration = head_calibration(head, prepared.X, prepared.y, prepared.split)
+        sections.insert(0, ("Calibration (temperature scaling)", calibration_markdown(calibration)))
+    background_class = cfg.data.background_class or (BACKGROUND if cfg.data.bg else None)
+    evaluation = write_evaluation(
+        out_dir, y=prepared.y, split=prepared.split, proba=proba, class_names=prepared.class_names,
+        sample_ids=prepared.sample_ids, background_class=background_class,
+        accepted=rule.accept(distance, margin) if rule else None,
+        extra_metrics={name: {"ece_uncalibrated": c["ece_before"], "temperature": c["temperature"]}
+                       for name, c in calibration.items()},
+    )
     save_head(head, out_dir / "model")
     save_model_info(out_dir / "model", cfg, prepared, reject=rule.to_dict() if rule else None)
     timings = {"embedding (cached) s": round(embed_seconds, 2), "head fit s": round(head.fit_seconds_, 2)}
@@ -143,7 +166,7 @@ def _train_classifier(cfg: RunConfig, prepared: PreparedEmbeddings | None) -> tu
     changed = {k: v for k, v in cfg.head.to_dict().items() if v != defaults[k] or k == "head_type"}
     write_report(out_dir, report_context(f"kenner run {out_dir.name}", prepared, evaluation, head=changed,
                                          config={"profile": cfg.profile or "none", **timings},
-                                         sections=[("Reject option", reject_markdown(reject_summary))]))
+                                         sections=sections))
     return evaluation.metrics, head.history_
 
 

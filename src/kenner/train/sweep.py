@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from kenner.data.background import BACKGROUND, background_label, draw_background
 from kenner.errors import KennerError
 from kenner.evaluate.calibration import expected_calibration_error
 from kenner.evaluate.metrics import classification_metrics
@@ -43,7 +44,6 @@ METRICS = ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_
            "ece_uncalibrated")
 TIMINGS = ("fit_seconds", "calibration_seconds", "evaluation_seconds")
 KNOBS = ("head", "mixup", "label_smoothing", "lr", "weight_decay")
-BACKGROUND = "background"
 
 
 class Embeddings(Protocol):
@@ -127,49 +127,19 @@ def expand_grid(grid: SweepGrid, *, dataset: str, encoder: str, bg: int = 0
     return runs, skipped
 
 
-def add_background(X: np.ndarray, y: np.ndarray, X_bg: np.ndarray, n_per_class: int, seed: int, *,
-                   background_label: int) -> tuple[np.ndarray, np.ndarray]:
-    """Append ``n_per_class`` background rows per foreground class present in ``y`` (every label but
-    ``background_label``), drawn from ``X_bg`` (without replacement while the pool lasts), labelled
-    ``background_label``."""
-    n = n_per_class * len(np.setdiff1d(np.unique(y), [background_label]))
-    if n == 0:
-        return X, y
-    if len(X_bg) == 0:
-        raise KennerError("no background embeddings to draw from; give --background-dir images")
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(X_bg), size=n, replace=n > len(X_bg))
-    return (np.concatenate([X, X_bg[rows].astype(X.dtype)]),
-            np.concatenate([y, np.full(n, background_label, dtype=y.dtype)]))
-
-
 def with_background(X: np.ndarray, y: np.ndarray, split: np.ndarray, class_names: list[str], X_bg: np.ndarray,
                     n_per_class: int, seed: int, background_class: str | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Background rows for every split (``n_per_class`` per foreground class of that split), each split
-    drawing from its own disjoint share of the pool (shares proportional to the split sizes), so no
-    background image is in two splits.
-
-    The rows join ``background_class`` when it names a class of the data, else a new last class
-    ``background``. Returns ``(X, y, split, class_names)``.
-    """
-    if background_class is not None and background_class in class_names:
-        label, names = class_names.index(background_class), list(class_names)
-    elif BACKGROUND in class_names:
-        raise KennerError(f"the data already has a class {BACKGROUND!r}; use --background-class {BACKGROUND}")
-    else:
-        label, names = len(class_names), [*class_names, BACKGROUND]
-    parts_present = [name for name in ("train", "val", "test") if (split == name).any()]
-    sizes = np.array([(split == name).sum() for name in parts_present], dtype=float)
-    order = np.random.default_rng(seed).permutation(len(X_bg))
-    cuts = np.round(np.cumsum(sizes / sizes.sum()) * len(X_bg)).astype(int)
+    """Rows of every split plus its background rows (:func:`kenner.data.background.draw_background`);
+    they join ``background_class`` when it names a class, else a new last class. ``(X, y, split, names)``."""
+    label, names = background_label(class_names, background_class)
+    drawn = draw_background(split, y, label, len(X_bg), n_per_class, seed)
     Xs, ys, splits = [], [], []
-    for name, part in zip(parts_present, np.split(order, cuts[:-1]), strict=True):
+    for name, rows in drawn.items():
         mask = split == name
-        X_part, y_part = add_background(X[mask], y[mask], X_bg[part], n_per_class, seed, background_label=label)
-        Xs.append(X_part)
-        ys.append(y_part)
-        splits.append(np.full(len(y_part), name))
+        Xs += [X[mask], X_bg[rows].astype(X.dtype)]
+        ys += [y[mask], np.full(len(rows), label, dtype=y.dtype)]
+        splits.append(np.full(int(mask.sum()) + len(rows), name))
     return np.concatenate(Xs), np.concatenate(ys), np.concatenate(splits), names
 
 
