@@ -40,17 +40,18 @@ def main() -> None:
     batch = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as cache:
         exported = to_onnx(torch_encoder, cache_dir=cache)
-        print(f"default encoder {torch_encoder.fingerprint}: batch {args.batch}, {size}px, CPU, "
-              f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+        print("### Default encoder: torch vs ONNX Runtime on CPU (`bench/bench_onnx_encoder.py`)\n")
+        print(f"Fingerprint `{torch_encoder.fingerprint}`, batch {args.batch}, {size} px, best of {args.repeats}; "
+              f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}. `--backend auto` picks ONNX "
+              "Runtime for the default encoder on CPU.\n")
+        print("| threads | torch images/s | ONNX Runtime images/s | ONNX / torch |")
+        print("|---:|---:|---:|---:|")
         for threads in args.threads:
             torch.set_num_threads(threads)
             onnx_encoder = OnnxEncoder(torch_encoder, exported.path, threads=threads)
             torch_rate = images_per_second(torch_encoder, batch, args.repeats)
             onnx_rate = images_per_second(onnx_encoder, batch, args.repeats)
-            print(
-                f"threads={threads}: torch {torch_rate:7.1f} img/s   onnxruntime {onnx_rate:7.1f} img/s   "
-                f"ratio onnx/torch {onnx_rate / torch_rate:.2f}"
-            )
+            print(f"| {threads} | {torch_rate:.1f} | {onnx_rate:.1f} | {onnx_rate / torch_rate:.2f}× |")
 
 
 if __name__ == "__main__":

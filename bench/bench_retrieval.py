@@ -68,7 +68,7 @@ def speed(args: argparse.Namespace) -> list[str]:
     recall_numpy = recall_at_k(gallery_labels[brute][:, None], query_labels, 1)
     disagree = int((found.indices[:, 0] != brute).sum())
     return [
-        f"### Exact search: {args.queries:,} queries against a {args.gallery:,} x {args.dim} gallery",
+        f"#### Exact search: {args.queries:,} queries against a {args.gallery:,} x {args.dim} gallery",
         "",
         f"{args.classes} Gaussian clusters (noise std {args.noise}); cosine similarity.",
         "",
@@ -131,7 +131,7 @@ def real(args: argparse.Namespace, work: Path) -> list[str]:
     rows.append(f"| linear head (standardised, cross-entropy) | n/a (no gallery) | {scores['knn_accuracy']:.4f} | "
                 f"{scores['knn_macro_f1']:.4f} | {time.perf_counter() - started:.1f} |")
     return [
-        f"### Fashion-MNIST ({args.per_class} per class, {len(prepared.y)} images), default encoder, "
+        f"#### Fashion-MNIST ({args.per_class} per class, {len(prepared.y)} images), default encoder, "
         "test split",
         "",
         f"Embedding with the default encoder (EfficientNet-Lite0; cached in the embedding store, so re-runs "
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--skip-real", action="store_true")
     args = parser.parse_args()
     machine = platform.processor() or platform.machine()
-    lines = [f"## bench_retrieval.py ({machine}, {os.cpu_count()} CPUs)", ""]
+    lines = [f"### Retrieval (`bench/bench_retrieval.py`, {machine}, {os.cpu_count()} CPUs)", ""]
     if not args.skip_speed:
         lines += speed(args)
     if not args.skip_real:
