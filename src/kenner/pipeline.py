@@ -17,7 +17,16 @@ from kenner.config import DataConfig, EncoderConfig, SplitConfig
 from kenner.data.background import background_images, background_label, draw_background
 from kenner.data.filters import apply_filters
 from kenner.data.manifest import Dataset, Exclusion, Sample, load_dataset, write_exclusions
-from kenner.data.splits import Split, load_folds, load_split, make_folds, make_split, save_folds, save_split
+from kenner.data.splits import (
+    Split,
+    load_folds,
+    load_split,
+    make_folds,
+    make_split,
+    save_folds,
+    save_split,
+    split_of_samples,
+)
 from kenner.encoders import create_encoder
 from kenner.encoders.base import Encoder
 from kenner.encoders.extract import extract_embeddings
@@ -63,8 +72,6 @@ class PreparedEmbeddings:
 
     def with_split(self, split: Split) -> PreparedEmbeddings:
         """The same embeddings under another split (k-fold)."""
-        from kenner.data.splits import split_of_samples
-
         return dataclasses.replace(self, split=np.asarray(split_of_samples(split, self.groups)))
 
 
@@ -179,8 +186,6 @@ def prepare_embeddings(data: DataConfig, split_cfg: SplitConfig, enc_cfg: Encode
     if split is None:
         split = resolve_folds(dataset, split_cfg, out_dir)[0] if split_cfg.folds else resolve_split(
             dataset, split_cfg, out_dir)
-    from kenner.data.splits import split_of_samples
-
     split_column = np.asarray(split_of_samples(split, dataset.groups))
     encoder = encoder or build_encoder(enc_cfg)
     per_view = embed_views([sample.paths for sample in dataset.samples], dataset.views, encoder, enc_cfg,
