@@ -119,7 +119,7 @@ def test_early_stopping_restores_the_best_epoch(tiny: tuple[Path, Path], tmp_pat
 
 def test_binary_task_arcface_and_mlflow(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     run = make_run(tiny, tmp_path / "run", head_type="arcface", pos_class="beta", epochs=2, freeze_epochs=1,
-                   sampler="pk", pk_k=2, aug_preset="strong", aug_backend="alb")
+                   sampler="pk", pk_k=2, aug_preset="strong", aug_backend="alb", target_coverage=0.5)
     tracker = MlflowTracker("kenner-test", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                             run_dir=tmp_path)
     metrics = finetune(run, tracker=tracker)
@@ -129,6 +129,16 @@ def test_binary_task_arcface_and_mlflow(tiny: tuple[Path, Path], tmp_path: Path)
     assert all("val_recall_at_1" in r and "val_auroc" in r for r in history)
     info = json.loads((Path(run.out_dir) / "model/model_info.json").read_text())
     assert info["monitor"] == "recall_at_1" and info["threshold"] == metrics["test"]["threshold"]
+    # the reject option, tuned on val for half coverage, is measured on test and applied by predict
+    reject = json.loads((Path(run.out_dir) / "reject.json").read_text())
+    assert info["reject"] == reject["rule"] and "test" in reject["splits"]
+    stored = pd.read_parquet(Path(run.out_dir) / "predictions.parquet").set_index("sample_id")
+    images = sorted(tiny[0].rglob("*.png"))
+    results = predict_run(Path(run.out_dir), [str(p) for p in images], k=1, device="cpu")
+    for image, result in zip(images, results, strict=True):
+        row = stored.loc[f"{image.parent.name}/{image.stem}"]
+        expected = row["predicted"] if row["accepted"] else None  # thresholded binary label, or rejected
+        assert (None if result["predicted"] == "unclassifiable" else result["predicted"]) == expected
 
     client = tracker.client
     (logged,) = client.search_runs([client.get_experiment_by_name("kenner-test").experiment_id])

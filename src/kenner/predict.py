@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,7 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
     info = load_model_info(run_dir)
     inputs = collect_inputs(items, query_views(info))
     rule = RejectRule.from_dict(info["reject"]) if info.get("reject") else RejectRule()
+    predicted = None  # the top-1 class unless a binary threshold decides
     if info["mode"] == "side-classifier":
         from kenner.retrieval.side_predict import side_proba
 
@@ -145,7 +147,13 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
         from kenner.train.finetune import predict_finetuned
 
         scores = predict_finetuned(run_dir, inputs.paths, device=device)  # pixels, no embedding cache
-        accepted = np.ones(len(scores), dtype=bool)
+        accepted = rule.accept(*proba_confidence(scores))
+        if info.get("pos_class") is not None:  # binary: the threshold and orientation chosen on val
+            from kenner.train.binary import BinaryResult, binary_predictions
+
+            chosen = BinaryResult(auroc=math.nan, threshold=info["threshold"], f1=math.nan,
+                                  flipped=info["score_flipped"])
+            predicted = binary_predictions(scores, info["class_names"].index(info["pos_class"]), chosen)
     elif info["mode"] == "metric":
         X = embed_for_run(info, inputs, cache_dir=cache_dir, device=device)
         from kenner.retrieval.model import RetrievalModel
@@ -159,14 +167,15 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
     else:
         raise KennerError(f"{run_dir}: predict does not know {info['mode']!r} runs")
     order, top_scores = top_k(scores, k)
+    predicted = order[:, 0] if predicted is None else predicted
     names = info["class_names"]
     return [
         {"id": item_id, "paths": {v: str(p) for v, p in item_paths.items()},
-         "predicted": names[row[0]] if ok else UNCLASSIFIABLE,
+         "predicted": names[label] if ok else UNCLASSIFIABLE,
          "predictions": [{"label": names[c], "probability": float(s)}
                          for c, s in zip(row, score_row, strict=True)]}
-        for item_id, item_paths, row, score_row, ok in zip(inputs.ids, inputs.paths, order, top_scores, accepted,
-                                                           strict=True)
+        for item_id, item_paths, label, row, score_row, ok in zip(inputs.ids, inputs.paths, predicted, order,
+                                                                  top_scores, accepted, strict=True)
     ]
 
 

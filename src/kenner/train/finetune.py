@@ -48,11 +48,13 @@ from kenner.encoders.views import ALIASES, COMBINED_MODES, combine_views
 from kenner.errors import KennerError
 from kenner.evaluate.metrics import classification_metrics
 from kenner.evaluate.outputs import write_evaluation
+from kenner.evaluate.reject_report import reject_markdown, tune_reject
 from kenner.evaluate.report import write_report
 from kenner.heads.modules import CosineMarginClassifier
 from kenner.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kenner.pipeline import load_data, resolve_folds, resolve_split
 from kenner.retrieval.metrics import recall_at_k
+from kenner.retrieval.reject import proba_confidence
 from kenner.track import NullTracker, Tracker
 from kenner.train.augment import Transform, eval_preprocessing, train_transform
 from kenner.train.binary import BinaryResult, binary_metrics, binary_predictions, choose_threshold
@@ -552,15 +554,19 @@ def finetune(run: FinetuneRun, *, tracker: Tracker | None = None, resume: str | 
             binary = (choose_threshold(y[val_idx], proba[val_idx], pos_index) if len(val_idx)
                       else BinaryResult(auroc=float("nan"), threshold=0.5, f1=float("nan"), flipped=False))
             predicted = binary_predictions(proba, pos_index, binary)
+        distance, margin = proba_confidence(proba)
+        reject_summary, rule = tune_reject(distance, margin, predicted == y, split_column, by=cfg.reject_by,
+                                           target_precision=cfg.target_precision,
+                                           target_coverage=cfg.target_coverage, out_dir=out_dir)
+        binary_extra = {name: binary_metrics(y[split_column == name], proba[split_column == name], pos_index,
+                                             binary)
+                        for name in ("train", "val", "test") if (split_column == name).any()} if binary else None
         evaluation = write_evaluation(out_dir, y=y, split=split_column, proba=proba, class_names=class_names,
                                       sample_ids=list(dataset.ids), predicted=predicted,
-                                      background_class=run.data.background_class)
+                                      background_class=run.data.background_class,
+                                      accepted=rule.accept(distance, margin) if rule else None,
+                                      extra_metrics=binary_extra)
         metrics = evaluation.metrics
-        if binary is not None:
-            for name in metrics:
-                mask = split_column == name
-                metrics[name].update(binary_metrics(y[mask], proba[mask], pos_index, binary))
-            atomic_write_json(out_dir / "metrics.json", metrics)
         state = trainer.state
         atomic_write_json(out_dir / "history.json", state.history)
         model_dir = out_dir / "model"
@@ -574,7 +580,7 @@ def finetune(run: FinetuneRun, *, tracker: Tracker | None = None, resume: str | 
             "arcface_scale": cfg.arcface_scale, "preprocessing": pre.as_dict(), "weights_file": WEIGHTS_FILE,
             "best_epoch": state.best_epoch, "best_source": state.best_source, "monitor": cfg.monitor_metric,
             "pos_class": cfg.pos_class, "threshold": binary.threshold if binary else None,
-            "score_flipped": binary.flipped if binary else None,
+            "score_flipped": binary.flipped if binary else None, "reject": rule.to_dict() if rule else None,
         })
         defaults = dataclasses.asdict(FinetuneConfig())
         changed = {k: v for k, v in dataclasses.asdict(cfg).items() if v != defaults[k] or k == "head_type"}
@@ -593,7 +599,8 @@ def finetune(run: FinetuneRun, *, tracker: Tracker | None = None, resume: str | 
                        "fit s (all epochs)": round(sum(r["seconds"] for r in state.history), 1)},
             "metrics": metrics,
             "per_class": evaluation.per_class if evaluation.report_split == "test" else None,
-            "sections": [("Training history", history_markdown(state.history))],
+            "sections": [("Training history", history_markdown(state.history)),
+                         ("Reject option", reject_markdown(reject_summary))],
         })
         log_run(track, out_dir, metrics, history=[])  # the epochs were logged as they ended
     return metrics

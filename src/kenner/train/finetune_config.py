@@ -74,6 +74,10 @@ class FinetuneConfig:
     patience: int = _knob(5, "stop after N unfrozen epochs without a better monitored metric (0 = off)")
     checkpoint_every: int = _knob(0, "also keep checkpoint_epoch_N.pt every N epochs (0 = off)")
     pos_class: str | None = _knob(None, "binary task: the positive class (AUROC, best-F1 threshold)")
+    target_precision: float | None = _knob(None, "reject option: tune on val for this precision (e.g. 0.95)")
+    target_coverage: float | None = _knob(None, "reject option: tune on val for this coverage (e.g. 0.8)")
+    reject_by: str = _knob("distance", "reject signal: distance (1 - max probability) | margin (top-1 minus "
+                           "top-2 probability)", ("distance", "margin"))
     # hardware
     device: str = _knob("auto", "auto (cuda if present) | cpu | cuda | cuda:N")
     precision: str = _knob("auto", "autocast precision (auto: bf16 on compute capability >= 8, fp16 "
@@ -99,6 +103,12 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and (value < 0 or (value == 0 and name != "num_workers")):
                 _fail(name, "must be positive", value)
+        if self.target_precision is not None and self.target_coverage is not None:
+            _fail("target_coverage", "give --target-precision or --target-coverage, not both", self.target_coverage)
+        for name in ("target_precision", "target_coverage"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                _fail(name, "must be in (0, 1]", value)
         if not 0 <= self.ema_decay < 1:
             _fail("ema_decay", "must be in [0, 1)", self.ema_decay)
         if not 0 <= self.dropout < 1:
