@@ -391,3 +391,14 @@ def test_background_images_and_calibration_in_a_train_run(trained_run: tuple[Pat
     assert "ECE before" in (out / "report.md").read_text()
     assert main(["train", "--data", str(manifest), "--out-dir", str(tmp_path / "x"), "--bg", "2",
                  "--no-track"]) == 2  # --bg without --background-dir is a clear error
+
+
+def test_reject_by_both_signals_from_the_cli(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, run, cache = trained_run
+    out = tmp_path / "both"
+    assert main(["train", "--config", str(run / "run_config.json"), "--out-dir", str(out), "--splits",
+                 str(run / "splits"), "--cache-dir", str(cache), "--reject-by", "both", "--target-coverage", "0.5",
+                 "--no-track"]) == 0
+    reject = json.loads((out / "reject.json").read_text())
+    assert reject["by"] == "both" and None not in reject["rule"].values()
+    assert reject["val_operating_point"]["coverage"] >= 0.5

@@ -137,3 +137,23 @@ def test_run_folder_reject_report_tunes_on_val_and_measures_test(tmp_path):
     with pytest.raises(KennerError, match="val is empty"):
         tune_reject(distance, margin, correct, np.full(3000, "train"), by="distance", target_precision=None,
                     target_coverage=0.5, out_dir=tmp_path)
+
+
+def test_joint_rule_uses_both_limits_and_reaches_the_targets():
+    from kenner.retrieval.reject import tune_reject_rule
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    distance = rng.uniform(0, 1, n)
+    margin = rng.uniform(0, 1, n)
+    # right answers need BOTH a small distance and a large margin: one signal alone cannot isolate them
+    correct = (distance < 0.6) & (margin > 0.4) | (rng.uniform(size=n) < 0.1)
+    rule, point = tune_reject_rule(distance, margin, correct, by="both", target_precision=0.95)
+    assert rule.max_distance is not None and rule.min_margin is not None
+    assert point.target_met and point.precision >= 0.95
+    measured = evaluate_rule(rule, distance, margin, correct)
+    assert measured["coverage"] == pytest.approx(point.coverage) and measured["precision"] >= 0.95
+    _, single = tune_reject_rule(distance, margin, correct, by="distance", target_precision=0.95)
+    assert point.coverage > single.coverage  # the joint rule keeps more predictions at the same precision
+    rule, point = tune_reject_rule(distance, margin, correct, by="both", target_coverage=0.3)
+    assert point.coverage >= 0.3 and evaluate_rule(rule, distance, margin, correct)["coverage"] >= 0.3

@@ -28,7 +28,7 @@ def tune_reject(distance: np.ndarray, margin: np.ndarray, correct: np.ndarray, s
     ``distance`` (lower = surer) and ``margin`` (higher = surer) are per-row confidence signals;
     ``correct`` says whether each row's prediction is right. Returns the summary and the rule (or None).
     """
-    signal = -distance if by == "distance" else margin
+    signal = margin if by == "margin" else -distance  # "both": the curve of the distance
     tune_on = "val" if (split == "val").any() else None
     curve_split = tune_on or ("test" if (split == "test").any() else "train")
     curve = coverage_accuracy_curve(signal[split == curve_split], correct[split == curve_split])

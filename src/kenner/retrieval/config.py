@@ -17,7 +17,7 @@ from kenner.retrieval.vote import VOTE_METHODS
 PROJ_TYPES = ("none", "linear", "mlp")
 GALLERY_SPLITS = ("train", "train+val")
 EVAL_METHODS = ("none", "knn", "hdbscan")
-REJECT_SIGNALS = ("distance", "margin")
+REJECT_SIGNALS = ("distance", "margin", "both")
 
 
 def _knob(default: Any, help: str) -> Any:
@@ -51,7 +51,8 @@ class RetrievalConfig:
     target_precision: float | None = _knob(None, "tune a reject threshold on val for this precision (0.95)")
     target_coverage: float | None = _knob(None, "tune a reject threshold on val for this coverage (e.g. 0.8)")
     reject_by: str = _knob(
-        "distance", "reject signal: distance (top-1 cosine distance) | margin (vote margin)"
+        "distance", "reject signal: distance (top-1 cosine distance; 1 - max probability for classifiers) | "
+        "margin (top-1 minus top-2 vote or probability) | both (both limits tuned together)"
     )
     side_task: str = _knob("pair", "side classifier: pair (which order?) | single (which side is a photo?)")
     disable_mask_pooling: bool = _knob(False, "side classifier: pooled embeddings, not mask-pooled tokens")

@@ -148,7 +148,7 @@ def tune_reject_rule(
     target_precision: float | None = None,
     target_coverage: float | None = None,
 ) -> tuple[RejectRule, OperatingPoint]:
-    """Tune a :class:`RejectRule` on one signal (``by`` = ``distance`` or ``margin``)."""
+    """Tune a :class:`RejectRule` on one signal (``by`` = ``distance`` or ``margin``) or on both."""
     if by == "distance":
         confidence = -np.asarray(distance, dtype=np.float64)
         point = tune_threshold(confidence, correct, target_precision, target_coverage)
@@ -157,7 +157,46 @@ def tune_reject_rule(
     if by == "margin":
         point = replace(tune_threshold(margin, correct, target_precision, target_coverage), signal="margin")
         return RejectRule(min_margin=point.threshold), point
-    raise KennerError(f"reject rules are tuned by 'distance' or 'margin', not {by!r}")
+    if by == "both":
+        return tune_joint_rule(distance, margin, correct, target_precision, target_coverage)
+    raise KennerError(f"reject rules are tuned by 'distance', 'margin' or 'both', not {by!r}")
+
+
+def tune_joint_rule(distance: np.ndarray, margin: np.ndarray, correct: np.ndarray,
+                    target_precision: float | None, target_coverage: float | None,
+                    candidates: int = 64) -> tuple[RejectRule, OperatingPoint]:
+    """Both limits at once: a grid of ``candidates`` quantiles of each signal, searched exhaustively.
+
+    For a target precision, the rule with the largest coverage reaching it (else the most precise);
+    for a target coverage, the most precise rule accepting at least that fraction.
+    """
+    if (target_precision is None) == (target_coverage is None):
+        raise KennerError("give exactly one of target_precision and target_coverage")
+    distance, margin = np.asarray(distance, np.float64), np.asarray(margin, np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    quantiles = np.linspace(0, 1, candidates)
+    max_distances = np.unique(np.quantile(distance, quantiles))
+    min_margins = np.unique(np.quantile(margin, quantiles))
+    accepted = ((distance[None, None, :] <= max_distances[:, None, None])
+                & (margin[None, None, :] >= min_margins[None, :, None]))
+    n_accepted = accepted.sum(axis=2)
+    coverage = n_accepted / len(correct)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(n_accepted > 0, (accepted & correct).sum(axis=2) / n_accepted, -1.0)
+    if target_precision is not None:
+        reaching = precision >= target_precision - 1e-12
+        met = bool(reaching.any())
+        score = np.where(reaching, coverage + 1e-9 * precision, -np.inf) if met else precision
+    else:
+        met = True
+        score = np.where(coverage >= target_coverage - 1e-12, precision + 1e-9 * coverage, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(score)), score.shape)
+    rule = RejectRule(max_distance=float(max_distances[i]), min_margin=float(min_margins[j]))
+    point = OperatingPoint(threshold=float(max_distances[i]), coverage=float(coverage[i, j]),
+                           precision=float(precision[i, j]) if n_accepted[i, j] else math.nan,
+                           n_accepted=int(n_accepted[i, j]), n=len(correct), target_met=met,
+                           signal="distance+margin")
+    return rule, point
 
 
 def evaluate_rule(

@@ -77,7 +77,7 @@ class FinetuneConfig:
     target_precision: float | None = _knob(None, "reject option: tune on val for this precision (e.g. 0.95)")
     target_coverage: float | None = _knob(None, "reject option: tune on val for this coverage (e.g. 0.8)")
     reject_by: str = _knob("distance", "reject signal: distance (1 - max probability) | margin (top-1 minus "
-                           "top-2 probability)", ("distance", "margin"))
+                           "top-2 probability) | both (both limits tuned together)", ("distance", "margin", "both"))
     # hardware
     device: str = _knob("auto", "auto (cuda if present) | cpu | cuda | cuda:N")
     precision: str = _knob("auto", "autocast precision (auto: bf16 on compute capability >= 8, fp16 "
