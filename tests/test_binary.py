@@ -37,16 +37,17 @@ def test_orientation_is_corrected_when_the_score_is_inverted() -> None:
     proba = two_class([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])  # positives get the lowest scores
     result = choose_threshold(y, proba, 1)
     assert result.flipped and result.auroc == 1.0 and result.f1 == 1.0
-    assert abs(result.threshold - 0.7) < 1e-12  # on the flipped score 1 - p: positives have >= 0.7
+    # on the flipped score 1 - p positives have >= 0.7, negatives <= 0.3: the threshold sits halfway
+    assert abs(result.threshold - 0.5) < 1e-12
     assert binary_predictions(proba, 1, result).tolist() == y.tolist()
     straight = choose_threshold(y, two_class([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), 1)
-    assert not straight.flipped and straight.threshold == 0.7
+    assert not straight.flipped and abs(straight.threshold - 0.5) < 1e-12
 
 
 def test_threshold_applies_to_other_splits_and_multiclass_falls_back_to_argmax() -> None:
     proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.35, 0.55], [0.7, 0.2, 0.1]])
     result = choose_threshold(np.array([1, 1, 0]), proba, 1)
-    assert not result.flipped and abs(result.threshold - 0.3) < 1e-12
+    assert not result.flipped and abs(result.threshold - 0.25) < 1e-12  # halfway between 0.2 and 0.3
     # row 0 and 1 reach 0.3 -> positive; row 2 does not -> best other class (0)
     assert binary_predictions(proba, 1, result).tolist() == [1, 1, 0]
     metrics = binary_metrics(np.array([1, 2, 0]), proba, 1, result)

@@ -69,7 +69,9 @@ def test_target_coverage_accepts_at_least_that_fraction():
     scores, correct = _confidences(1000, 4)
     point = tune_threshold(scores, correct, target_coverage=0.5)
     assert point.coverage >= 0.5
-    assert (scores > point.threshold).mean() < 0.5  # the next stricter threshold falls short
+    accepted = scores >= point.threshold
+    assert accepted.mean() == pytest.approx(point.coverage)
+    assert (scores > scores[accepted].min()).mean() < 0.5  # the next stricter threshold falls short
 
 
 def test_unreachable_precision_is_flagged_not_hidden():

@@ -129,8 +129,12 @@ def tune_threshold(
     else:
         met = True
         best = int(np.flatnonzero(curve["coverage"] >= target_coverage - 1e-12)[0])
+    thresholds = curve["threshold"]  # descending: strictest first
+    # halfway to the next less confident score (same rows accepted here), so a score that recomputes a
+    # hair lower elsewhere (another batch size, another machine) is not rejected
+    below = thresholds[best + 1] if best + 1 < len(thresholds) else thresholds[best] - 1.0
     return OperatingPoint(
-        threshold=float(curve["threshold"][best]),
+        threshold=float((thresholds[best] + below) / 2),
         coverage=float(curve["coverage"][best]),
         precision=float(curve["accuracy"][best]),
         n_accepted=int(curve["n_accepted"][best]),

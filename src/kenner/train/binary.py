@@ -36,7 +36,9 @@ def auroc(is_positive: np.ndarray, scores: np.ndarray) -> float:
 
 def best_f1_threshold(is_positive: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """``(threshold, F1)`` maximising the positive class's F1 of ``score >= threshold`` over every
-    distinct score; ``(0.5, 0.0)`` without positives."""
+    distinct score; ``(0.5, 0.0)`` without positives. The threshold sits halfway between the chosen
+    score and the next lower one (same F1 here), so a score that recomputes a hair lower elsewhere
+    (another batch size, another machine) is not flipped."""
     is_positive = np.asarray(is_positive, dtype=bool)
     if not is_positive.any():
         return DEFAULT_THRESHOLD, 0.0
@@ -45,7 +47,8 @@ def best_f1_threshold(is_positive: np.ndarray, scores: np.ndarray) -> tuple[floa
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
                    where=(precision + recall) > 0)
     best = int(np.argmax(f1))
-    return float(thresholds[best]), float(f1[best])
+    below = thresholds[best - 1] if best > 0 else thresholds[0] - 1.0  # best == 0: accept everything
+    return float((thresholds[best] + below) / 2), float(f1[best])
 
 
 def oriented_scores(proba: np.ndarray, pos_index: int, flipped: bool) -> np.ndarray:
