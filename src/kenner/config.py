@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kenner.errors import KennerError
+from kenner.fields import flag_name
 from kenner.heads.config import HeadConfig
 from kenner.retrieval.config import RetrievalConfig
 
@@ -195,10 +196,6 @@ def build_dataclass(cls: type, values: dict[str, Any], *, where: str) -> Any:
         raise KennerError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(names)}")
     parsed = {k: parse_value(_field_type(cls, names[k]), v, name=f"{where}.{k}") for k, v in values.items()}
     return cls(**parsed)
-
-
-def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, skip: tuple[str, ...] = ()) -> None:

@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kenner.errors import KennerError
-
-
-def _knob(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    metadata: dict[str, Any] = {"help": help if choices is None else f"{help}: {' | '.join(choices)}"}
-    if choices is not None:
-        metadata["choices"] = choices
-    return field(default=default, metadata=metadata)
-
+from kenner.fields import flag_name, knob
 
 HEAD_TYPES = ("linear", "mlp", "arcface")
 
@@ -29,57 +22,57 @@ class HeadConfig:
     """All head/training knobs; see each field's help. Invalid values raise KennerError naming the flag."""
 
     # architecture
-    head_type: str = _knob("linear", "head on the embeddings", HEAD_TYPES)
-    hidden_sizes: tuple[int, ...] = _knob(
+    head_type: str = knob("linear", "head on the embeddings", HEAD_TYPES)
+    hidden_sizes: tuple[int, ...] = knob(
         (512,), "hidden layer sizes of mlp/arcface heads; for arcface the last one is the embedding"
     )
-    gelu_ln: bool = _knob(False, "hidden blocks use LayerNorm + GELU instead of ReLU")
-    dropout: float = _knob(0.0, "dropout after each hidden block (linear head: on its input)")
+    gelu_ln: bool = knob(False, "hidden blocks use LayerNorm + GELU instead of ReLU")
+    dropout: float = knob(0.0, "dropout after each hidden block (linear head: on its input)")
     # optimisation
-    epochs: int = _knob(100, "maximum training epochs")
-    batch_size: int = _knob(256, "samples per optimisation step")
-    lr: float = _knob(1e-3, "learning rate")
-    weight_decay: float = _knob(1e-4, "decoupled weight decay (AdamW) / L2 (adam, sgd)")
-    optimizer: str = _knob("adamw", "optimizer", ("adamw", "adam", "sgd"))
-    lr_schedule: str = _knob("constant", "learning-rate schedule over epochs", ("constant", "cosine"))
-    early_stopping_patience: int = _knob(
+    epochs: int = knob(100, "maximum training epochs")
+    batch_size: int = knob(256, "samples per optimisation step")
+    lr: float = knob(1e-3, "learning rate")
+    weight_decay: float = knob(1e-4, "decoupled weight decay (AdamW) / L2 (adam, sgd)")
+    optimizer: str = knob("adamw", "optimizer", ("adamw", "adam", "sgd"))
+    lr_schedule: str = knob("constant", "learning-rate schedule over epochs", ("constant", "cosine"))
+    early_stopping_patience: int = knob(
         10, "stop after N epochs without a better val macro-F1 and restore the best epoch (0 = off)"
     )
-    seed: int = _knob(0, "seed of initialisation, minibatch order, augmentation and dropout")
-    device: str = _knob("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
+    seed: int = knob(0, "seed of initialisation, minibatch order, augmentation and dropout")
+    device: str = knob("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
     # loss and long-tail knobs
-    label_smoothing: float = _knob(0.0, "label smoothing of the cross-entropy")
-    class_weight: str = _knob("none", "per-class loss weights", ("none", "inverse", "effective"))
-    effective_beta: float = _knob(0.9999, "beta of effective-number class weights (Cui et al. 2019)")
-    standardize: str = _knob(
+    label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy")
+    class_weight: str = knob("none", "per-class loss weights", ("none", "inverse", "effective"))
+    effective_beta: float = knob(0.9999, "beta of effective-number class weights (Cui et al. 2019)")
+    standardize: str = knob(
         "none", "feature normalisation fitted on the training rows only", ("none", "center", "standardize")
     )
-    logit_adjust: str = _knob(
+    logit_adjust: str = knob(
         "none", "logit adjustment by the train class prior (Menon et al. 2021)",
         ("none", "train", "infer", "both"),
     )
-    logit_tau: float = _knob(1.0, "strength tau of the logit adjustment")
-    balanced_softmax: bool = _knob(False, "balanced softmax loss (Ren et al. 2020)")
-    hardmine_epochs: int = _knob(
+    logit_tau: float = knob(1.0, "strength tau of the logit adjustment")
+    balanced_softmax: bool = knob(False, "balanced softmax loss (Ren et al. 2020)")
+    hardmine_epochs: int = knob(
         0, "in the last N epochs, resample training rows with probability rising with their loss (0 = off)"
     )
-    crt_epochs: int = _knob(
+    crt_epochs: int = knob(
         0, "classifier re-training: freeze the body, re-train the last layer class-balanced for N epochs"
     )
-    calibrate: bool = _knob(False, "fit a softmax temperature on the validation set (argmax unchanged)")
+    calibrate: bool = knob(False, "fit a softmax temperature on the validation set (argmax unchanged)")
     # augmentation in embedding space
-    mixup: float = _knob(0.0, "input mixup alpha, soft labels (0 = off)")
-    manifold_mixup: float = _knob(0.0, "manifold mixup alpha at the first hidden layer (0 = off)")
-    feature_noise: float = _knob(0.0, "std of Gaussian noise added to embeddings (0 = off)")
-    feature_scale: float = _knob(0.0, "std of channel-wise multiplicative scaling of embeddings (0 = off)")
-    feature_aug_p: float = _knob(0.5, "probability per sample of each feature augmentation")
+    mixup: float = knob(0.0, "input mixup alpha, soft labels (0 = off)")
+    manifold_mixup: float = knob(0.0, "manifold mixup alpha at the first hidden layer (0 = off)")
+    feature_noise: float = knob(0.0, "std of Gaussian noise added to embeddings (0 = off)")
+    feature_scale: float = knob(0.0, "std of channel-wise multiplicative scaling of embeddings (0 = off)")
+    feature_aug_p: float = knob(0.5, "probability per sample of each feature augmentation")
     # metric-learning terms
-    arcface_margin: float = _knob(0.5, "additive angular margin m of the arcface head (radians)")
-    arcface_scale: float = _knob(16.0, "logit scale s of the arcface head (lower suits fewer classes)")
-    supcon_weight: float = _knob(0.0, "weight of a supervised contrastive loss on a projection (0 = off)")
-    supcon_temperature: float = _knob(0.1, "temperature of the supervised contrastive loss")
-    supcon_dim: int = _knob(128, "output size of the supervised contrastive projection")
-    center_loss_weight: float = _knob(0.0, "weight of the center loss on the penultimate features (0 = off)")
+    arcface_margin: float = knob(0.5, "additive angular margin m of the arcface head (radians)")
+    arcface_scale: float = knob(16.0, "logit scale s of the arcface head (lower suits fewer classes)")
+    supcon_weight: float = knob(0.0, "weight of a supervised contrastive loss on a projection (0 = off)")
+    supcon_temperature: float = knob(0.1, "temperature of the supervised contrastive loss")
+    supcon_dim: int = knob(128, "output size of the supervised contrastive projection")
+    center_loss_weight: float = knob(0.0, "weight of the center loss on the penultimate features (0 = off)")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -108,7 +101,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _coerce(name: str, tp: Any, value: Any) -> Any:
-    flag = _flag(name)
+    flag = flag_name(name)
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, list | tuple):
             raise KennerError(f"{flag}: expected a list of integers, got {value!r}")
@@ -130,13 +123,9 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     return value
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _check(ok: bool, name: str, requirement: str, value: Any) -> None:
     if not ok:
-        raise KennerError(f"{_flag(name)} {requirement}, got {value!r}")
+        raise KennerError(f"{flag_name(name)} {requirement}, got {value!r}")
 
 
 def _validate(c: HeadConfig) -> None:

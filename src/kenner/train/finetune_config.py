@@ -13,6 +13,7 @@ from typing import Any
 
 from kenner.config import DataConfig, EncoderConfig, SplitConfig, build_dataclass, to_jsonable
 from kenner.errors import KennerError
+from kenner.fields import flag_name, knob
 from kenner.io import read_json
 
 FT_HEAD_TYPES = ("linear", "arcface")
@@ -24,68 +25,61 @@ MONITORS = ("auto", "macro_f1", "accuracy", "loss", "recall_at_1", "auroc")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-def _knob(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    metadata: dict[str, Any] = {"help": help if choices is None else f"{help}: {' | '.join(choices)}"}
-    if choices is not None:
-        metadata["choices"] = choices
-    return field(default=default, metadata=metadata)
-
-
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Knobs of ``kenner finetune``; invalid values raise KennerError naming the flag."""
 
     # head and phases
-    head_type: str = _knob("linear", "classifier on the backbone features", FT_HEAD_TYPES)
-    arcface_scale: float = _knob(16.0, "logit scale s of the arcface head")
-    arcface_margin: float = _knob(0.3, "additive angular margin m of the arcface head (radians)")
-    margin_ramp_epochs: int = _knob(
+    head_type: str = knob("linear", "classifier on the backbone features", FT_HEAD_TYPES)
+    arcface_scale: float = knob(16.0, "logit scale s of the arcface head")
+    arcface_margin: float = knob(0.3, "additive angular margin m of the arcface head (radians)")
+    margin_ramp_epochs: int = knob(
         0, "after the frozen phase, raise the arcface margin from 0 to its target over N epochs"
     )
-    dropout: float = _knob(0.0, "dropout on the features before the classifier")
-    freeze_epochs: int = _knob(
+    dropout: float = knob(0.0, "dropout on the features before the classifier")
+    freeze_epochs: int = knob(
         0, "train only the head on a frozen backbone for N epochs (arcface: margin 0), then unfreeze"
     )
     # optimisation
-    epochs: int = _knob(15, "maximum training epochs (frozen phase included)")
-    batch_size: int = _knob(16, "images per optimizer step (split into --accum-steps micro-batches)")
-    lr: float = _knob(5e-4, "learning rate of the head (and of the backbone unless --backbone-lr)")
-    backbone_lr: float | None = _knob(None, "learning rate of the backbone once unfrozen (default: --lr)")
-    weight_decay: float = _knob(0.05, "AdamW decoupled weight decay")
-    scheduler: str = _knob("cosine", "learning-rate schedule, stepped per epoch", SCHEDULERS)
-    warmup_epochs: int = _knob(1, "linear warm-up epochs of the cosine schedule")
-    min_lr: float = _knob(1e-6, "floor of the cosine schedules")
-    t0: int = _knob(5, "restarts: epochs of the first cosine cycle (T_0)")
-    t_mult: int = _knob(1, "restarts: cycle length factor (T_mult)")
-    plateau_factor: float = _knob(0.5, "plateau: learning-rate factor when the monitored metric stalls")
-    plateau_patience: int = _knob(2, "plateau: stalled epochs tolerated; the next one cuts the rate")
-    label_smoothing: float = _knob(0.0, "label smoothing of the cross-entropy")
-    mixup: float = _knob(0.0, "mixup alpha on images, soft labels (0 = off; linear head only)")
-    sampler: str = _knob("random", "training order: shuffle, inverse-frequency weighted, or P x K", SAMPLERS)
-    pk_k: int = _knob(4, "P x K sampler: images per class in a micro-batch")
+    epochs: int = knob(15, "maximum training epochs (frozen phase included)")
+    batch_size: int = knob(16, "images per optimizer step (split into --accum-steps micro-batches)")
+    lr: float = knob(5e-4, "learning rate of the head (and of the backbone unless --backbone-lr)")
+    backbone_lr: float | None = knob(None, "learning rate of the backbone once unfrozen (default: --lr)")
+    weight_decay: float = knob(0.05, "AdamW decoupled weight decay")
+    scheduler: str = knob("cosine", "learning-rate schedule, stepped per epoch", SCHEDULERS)
+    warmup_epochs: int = knob(1, "linear warm-up epochs of the cosine schedule")
+    min_lr: float = knob(1e-6, "floor of the cosine schedules")
+    t0: int = knob(5, "restarts: epochs of the first cosine cycle (T_0)")
+    t_mult: int = knob(1, "restarts: cycle length factor (T_mult)")
+    plateau_factor: float = knob(0.5, "plateau: learning-rate factor when the monitored metric stalls")
+    plateau_patience: int = knob(2, "plateau: stalled epochs tolerated; the next one cuts the rate")
+    label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy")
+    mixup: float = knob(0.0, "mixup alpha on images, soft labels (0 = off; linear head only)")
+    sampler: str = knob("random", "training order: shuffle, inverse-frequency weighted, or P x K", SAMPLERS)
+    pk_k: int = knob(4, "P x K sampler: images per class in a micro-batch")
     # images
-    img_size: int | None = _knob(None, "input size in pixels (default: the encoder's)")
-    aug_preset: str = _knob("light", "training augmentation", AUG_PRESETS)
-    aug_backend: str = _knob("torchvision", "augmentation library", AUG_BACKENDS)
+    img_size: int | None = knob(None, "input size in pixels (default: the encoder's)")
+    aug_preset: str = knob("light", "training augmentation", AUG_PRESETS)
+    aug_backend: str = knob("torchvision", "augmentation library", AUG_BACKENDS)
     # evaluation, early stopping, checkpoints
-    ema_decay: float = _knob(0.0, "EMA of the weights, evaluated beside the model each epoch (0 = off)")
-    monitor: str = _knob("auto", "validation metric for best model and early stopping (auto: macro_f1, "
+    ema_decay: float = knob(0.0, "EMA of the weights, evaluated beside the model each epoch (0 = off)")
+    monitor: str = knob("auto", "validation metric for best model and early stopping (auto: macro_f1, "
                          "recall_at_1 for arcface)", MONITORS)
-    patience: int = _knob(5, "stop after N unfrozen epochs without a better monitored metric (0 = off)")
-    checkpoint_every: int = _knob(0, "also keep checkpoint_epoch_N.pt every N epochs (0 = off)")
-    pos_class: str | None = _knob(None, "binary task: the positive class (AUROC, best-F1 threshold)")
-    target_precision: float | None = _knob(None, "reject option: tune on val for this precision (e.g. 0.95)")
-    target_coverage: float | None = _knob(None, "reject option: tune on val for this coverage (e.g. 0.8)")
-    reject_by: str = _knob("distance", "reject signal: distance (1 - max probability) | margin (top-1 minus "
+    patience: int = knob(5, "stop after N unfrozen epochs without a better monitored metric (0 = off)")
+    checkpoint_every: int = knob(0, "also keep checkpoint_epoch_N.pt every N epochs (0 = off)")
+    pos_class: str | None = knob(None, "binary task: the positive class (AUROC, best-F1 threshold)")
+    target_precision: float | None = knob(None, "reject option: tune on val for this precision (e.g. 0.95)")
+    target_coverage: float | None = knob(None, "reject option: tune on val for this coverage (e.g. 0.8)")
+    reject_by: str = knob("distance", "reject signal: distance (1 - max probability) | margin (top-1 minus "
                            "top-2 probability) | both (both limits tuned together)", ("distance", "margin", "both"))
     # hardware
-    device: str = _knob("auto", "auto (cuda if present) | cpu | cuda | cuda:N")
-    precision: str = _knob("auto", "autocast precision (auto: bf16 on compute capability >= 8, fp16 "
+    device: str = knob("auto", "auto (cuda if present) | cpu | cuda | cuda:N")
+    precision: str = knob("auto", "autocast precision (auto: bf16 on compute capability >= 8, fp16 "
                            "before, fp32 on CPU)", PRECISIONS)
-    num_workers: int | None = _knob(None, "image decoding workers (default: from the device table)")
-    accum_steps: int | None = _knob(None, "micro-batches per optimizer step (default: from the device table)")
-    seed: int = _knob(0, "seed of initialisation, sampling, augmentation and dropout")
-    deterministic: bool = _knob(False, "deterministic algorithms (reproducible, slower)")
+    num_workers: int | None = knob(None, "image decoding workers (default: from the device table)")
+    accum_steps: int | None = knob(None, "micro-batches per optimizer step (default: from the device table)")
+    seed: int = knob(0, "seed of initialisation, sampling, augmentation and dropout")
+    deterministic: bool = knob(False, "deterministic algorithms (reproducible, slower)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -134,7 +128,7 @@ class FinetuneConfig:
 
 
 def _fail(name: str, requirement: str, value: Any) -> None:
-    raise KennerError(f"--{name.replace('_', '-')} {requirement}, got {value!r}")
+    raise KennerError(f"{flag_name(name)} {requirement}, got {value!r}")
 
 
 @dataclass(frozen=True)
