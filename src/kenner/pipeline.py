@@ -27,6 +27,7 @@ from kenner.data.splits import (
     save_split,
     split_of_samples,
 )
+from kenner.device import resolve_device
 from kenner.encoders import create_encoder
 from kenner.encoders.base import Encoder
 from kenner.encoders.extract import extract_embeddings
@@ -151,16 +152,8 @@ def resolve_folds(dataset: Dataset, cfg: SplitConfig, out_dir: Path) -> list[Spl
     return folds
 
 
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def build_encoder(cfg: EncoderConfig) -> Encoder:
-    return create_encoder(cfg.encoder, weights=cfg.weights, pooling=cfg.pooling, device=pick_device(cfg.device),
+    return create_encoder(cfg.encoder, weights=cfg.weights, pooling=cfg.pooling, device=str(resolve_device(cfg.device)),
                           backend=cfg.backend, cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None)
 
 

@@ -94,7 +94,8 @@ def build_grid(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from kenner.pipeline import build_encoder, embed_background, pick_device, prepare_embeddings
+    from kenner.device import resolve_device
+    from kenner.pipeline import build_encoder, embed_background, prepare_embeddings
     from kenner.train.sweep import run_sweep
 
     grid = build_grid(args)
@@ -115,7 +116,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if data.bg:
             _, per_view = embed_background(data, prepared.dataset.views, encoder, enc_cfg)
             background[prepared.encoder_name] = combine_views(per_view, enc_cfg.views).astype(np.float32)
-    device = pick_device(args.device or "auto")
+    device = resolve_device(args.device or "auto")
     results = run_sweep(embeddings, grid, out_dir, background_class=data.background_class,
                         background=background or None, bg=data.bg, reference=args.reference, device=device,
                         tracker=tracker_from_args(args))

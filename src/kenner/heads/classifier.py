@@ -12,21 +12,13 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from kenner.device import resolve_device
 from kenner.errors import KennerError
 from kenner.heads.config import HeadConfig
 from kenner.heads.modules import HeadNet, build_head_net
 from kenner.losses.logit_adjustment import log_prior
 from kenner.train.calibrate import fit_temperature
 from kenner.train.loop import batched, inference_logits, make_generator, train_head
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an explicit cuda without a GPU is a KennerError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise KennerError(f"--device {device}: no CUDA device is available; use --device cpu or auto")
-    return torch.device(device)
 
 
 class EmbeddingClassifier(ClassifierMixin, BaseEstimator):

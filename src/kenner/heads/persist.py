@@ -12,8 +12,9 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as dump_tensors
 
 from kenner import __version__
+from kenner.device import resolve_device
 from kenner.errors import KennerError
-from kenner.heads.classifier import EmbeddingClassifier, resolve_device
+from kenner.heads.classifier import EmbeddingClassifier
 from kenner.heads.config import HeadConfig
 from kenner.heads.modules import build_head_net
 from kenner.io import atomic_write_bytes, atomic_write_json

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kenner.config import RunConfig
+from kenner.device import resolve_device
 from kenner.encoders.base import Encoder
 from kenner.errors import KennerError
 from kenner.evaluate.outputs import write_evaluation
@@ -33,7 +34,7 @@ from kenner.heads.persist import save_head
 from kenner.heads.projection import ProjectionHead
 from kenner.heads.side import side_class_names, side_dataset, view_features
 from kenner.io import atomic_write_json
-from kenner.pipeline import PreparedEmbeddings, build_encoder, pick_device, prepare_embeddings
+from kenner.pipeline import PreparedEmbeddings, build_encoder, prepare_embeddings
 from kenner.retrieval.clustering import hdbscan_eval
 from kenner.retrieval.config import RetrievalConfig
 from kenner.retrieval.index import Gallery, Neighbours, l2_normalize, save_npy
@@ -80,7 +81,7 @@ def metric_train_config(cfg: RunConfig, rcfg: RetrievalConfig) -> MetricTrainCon
         arcface_scale=rcfg.metric_scale, arcface_margin=rcfg.metric_margin,
         warmup_epochs=rcfg.warmup_epochs, triplet_weight=rcfg.triplet_weight,
         triplet_margin=rcfg.triplet_margin,
-        patience=head.early_stopping_patience, seed=head.seed, device=pick_device(head.device),
+        patience=head.early_stopping_patience, seed=head.seed, device=str(resolve_device(head.device)),
     )
 
 

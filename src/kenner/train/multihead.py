@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from kenner.device import resolve_device
 from kenner.errors import KennerError
-from kenner.heads.classifier import fit_standardizer, resolve_device
+from kenner.heads.classifier import fit_standardizer
 from kenner.heads.config import HeadConfig
 from kenner.heads.modules import build_head_net
 from kenner.losses.class_weights import effective_number_weights, inverse_frequency_weights

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kenner.device import resolve_device
 from kenner.errors import KennerError
 
 # (minimum GPU memory in GB, workers, accumulation steps), first match wins.
@@ -65,12 +66,10 @@ class TrainSettings:
 def detect_device(device: str = "auto") -> DeviceInfo:
     """Properties of ``device`` (``auto``: CUDA if present, else CPU)."""
     cpus = os.cpu_count() or 1
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise KennerError(f"--device {device}: no CUDA device is available; use --device cpu or auto")
-        props = torch.cuda.get_device_properties(torch.device(device))
+    resolved = resolve_device(device)
+    device = str(resolved)
+    if resolved.type == "cuda":
+        props = torch.cuda.get_device_properties(resolved)
         return DeviceInfo(device=device, name=props.name, capability=(props.major, props.minor),
                           memory_gb=props.total_memory / 1024**3, cpu_count=cpus)
     if device != "cpu":
