@@ -238,13 +238,16 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return RunConfig.from_dict(raw)
 
 
+def parsed_explicit(args: argparse.Namespace, cls: type, *, where: str) -> dict[str, Any]:
+    """The fields of ``cls`` the user set on the command line, parsed into their types."""
+    hints = typing.get_type_hints(cls)
+    return {name: parse_value(hints[name], value, name=f"{where}.{name}")
+            for name, value in explicit_values(args, cls).items()}
+
+
 def merge_explicit(instance: Any, args: argparse.Namespace, *, where: str) -> Any:
     """``instance`` with every field the user set on the command line parsed and replaced."""
-    cls = type(instance)
-    hints = typing.get_type_hints(cls)
-    updates = {name: parse_value(hints[name], value, name=f"{where}.{name}")
-               for name, value in explicit_values(args, cls).items()}
-    return dataclasses.replace(instance, **updates)
+    return dataclasses.replace(instance, **parsed_explicit(args, type(instance), where=where))
 
 
 def absolute_paths(spec: str, weights: str | None) -> tuple[str, str | None]:

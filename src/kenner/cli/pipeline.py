@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import sys
-import typing
 from pathlib import Path
 
 from kenner.config import (
@@ -16,10 +15,9 @@ from kenner.config import (
     SplitConfig,
     add_dataclass_arguments,
     apply_overrides,
-    explicit_values,
     load_run_config,
     merge_explicit,
-    parse_value,
+    parsed_explicit,
 )
 from kenner.errors import KennerError
 from kenner.heads.config import HeadConfig
@@ -103,14 +101,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     base = load_run_config(args.config) if args.config else RunConfig()
     data = merge_explicit(base.data, args, where="data")
     encoder = merge_explicit(base.encoder, args, where="encoder")
-    head_flags = explicit_values(args, HeadConfig)
-    if getattr(args, "device", None):
-        head_flags["device"] = args.device
     profile = args.profile or base.profile
-    if profile:
-        head = resolve_config(profile, {**_differences(base.head), **_parsed(HeadConfig, head_flags)})
+    if profile:  # head.device is not a flag of its own: it follows --device
+        head = resolve_config(profile, {**_differences(base.head), **parsed_explicit(args, HeadConfig, where="head")})
     else:
-        head = dataclasses.replace(base.head, **_parsed(HeadConfig, head_flags))
+        head = merge_explicit(base.head, args, where="head")
     out_dir = args.out_dir or (base.out_dir if args.config else None)
     cfg = RunConfig(
         out_dir=out_dir or default_run_name(data, encoder, head),
@@ -119,11 +114,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         retrieval=merge_explicit(base.retrieval, args, where="retrieval"), profile=profile,
     )
     return apply_overrides(cfg, args.set) if args.set else cfg
-
-
-def _parsed(cls: type, values: dict) -> dict:
-    hints = typing.get_type_hints(cls)
-    return {name: parse_value(hints[name], value, name=name) for name, value in values.items()}
 
 
 def _differences(head: HeadConfig) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from kenner.config import (
     build_dataclass,
     explicit_values,
     parse_value,
+    parsed_explicit,
 )
 from kenner.encoders.views import combine_views
 from kenner.errors import KennerError
@@ -78,9 +78,8 @@ def build_grid(args: argparse.Namespace):
     from kenner.train.profiles import PROFILES
     from kenner.train.sweep import SweepGrid
 
-    hints = typing.get_type_hints(HeadConfig)
-    fixed = {name: parse_value(hints[name], value, name=f"--{name.replace('_', '-')}")
-             for name, value in explicit_values(args, HeadConfig).items() if name not in SWEPT}
+    fixed = {name: value for name, value in parsed_explicit(args, HeadConfig, where="head").items()
+             if name not in SWEPT}
     profiles = tuple(p.strip() for p in args.profiles.split(",") if p.strip())
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
