@@ -238,11 +238,12 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return RunConfig.from_dict(raw)
 
 
-def parsed_explicit(args: argparse.Namespace, cls: type, *, where: str) -> dict[str, Any]:
-    """The fields of ``cls`` the user set on the command line, parsed into their types."""
+def parsed_explicit(args: argparse.Namespace, cls: type, *, where: str,
+                    skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of ``cls`` (but ``skip``) the user set on the command line, parsed into their types."""
     hints = typing.get_type_hints(cls)
     return {name: parse_value(hints[name], value, name=f"{where}.{name}")
-            for name, value in explicit_values(args, cls).items()}
+            for name, value in explicit_values(args, cls).items() if name not in skip}
 
 
 def merge_explicit(instance: Any, args: argparse.Namespace, *, where: str) -> Any:

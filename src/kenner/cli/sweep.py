@@ -78,8 +78,7 @@ def build_grid(args: argparse.Namespace):
     from kenner.train.profiles import PROFILES
     from kenner.train.sweep import SweepGrid
 
-    fixed = {name: value for name, value in parsed_explicit(args, HeadConfig, where="head").items()
-             if name not in SWEPT}
+    fixed = parsed_explicit(args, HeadConfig, where="head", skip=SWEPT)
     profiles = tuple(p.strip() for p in args.profiles.split(",") if p.strip())
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
