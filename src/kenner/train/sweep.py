@@ -29,6 +29,7 @@ from kenner.data.background import BACKGROUND, background_label, draw_background
 from kenner.errors import KennerError
 from kenner.evaluate.calibration import expected_calibration_error
 from kenner.evaluate.metrics import classification_metrics
+from kenner.evaluate.report import format_number, markdown_table
 from kenner.heads.classifier import EmbeddingClassifier
 from kenner.heads.config import HeadConfig
 from kenner.io import atomic_write_text
@@ -332,17 +333,12 @@ def track_row(tracker: Tracker, row: dict[str, Any], *, sweep: str) -> None:
                                                         "best_epoch", "batched_heads")})
 
 
-def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
-    """A pipe table; floats with ``digits`` decimals."""
+def frame_table(df: pd.DataFrame) -> str:
+    """A data frame as a Markdown table (the report's formatting: floats with 4 decimals)."""
     if df.empty:
         return "(none)\n"
-
-    def cell(value: Any) -> str:
-        return f"{value:.{digits}f}" if isinstance(value, float | np.floating) else str(value)
-
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    rows = [[format_number(value) for value in row] for row in df.itertuples(index=False)]
+    return markdown_table([str(c) for c in df.columns], rows) + "\n"
 
 
 def _mean_std(df: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
@@ -363,10 +359,10 @@ def results_markdown(results: pd.DataFrame) -> str:
               "seconds per configuration (a batched group's time divided by its heads).\n\n")
     if results.empty:
         return out.getvalue() + "(no finished runs)\n"
-    out.write(markdown_table(results[["name", *METRICS, *TIMINGS, "batched_heads"]]))
+    out.write(frame_table(results[["name", *METRICS, *TIMINGS, "batched_heads"]]))
     if results["seed"].nunique() > 1:
         out.write("\n## Mean ± std over seeds\n\n")
-        out.write(markdown_table(_mean_std(results, ["config_name"], ["macro_f1_fg", "accuracy", "ece"])))
+        out.write(frame_table(_mean_std(results, ["config_name"], ["macro_f1_fg", "accuracy", "ece"])))
     return out.getvalue()
 
 
@@ -383,7 +379,7 @@ def summary_markdown(results: pd.DataFrame, reference: str, skipped: Sequence[tu
         out.write(f"## Mean per {by}\n\n")
         table = results.groupby(by, sort=True)[shown].mean().reset_index()
         table.insert(1, "runs", results.groupby(by, sort=True).size().to_numpy())
-        out.write(markdown_table(table) + "\n")
+        out.write(frame_table(table) + "\n")
     out.write("## Best configuration per encoder × profile (by macro_f1_fg, mean over seeds)\n\n")
     grouped = results.groupby(["encoder", "profile", "config_name"], sort=True)
     per_config = grouped[shown].mean().reset_index()
@@ -391,7 +387,7 @@ def summary_markdown(results: pd.DataFrame, reference: str, skipped: Sequence[tu
         per_config.insert(4, "macro_f1_fg_std", grouped["macro_f1_fg"].std(ddof=0).to_numpy())
         per_config.insert(4, "seeds", grouped.size().to_numpy())
     best = per_config.loc[per_config.groupby(["encoder", "profile"])["macro_f1_fg"].idxmax()]
-    out.write(markdown_table(best) + "\n")
+    out.write(frame_table(best) + "\n")
     out.write(f"## Delta against the reference profile `{reference}`\n\n")
     if reference not in set(results["profile"]):
         out.write(f"The reference profile {reference!r} is not among the finished runs.\n")
@@ -409,5 +405,5 @@ def summary_markdown(results: pd.DataFrame, reference: str, skipped: Sequence[tu
                      "d_accuracy": (paired["accuracy"] - paired["accuracy_ref"]).mean(),
                      "d_ece": (paired["ece"] - paired["ece_ref"]).mean(), "wins": int((delta > 0).sum())})
     out.write("Mean difference (profile − reference) over runs identical in every other setting.\n\n")
-    out.write(markdown_table(pd.DataFrame(rows)))
+    out.write(frame_table(pd.DataFrame(rows)))
     return out.getvalue()
