@@ -20,6 +20,7 @@ import pandas as pd
 
 from kenner.config import EncoderConfig
 from kenner.data.manifest import FOLDER_VIEW, IMAGE_EXTENSIONS
+from kenner.encoders.base import Encoder
 from kenner.encoders.views import combine_views, resolve_mode
 from kenner.errors import DataError, KennerError
 from kenner.evaluate.outputs import top_k
@@ -109,10 +110,8 @@ def query_views(info: dict) -> list[str]:
     return list(info["view_names"])
 
 
-def embed_for_run(info: dict, inputs: PredictionInputs, *, cache_dir: str | None = None,
-                  device: str = "auto") -> np.ndarray:
-    """Embed query items exactly as the run embedded its data (same encoder fingerprint and views);
-    only the views the run uses are embedded."""
+def run_encoder(info: dict, *, cache_dir: str | None = None, device: str = "auto") -> tuple[Encoder, EncoderConfig]:
+    """The run's encoder, rebuilt, checked to have the fingerprint the run was trained with."""
     enc_cfg = EncoderConfig(encoder=info["encoder"], weights=info["weights"], pooling=info["pooling"],
                             views=info["views"], cache_dir=cache_dir, device=device)
     encoder = build_encoder(enc_cfg)
@@ -121,6 +120,13 @@ def embed_for_run(info: dict, inputs: PredictionInputs, *, cache_dir: str | None
             f"the encoder {info['encoder']!r} now has fingerprint {encoder.fingerprint}, but the run was "
             f"trained with {info['fingerprint']}: its weights or preprocessing changed"
         )
+    return encoder, enc_cfg
+
+
+def embed_for_run(info: dict, inputs: PredictionInputs, *, cache_dir: str | None = None,
+                  device: str = "auto") -> np.ndarray:
+    """Embed query items exactly as the run embedded its data (same encoder fingerprint and views)."""
+    encoder, enc_cfg = run_encoder(info, cache_dir=cache_dir, device=device)
     per_view = embed_views(inputs.paths, query_views(info), encoder, enc_cfg, tuple(info["background_color"]))
     return combine_views(per_view, info["views"]).astype(np.float32, copy=False)
 

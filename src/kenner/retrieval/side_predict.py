@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kenner.config import EncoderConfig
 from kenner.data.manifest import FOLDER_VIEW
-from kenner.errors import KennerError
 from kenner.heads.persist import load_head
 from kenner.heads.side import view_features
-from kenner.pipeline import build_encoder, embed_views
+from kenner.pipeline import embed_views
 
 
 def side_input_views(info: dict) -> list[str]:
@@ -29,14 +27,9 @@ def side_proba(run_dir: Path, info: dict, paths: list[dict[str, Path]], *, cache
     """Class probabilities ([N, 2], classes ``info["class_names"]``) for query items ``paths``
     (one dict per item: view -> image path, views from :func:`side_input_views`)."""
     views = side_input_views(info)
-    enc_cfg = EncoderConfig(encoder=info["encoder"], weights=info["weights"], pooling=info["pooling"],
-                            cache_dir=cache_dir, device=device)
-    encoder = build_encoder(enc_cfg)
-    if encoder.fingerprint != info["fingerprint"]:
-        raise KennerError(
-            f"the encoder {info['encoder']!r} now has fingerprint {encoder.fingerprint}, but the run was "
-            f"trained with {info['fingerprint']}: its weights or preprocessing changed"
-        )
+    from kenner.predict import run_encoder
+
+    encoder, enc_cfg = run_encoder(info, cache_dir=cache_dir, device=device)
     background = tuple(info["background_color"])
     if info["side"]["mask_pooling"]:
         per_view = {view: view_features(encoder, [item[view] for item in paths], background=background)
