@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from kenner.config import DataConfig, EncoderConfig, RunConfig, SplitConfig
+from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig, SplitConfig
 from kenner.data.fashion_mnist import export_folder
 from kenner.heads.config import HeadConfig
 from kenner.train.finetune import finetune

@@ -88,7 +88,7 @@ def speed(args: argparse.Namespace) -> list[str]:
 def real(args: argparse.Namespace, work: Path) -> list[str]:
     import torch
 
-    from kenner.config import DataConfig, EncoderConfig, RunConfig, SplitConfig
+    from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig, SplitConfig
     from kenner.data import fashion_mnist
     from kenner.encoders.store import kenner_cache_root
     from kenner.heads import create_head

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from sklearn.metrics import f1_score
 
-from kenner.train.binary import auroc, best_f1_threshold, binary_metrics, binary_predictions, choose_threshold
+from kenner.evaluate.binary import auroc, best_f1_threshold, binary_metrics, binary_predictions, choose_threshold
 
 
 def two_class(p_pos: list[float], pos_index: int = 1) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 
 from kenner.cli import build_parser
 from kenner.cli.pipeline import config_from_args
-from kenner.config import DataConfig, RunConfig, SplitConfig, apply_overrides, parse_value
+from kenner.config.legacy import DataConfig, RunConfig, SplitConfig, apply_overrides, parse_value
 from kenner.errors import KennerError
 
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_image
-from kenner.config import DataConfig, EncoderConfig, SplitConfig
+from kenner.config.legacy import DataConfig, EncoderConfig, SplitConfig
 from kenner.errors import KennerError
 from kenner.predict import predict_run
 from kenner.track import MlflowTracker

@@ -119,7 +119,7 @@ def _prepared(tmp_path):
 def test_metric_run_writes_retrieval_artifacts_and_reports_reject_honestly(tmp_path):
     import pandas as pd
 
-    from kenner.config import RunConfig
+    from kenner.config.legacy import RunConfig
     from kenner.heads.config import HeadConfig
     from kenner.io import read_json
     from kenner.retrieval.config import RetrievalConfig
@@ -171,7 +171,7 @@ def test_metric_run_writes_retrieval_artifacts_and_reports_reject_honestly(tmp_p
 
 
 def test_raw_knn_run_without_projection(tmp_path):
-    from kenner.config import RunConfig
+    from kenner.config.legacy import RunConfig
     from kenner.io import read_json
     from kenner.retrieval.config import RetrievalConfig
     from kenner.retrieval.run import run_metric_mode
@@ -214,7 +214,7 @@ def test_metric_run_from_images_then_kenner_search(tmp_path):
     from transformers import Dinov2Config, Dinov2Model
 
     from kenner.cli.retrieval import format_results, register
-    from kenner.config import DataConfig, EncoderConfig, RunConfig
+    from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig
     from kenner.heads.config import HeadConfig
     from kenner.retrieval.config import RetrievalConfig
     from kenner.retrieval.run import train_metric_or_side

@@ -5,7 +5,7 @@ import pytest
 
 from kenner.errors import KennerError
 from kenner.retrieval.index import Gallery
-from kenner.retrieval.reject import (
+from kenner.evaluate.reject import (
     RejectRule,
     coverage_accuracy_curve,
     evaluate_rule,
@@ -142,7 +142,7 @@ def test_run_folder_reject_report_tunes_on_val_and_measures_test(tmp_path):
 
 
 def test_joint_rule_uses_both_limits_and_reaches_the_targets():
-    from kenner.retrieval.reject import tune_reject_rule
+    from kenner.evaluate.reject import tune_reject_rule
 
     rng = np.random.default_rng(0)
     n = 2000

@@ -111,7 +111,7 @@ def tiny_vit(tmp_path_factory):
 
 @pytest.mark.parametrize(("task", "disable_mask_pooling"), [("pair", False), ("single", True)])
 def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disable_mask_pooling):
-    from kenner.config import DataConfig, EncoderConfig, RunConfig
+    from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig
     from kenner.heads.config import HeadConfig
     from kenner.io import read_json
     from kenner.retrieval.config import RetrievalConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kenner.config import DataConfig, EncoderConfig, RunConfig
+from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig
 from kenner.data import fashion_mnist
 from kenner.heads.config import HeadConfig
 from kenner.train.run import headline, train_classifier

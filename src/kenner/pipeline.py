@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kenner.config import DataConfig, EncoderConfig, SplitConfig
+from kenner.config.legacy import DataConfig, EncoderConfig, SplitConfig
 from kenner.data.background import background_images, background_label, draw_background
 from kenner.data.filters import apply_filters
 from kenner.data.manifest import Dataset, Exclusion, Sample, load_dataset, write_exclusions

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kenner.config import EncoderConfig
+from kenner.config.legacy import EncoderConfig
 from kenner.data.manifest import FOLDER_VIEW, IMAGE_EXTENSIONS
 from kenner.encoders.base import Encoder
 from kenner.encoders.views import combine_views, resolve_mode
@@ -26,7 +26,7 @@ from kenner.errors import DataError, KennerError
 from kenner.evaluate.outputs import top_k
 from kenner.heads.persist import load_head
 from kenner.pipeline import build_encoder, embed_views
-from kenner.retrieval.reject import UNCLASSIFIABLE, RejectRule, proba_confidence
+from kenner.evaluate.reject import UNCLASSIFIABLE, RejectRule, proba_confidence
 from kenner.train.run import load_model_info
 
 MANIFEST_SUFFIXES = {".csv", ".tsv"}
@@ -155,7 +155,7 @@ def predict_run(run_dir: Path, items: Sequence[str], *, k: int = 5, cache_dir: s
         scores = predict_finetuned(run_dir, inputs.paths, device=device)  # pixels, no embedding cache
         accepted = rule.accept(*proba_confidence(scores))
         if info.get("pos_class") is not None:  # binary: the threshold and orientation chosen on val
-            from kenner.train.binary import BinaryResult, binary_predictions
+            from kenner.evaluate.binary import BinaryResult, binary_predictions
 
             chosen = BinaryResult(auroc=math.nan, threshold=info["threshold"], f1=math.nan,
                                   flipped=info["score_flipped"])

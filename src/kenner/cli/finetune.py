@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from kenner.config import DataConfig, EncoderConfig, SplitConfig, add_dataclass_arguments, merge_explicit
+from kenner.config.legacy import DataConfig, EncoderConfig, SplitConfig, add_dataclass_arguments, merge_explicit
 from kenner.errors import KennerError
 from kenner.track import add_tracking_arguments, tracker_from_args
 from kenner.train.finetune_config import FinetuneConfig, FinetuneRun, load_finetune_run

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kenner.config import (
+from kenner.config.legacy import (
     DataConfig,
     EncoderConfig,
     RunConfig,

@@ -30,7 +30,7 @@ def search_run(run_dir: Path, items: list[str], *, k: int = 10, cache_dir: str |
     """Per query: its id, paths, the retrieval prediction ("unclassifiable" if rejected) and neighbours."""
     from kenner.predict import collect_inputs, embed_for_run, query_views
     from kenner.retrieval.model import RetrievalModel
-    from kenner.retrieval.reject import UNCLASSIFIABLE
+    from kenner.evaluate.reject import UNCLASSIFIABLE
     from kenner.train.run import load_model_info
 
     if k < 1:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kenner.config import (
+from kenner.config.legacy import (
     DataConfig,
     EncoderConfig,
     SplitConfig,

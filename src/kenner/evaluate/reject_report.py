@@ -15,7 +15,7 @@ from kenner.errors import KennerError
 from kenner.evaluate.plots import plot_curve
 from kenner.evaluate.report import format_number, markdown_table
 from kenner.io import atomic_write_json
-from kenner.retrieval.reject import RejectRule, coverage_accuracy_curve, evaluate_rule, tune_reject_rule
+from kenner.evaluate.reject import RejectRule, coverage_accuracy_curve, evaluate_rule, tune_reject_rule
 
 SPLITS = ("train", "val", "test")
 

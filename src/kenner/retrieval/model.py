@@ -17,8 +17,8 @@ from kenner.errors import KennerError
 from kenner.heads.projection import ProjectionHead
 from kenner.io import atomic_write_json, read_json
 from kenner.retrieval.index import Gallery, Neighbours, l2_normalize
-from kenner.retrieval.reject import RejectRule, retrieval_confidence
-from kenner.retrieval.vote import vote
+from kenner.evaluate.reject import RejectRule
+from kenner.retrieval.vote import retrieval_confidence, vote
 
 SETTINGS_FILE = "retrieval.json"
 

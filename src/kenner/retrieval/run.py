@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kenner.config import RunConfig
+from kenner.config.legacy import RunConfig
 from kenner.device import resolve_device
 from kenner.encoders.base import Encoder
 from kenner.errors import KennerError
@@ -40,7 +40,7 @@ from kenner.retrieval.config import RetrievalConfig
 from kenner.retrieval.index import Gallery, Neighbours, l2_normalize, save_npy
 from kenner.retrieval.metrics import knn_classification, retrieval_metrics
 from kenner.retrieval.model import RetrievalModel
-from kenner.retrieval.reject import proba_confidence
+from kenner.evaluate.reject import proba_confidence
 from kenner.retrieval.vote import VOTE_METHODS, vote
 from kenner.track import NullTracker, Tracker
 from kenner.train.metric import MetricTrainConfig

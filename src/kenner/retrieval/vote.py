@@ -83,3 +83,8 @@ def vote(
     return VoteResult(
         scores=scores.astype(np.float32), predictions=predictions, margin=margin.astype(np.float32)
     )
+
+
+def retrieval_confidence(neighbours: Neighbours, result: VoteResult) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 cosine distance, vote margin) per query: the reject option's signals for retrieval."""
+    return neighbours.distances[:, 0].astype(np.float64), result.margin.astype(np.float64)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kenner.config import DataConfig, load_run_config
+from kenner.config.legacy import DataConfig, load_run_config
 from kenner.data.splits import load_split, split_of_samples
 from kenner.encoders.views import combine_views
 from kenner.errors import KennerError

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
 from kenner import __version__
-from kenner.config import absolute_paths
+from kenner.config.legacy import absolute_paths
 from kenner.data.images import load_image
 from kenner.data.manifest import Dataset, Exclusion
 from kenner.data.splits import split_of_samples, split_summary
@@ -54,10 +54,10 @@ from kenner.heads.modules import CosineMarginClassifier
 from kenner.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kenner.pipeline import load_data, resolve_folds, resolve_split
 from kenner.retrieval.metrics import recall_at_k
-from kenner.retrieval.reject import proba_confidence
+from kenner.evaluate.reject import proba_confidence
 from kenner.track import NullTracker, Tracker
 from kenner.train.augment import Transform, eval_preprocessing, train_transform
-from kenner.train.binary import BinaryResult, binary_metrics, binary_predictions, choose_threshold
+from kenner.evaluate.binary import BinaryResult, binary_metrics, binary_predictions, choose_threshold
 from kenner.train.checkpoint import (
     BEST,
     LATEST,

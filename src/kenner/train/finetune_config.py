@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kenner.config import DataConfig, EncoderConfig, SplitConfig, build_dataclass, to_jsonable
+from kenner.config.legacy import DataConfig, EncoderConfig, SplitConfig, build_dataclass, to_jsonable
 from kenner.errors import KennerError
 from kenner.fields import flag_name, knob
 from kenner.io import read_json

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kenner import __version__
-from kenner.config import RunConfig, absolute_paths
+from kenner.config.legacy import RunConfig, absolute_paths
 from kenner.data.background import BACKGROUND
 from kenner.data.splits import column_summary, save_split
 from kenner.errors import KennerError
@@ -27,7 +27,7 @@ from kenner.heads.config import HeadConfig
 from kenner.heads.persist import save_head
 from kenner.io import atomic_write_json, atomic_write_text, read_json
 from kenner.pipeline import PreparedEmbeddings, add_background_rows, prepare_embeddings, resolve_folds
-from kenner.retrieval.reject import proba_confidence
+from kenner.evaluate.reject import proba_confidence
 from kenner.track import NullTracker, Tracker
 from kenner.train.calibrate import calibration_markdown, head_calibration
 

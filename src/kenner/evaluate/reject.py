@@ -3,7 +3,7 @@
 One rule serves retrieval and classifier heads alike. Each prediction carries two numbers:
 
 - a **distance** (lower = more confident): the top-1 cosine distance for retrieval
-  (see :func:`retrieval_confidence`), ``1 - max probability`` for a classifier (:func:`proba_confidence`);
+  (see :func:`kenner.retrieval.vote.retrieval_confidence`), ``1 - max probability`` for a classifier (:func:`proba_confidence`);
 - a **margin** (higher = more confident): top-1 minus top-2 vote score, or top-1 minus top-2 probability.
 
 A :class:`RejectRule` rejects when the distance exceeds ``max_distance`` or the margin falls below
@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from kenner.errors import KennerError
-from kenner.retrieval.index import Neighbours
-from kenner.retrieval.vote import VoteResult
 
 UNCLASSIFIABLE = "unclassifiable"
 
@@ -64,11 +62,6 @@ class OperatingPoint:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def retrieval_confidence(neighbours: Neighbours, result: VoteResult) -> tuple[np.ndarray, np.ndarray]:
-    """(top-1 cosine distance, vote margin) per query."""
-    return neighbours.distances[:, 0].astype(np.float64), result.margin.astype(np.float64)
 
 
 def proba_confidence(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,16 +1,14 @@
-"""Named head profiles: presets of :class:`~kenner.heads.config.HeadConfig` field overrides.
+"""Named profiles: presets of config fields (mostly the head's long-tail knobs), ``--profile full``.
 
-A profile switches on a family of knobs by name (``--profile full``); flags given explicitly on the
+A profile is one layer of the config tree (:func:`kenner.config.compose.compose_config`): flags given on the
 command line override it. ``PROFILES_MARKDOWN`` is the table the README shows.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from kenner.errors import KennerError
-from kenner.heads.config import HeadConfig
 
 # The first generation of long-tail knobs, each also a profile of its own.
 _CENTER_STD = {"standardize": "standardize"}
@@ -40,7 +38,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 DESCRIPTIONS = {
-    "base": "HeadConfig defaults: linear head, AdamW, cross-entropy, early stopping on val macro-F1",
+    "base": "the defaults: linear head, AdamW, cross-entropy, early stopping on val macro-F1",
     "center_std": "standardise embeddings (mean/std of the training rows)",
     "effective": "effective-number class weights (Cui et al. 2019)",
     "hardmine": "last epochs resample training rows by their loss (hard mining)",
@@ -56,22 +54,17 @@ DESCRIPTIONS = {
 }
 
 
-def resolve_config(profile: str | None, explicit: dict[str, Any]) -> HeadConfig:
-    """HeadConfig from a profile's overrides, then ``explicit`` fields on top (explicit wins).
-
-    ``hardmine_epochs`` from a profile is capped at ``epochs`` so a short run stays valid.
-    """
-    if profile is not None and profile not in PROFILES:
+def profile_layer(profile: str | None, epochs: int | None = None) -> dict[str, Any]:
+    """A profile's field values (empty for None); ``hardmine_epochs`` is capped at ``epochs`` so a short run
+    stays valid."""
+    if profile is None:
+        return {}
+    if profile not in PROFILES:
         raise KennerError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
-    fields = {f.name for f in dataclasses.fields(HeadConfig)}
-    unknown = sorted(set(explicit) - fields)
-    if unknown:
-        raise KennerError(f"unknown head setting(s) {', '.join(unknown)}")
-    values = {**PROFILES.get(profile or "base", {}), **explicit}
-    if "hardmine_epochs" not in explicit and "hardmine_epochs" in values:
-        epochs = values.get("epochs", HeadConfig.epochs)
+    values = dict(PROFILES[profile])
+    if epochs is not None and "hardmine_epochs" in values:
         values["hardmine_epochs"] = min(values["hardmine_epochs"], epochs)
-    return HeadConfig(**values)
+    return values
 
 
 def profiles_markdown() -> str:
