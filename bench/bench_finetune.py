@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import torch
+from kenner.train.run import train_classifier
 
 from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig, SplitConfig
 from kenner.data.fashion_mnist import export_folder
 from kenner.heads.config import HeadConfig
 from kenner.train.finetune import finetune
 from kenner.train.finetune_config import FinetuneConfig, FinetuneRun
-from kenner.train.run import train_classifier
 
 
 def main() -> None:

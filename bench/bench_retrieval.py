@@ -87,16 +87,16 @@ def speed(args: argparse.Namespace) -> list[str]:
 
 def real(args: argparse.Namespace, work: Path) -> list[str]:
     import torch
+    from kenner.pipeline import prepare_embeddings
+    from kenner.retrieval.config import RetrievalConfig
+    from kenner.retrieval.run import run_metric_mode
 
     from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig, SplitConfig
     from kenner.data import fashion_mnist
-    from kenner.encoders.store import kenner_cache_root
     from kenner.heads import create_head
     from kenner.heads.config import HeadConfig
-    from kenner.pipeline import prepare_embeddings
-    from kenner.retrieval.config import RetrievalConfig
+    from kenner.paths import kenner_cache_root
     from kenner.retrieval.metrics import knn_classification
-    from kenner.retrieval.run import run_metric_mode
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     print(f"real: Fashion-MNIST, {args.per_class} images per class, default encoder", file=sys.stderr)

@@ -36,8 +36,9 @@ from sklearn.preprocessing import StandardScaler
 from kenner.data import fashion_mnist
 from kenner.encoders import create_encoder
 from kenner.encoders.extract import extract_embeddings
-from kenner.encoders.store import EmbeddingStore, kenner_cache_root
+from kenner.encoders.store import EmbeddingStore
 from kenner.heads.config import HeadConfig
+from kenner.paths import kenner_cache_root
 from kenner.train.multihead import fit_multihead
 
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)

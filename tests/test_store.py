@@ -13,9 +13,9 @@ from kenner.encoders.store import (
     EmbeddingStore,
     HashCache,
     MissingEmbeddingsError,
-    default_cache_dir,
 )
 from kenner.errors import KennerError
+from kenner.paths import default_cache_dir
 
 FP = "enc-abc123"
 DIM = 6

@@ -16,10 +16,12 @@ from kenner.errors import KennerError
 
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
-    "kenner.cli.pipeline",
-    "kenner.cli.finetune",
+    "kenner.cli.train",
+    "kenner.cli.compare",
     "kenner.cli.sweep",
-    "kenner.cli.retrieval",
+    "kenner.cli.use",
+    "kenner.cli.data",
+    "kenner.cli.demo",
     "kenner.cli.download",
 ]
 
@@ -27,7 +29,7 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kenner",
-        description="Classify photos of specialist collections: frozen embeddings, heads, retrieval.",
+        description="Classify photos of specialist collections: frozen embeddings, heads, retrieval, fine-tuning.",
     )
     parser.add_argument("--version", action="version", version=f"kenner {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")

@@ -21,8 +21,8 @@ from typing import Any
 from kenner.config.fields import BOUNDS, flag_name
 from kenner.config.sections import (
     SECTIONS,
-    AugmentConfig,
     ArcFaceConfig,
+    AugmentConfig,
     ComputeConfig,
     DataConfig,
     DecisionConfig,
@@ -122,6 +122,34 @@ def field_type(name: str) -> Any:
 
 def default_of(name: str) -> Any:
     return field_of(name).default
+
+
+def value_kind(name: str) -> tuple[type, bool]:
+    """(scalar type, is a list) of field ``name``: ``hidden_sizes`` -> ``(int, True)``, ``lr`` -> ``(float, False)``."""
+    tp, _ = _unwrap_optional(field_type(name))
+    if typing.get_origin(tp) is tuple:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+# ------------------------------------------------------------------------------------------------- naming
+
+
+def safe_name(text: str) -> str:
+    """A run-name-friendly form of an encoder spec or dataset name."""
+    keep = [c if c.isalnum() else "_" for c in text.rsplit("/", 1)[-1].lower()]
+    return "".join(keep).strip("_") or "x"
+
+
+def dataset_name(data: str) -> str:
+    """``coins`` for ``data/coins.tsv`` or ``data/coins/``."""
+    source = Path(data)
+    return safe_name(source.stem if source.suffix else source.name)
+
+
+def default_out_dir(cfg: RunConfig) -> str:
+    """``runs/<dataset>_<encoder>_<method>``."""
+    return str(Path("runs") / f"{dataset_name(cfg.data.data)}_{safe_name(cfg.encoder.encoder)}_{cfg.method}")
 
 
 # ----------------------------------------------------------------------------------------------- coercion
@@ -293,7 +321,7 @@ def to_nested(values: Mapping[str, Any], *, where: str = "config",
     section, fields placed by their unique names (a field under the wrong section is moved to its own)."""
     nested: dict[str, Any] = {}
     for key, value in values.items():
-        section, dot, name = key.partition(".")
+        _, dot, name = key.partition(".")
         if dot:
             items: Mapping[str, Any] = {name: value}
         elif key in SECTIONS and isinstance(value, Mapping):

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from kenner.encoders.store import kenner_cache_root
 from kenner.errors import KennerError
 from kenner.io import atomic_write_bytes
+from kenner.paths import kenner_cache_root
 
 log = logging.getLogger(__name__)
 

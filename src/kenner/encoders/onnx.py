@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from kenner.encoders.base import Encoder
-from kenner.encoders.store import default_cache_dir
 from kenner.errors import KennerError
 from kenner.io import atomic_write_bytes
+from kenner.paths import default_cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from kenner.errors import KennerError
 from kenner.io import atomic_write_bytes, atomic_write_json, read_json
+from kenner.paths import default_cache_dir
 
 if TYPE_CHECKING:
     from kenner.encoders.base import Encoder
@@ -39,17 +40,6 @@ if TYPE_CHECKING:
 DTYPES = ("float16", "float32")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SQLITE_TIMEOUT_S = 60.0
-
-
-def kenner_cache_root() -> Path:
-    """kenner's cache folder: ``$KENNER_CACHE`` or ``~/.cache/kenner``."""
-    env = os.environ.get("KENNER_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "kenner"
-
-
-def default_cache_dir() -> Path:
-    """The embedding cache root: ``<kenner cache>/embeddings``."""
-    return kenner_cache_root() / "embeddings"
 
 
 class MissingEmbeddingsError(KennerError, KeyError):

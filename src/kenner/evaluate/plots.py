@@ -106,6 +106,24 @@ def plot_curve(
     return _save(figure, path)
 
 
+def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float], path: str | Path, *,
+              xlabel: str, title: str, highlight: int | None = None) -> Path:
+    """Horizontal bars with ± std error bars (``highlight``: the bar drawn in another colour, e.g. the
+    choice made on val); values are written beside the bars."""
+    figure = Figure(figsize=(7, 1.2 + 0.45 * len(labels)), layout="constrained")
+    axes = figure.subplots()
+    positions = np.arange(len(labels))[::-1]
+    colours = ["tab:orange" if i == highlight else "tab:blue" for i in range(len(labels))]
+    axes.barh(positions, means, xerr=stds, color=colours, capsize=3)
+    for position, mean, std in zip(positions, means, stds, strict=True):
+        axes.annotate(f"{mean:.3f}" + (f" ± {std:.3f}" if std else ""), (mean + std, position),
+                      textcoords="offset points", xytext=(4, -4), fontsize=9)
+    axes.set_yticks(positions, [_short(label) for label in labels])
+    axes.set(xlabel=xlabel, title=title, xlim=(0, max(1.0, max(means, default=0) * 1.15)))
+    axes.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
+
+
 def _short(name: str) -> str:
     return name if len(name) <= MAX_LABEL_CHARS else name[: MAX_LABEL_CHARS - 1] + "…"
 

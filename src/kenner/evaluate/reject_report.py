@@ -13,26 +13,27 @@ import numpy as np
 
 from kenner.errors import KennerError
 from kenner.evaluate.plots import plot_curve
+from kenner.evaluate.reject import RejectRule, coverage_accuracy_curve, evaluate_rule, tune_reject_rule
 from kenner.evaluate.report import format_number, markdown_table
 from kenner.io import atomic_write_json
-from kenner.evaluate.reject import RejectRule, coverage_accuracy_curve, evaluate_rule, tune_reject_rule
 
 SPLITS = ("train", "val", "test")
 
 
 def tune_reject(distance: np.ndarray, margin: np.ndarray, correct: np.ndarray, split: np.ndarray, *,
                 by: str, target_precision: float | None, target_coverage: float | None,
-                out_dir: Path) -> tuple[dict[str, Any], RejectRule | None]:
+                out_dir: Path, signal_name: str = "distance") -> tuple[dict[str, Any], RejectRule | None]:
     """Tune a reject rule on val when a target is set; write reject.json and coverage_accuracy.png.
 
     ``distance`` (lower = surer) and ``margin`` (higher = surer) are per-row confidence signals;
-    ``correct`` says whether each row's prediction is right. Returns the summary and the rule (or None).
+    ``correct`` says whether each row's prediction is right; ``signal_name`` says what the distance is (the
+    top-1 cosine distance, 1 − max probability). Returns the summary and the rule (or None).
     """
     signal = margin if by == "margin" else -distance  # "both": the curve of the distance
     tune_on = "val" if (split == "val").any() else None
     curve_split = tune_on or ("test" if (split == "test").any() else "train")
     curve = coverage_accuracy_curve(signal[split == curve_split], correct[split == curve_split])
-    summary: dict[str, Any] = {"by": by, "curve_split": curve_split}
+    summary: dict[str, Any] = {"by": by, "curve_split": curve_split, "distance": signal_name}
     rule, marker = None, None
     if target_precision is not None or target_coverage is not None:
         if tune_on is None:
@@ -64,7 +65,7 @@ def reject_markdown(summary: dict[str, Any]) -> str:
     missed = "" if point["target_met"] else " (**target not reached on val**)"
     target = (f"target precision {summary['target_precision']}" if summary.get("target_precision") is not None
               else f"target coverage {summary['target_coverage']}")
-    text.append(f"Rule \"{rule_text(summary['rule'])}\" tuned on val for {target}: coverage "
+    text.append(f"Rule \"{rule_text(summary['rule'], summary.get('distance', 'distance'))}\" tuned on val for {target}: coverage "
                 f"{point['coverage']:.3f}, precision {point['precision']:.3f}{missed}. "
                 "Measured on each split with the same rule:")
     header = ["split", "coverage", "precision (accepted)", "accuracy (all)", "accepted", "n"]
@@ -74,11 +75,11 @@ def reject_markdown(summary: dict[str, Any]) -> str:
     return "\n\n".join(text)
 
 
-def rule_text(rule: dict[str, float | None]) -> str:
-    """A reject rule in words, e.g. ``unclassifiable when distance > 0.1234``."""
+def rule_text(rule: dict[str, float | None], distance_name: str = "distance") -> str:
+    """A reject rule in words, e.g. ``unclassifiable when top-1 cosine distance > 0.1234``."""
     parts = []
     if rule.get("max_distance") is not None:
-        parts.append(f"distance > {rule['max_distance']:.4g}")
+        parts.append(f"{distance_name} > {rule['max_distance']:.4g}")
     if rule.get("min_margin") is not None:
         parts.append(f"margin < {rule['min_margin']:.4g}")
     return "unclassifiable when " + " or ".join(parts) if parts else "accept everything"

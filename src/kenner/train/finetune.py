@@ -46,18 +46,18 @@ from kenner.encoders import create_encoder
 from kenner.encoders.base import Encoder, Preprocessing
 from kenner.encoders.views import ALIASES, COMBINED_MODES, combine_views
 from kenner.errors import KennerError
+from kenner.evaluate.binary import BinaryResult, binary_metrics, binary_predictions, choose_threshold
 from kenner.evaluate.metrics import classification_metrics
 from kenner.evaluate.outputs import write_evaluation
+from kenner.evaluate.reject import proba_confidence
 from kenner.evaluate.reject_report import reject_markdown, tune_reject
 from kenner.evaluate.report import write_report
 from kenner.heads.modules import CosineMarginClassifier
 from kenner.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kenner.pipeline import load_data, resolve_folds, resolve_split
 from kenner.retrieval.metrics import recall_at_k
-from kenner.evaluate.reject import proba_confidence
 from kenner.track import NullTracker, Tracker
 from kenner.train.augment import Transform, eval_preprocessing, train_transform
-from kenner.evaluate.binary import BinaryResult, binary_metrics, binary_predictions, choose_threshold
 from kenner.train.checkpoint import (
     BEST,
     LATEST,

@@ -1,9 +1,10 @@
 """Experiment tracking: MLflow in a local SQLite file by default, Weights & Biases on request, or none.
 
-Training commands take ``--wandb``, ``--no-track``, ``--experiment`` and ``--tracking-uri``
-(:func:`add_tracking_arguments`) and build their tracker with :func:`tracker_from_args`::
+Runs read the ``tracking`` section of their config (``--track mlflow|wandb|none``, ``--wandb`` and
+``--no-track`` for short, ``--experiment``, ``--tracking-uri``) and build their tracker with
+:func:`tracker_for`::
 
-    with tracker_from_args(args).start_run("linear-dinov2", params=config) as tracker:
+    with tracker_for(cfg.tracking).start_run("linear-dinov2", params=config) as tracker:
         tracker.log_metrics({"val_macro_f1": 0.8}, step=epoch)
         tracker.log_artifacts(run_dir)
 
@@ -13,7 +14,6 @@ By default MLflow writes ``./mlflow.db`` and ``./mlruns/`` in the working folder
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import re
@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from kenner.config.sections import TrackingConfig
 from kenner.errors import KennerError
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -265,22 +266,9 @@ def create_tracker(
     raise KennerError(f"unknown tracker {kind!r}; choose one of {', '.join(TRACKERS)}")
 
 
-def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--wandb``, ``--no-track``, ``--experiment`` and ``--tracking-uri`` to ``parser``."""
-    group = parser.add_argument_group("experiment tracking (MLflow in ./mlflow.db by default)")
-    choice = group.add_mutually_exclusive_group()
-    choice.add_argument("--wandb", action="store_true", help="track with Weights & Biases instead of MLflow")
-    choice.add_argument("--no-track", action="store_true", help="do not track this run")
-    group.add_argument("--experiment", default="kenner",
-                       help="MLflow experiment / W&B project name (default: kenner)")
-    group.add_argument("--tracking-uri", default=None,
-                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)")
-
-
-def tracker_from_args(args: argparse.Namespace, *, run_dir: str | os.PathLike | None = None) -> Tracker:
-    """The tracker chosen by the flags of :func:`add_tracking_arguments`."""
-    kind = "none" if args.no_track else "wandb" if args.wandb else "mlflow"
-    return create_tracker(kind, experiment=args.experiment, tracking_uri=args.tracking_uri, run_dir=run_dir)
+def tracker_for(cfg: TrackingConfig, *, run_dir: str | os.PathLike | None = None) -> Tracker:
+    """The tracker the ``tracking`` section asks for (``--track``, ``--experiment``, ``--tracking-uri``)."""
+    return create_tracker(cfg.track, experiment=cfg.experiment, tracking_uri=cfg.tracking_uri, run_dir=run_dir)
 
 
 def _key(name: str) -> str:
