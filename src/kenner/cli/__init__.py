@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
-    if not args.verbose:  # timm announces every checkpoint it loads
-        logging.getLogger("timm").setLevel(logging.WARNING)
+    if not args.verbose:  # timm announces every checkpoint it loads, faiss which CPU build it picked
+        for name in ("timm", "faiss"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -55,6 +55,7 @@ def compose_config(
     explicit = dict(explicit or {})
     file_layer = load_config_file(config_file, warn=warn) if config_file else {}
     sets = set_layer(overrides, warn=warn)
+    from_file = profile is None  # a profile from the file goes under the file's values, a new one over them
     profile = profile if profile is not None else file_layer.get("profile")
     if profile is not None and profile not in PROFILES:
         raise KennerError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
@@ -76,7 +77,8 @@ def compose_config(
                                   f"{given!r}; choose the method that matches (--method {given})")
     top = {"method": chosen, "profile": profile,
            "out_dir": out_dir or (file_layer.get("out_dir") if config_file else None)}
-    return build_config([*before_profile, profiled, explicit, sets, to_nested(dict(spec.fixed)), top])
+    layers = [to_nested(dict(spec.defaults)), profiled, file_values] if from_file else [*before_profile, profiled]
+    return build_config([*layers, explicit, sets, to_nested(dict(spec.fixed)), top])
 
 
 def _choose_method(method: str | None, mode: str | None, head_type: str | None, from_file: str | None,

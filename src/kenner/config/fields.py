@@ -22,9 +22,13 @@ def knob(
     le: float | None = None,
     lt: float | None = None,
     metavar: str | None = None,
+    shown: str | None = None,
 ) -> Any:
-    """A dataclass field whose ``help`` and ``choices`` become a ``--flag`` and whose bounds are validated."""
+    """A dataclass field whose ``help`` and ``choices`` become a ``--flag`` and whose bounds are validated;
+    ``shown`` is what ``--help`` says the default is when the value itself says little (None)."""
     metadata: dict[str, Any] = {"help": help}
+    if shown is not None:
+        metadata["shown"] = shown
     if choices is not None:
         metadata["choices"] = tuple(choices)
     bounds = {name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}

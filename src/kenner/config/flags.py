@@ -39,7 +39,8 @@ def _help(f: Any, method_defaults: Mapping[str, Mapping[str, Any]], methods: Map
     others = [f"{method}: {format_default(values[f.name])}" for method, values in method_defaults.items()
               if f.name in values and values[f.name] != f.default]
     suffix = f"; {', '.join(others)}" if others else ""
-    return f"{text} (default: {format_default(f.default)}{suffix})".replace("%", "%%")
+    shown = f.metadata.get("shown") or format_default(f.default)
+    return f"{text} (default: {shown}{suffix})".replace("%", "%%")
 
 
 def section_title(section: str, methods: Sequence[str]) -> str:

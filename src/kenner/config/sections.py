@@ -56,8 +56,8 @@ class EncoderConfig:
     weights: str | None = knob(None, "local weights file for timm encoders", metavar="FILE")
     pooling: str = knob("cls", "ViT pooling of hf encoders", ("cls", "mean", "cls+mean"))
     views: str = knob("concat", VIEW_HELP, metavar="MODE")
-    cache_dir: str | None = knob(None, "embedding cache folder (default: $KENNER_CACHE/embeddings, "
-                                       "KENNER_CACHE defaulting to ~/.cache/kenner)", metavar="DIR")
+    cache_dir: str | None = knob(None, "embedding cache folder", metavar="DIR",
+                                 shown="$KENNER_CACHE/embeddings, KENNER_CACHE defaulting to ~/.cache/kenner")
     embed_batch_size: int = knob(64, "images per encoder forward pass", ge=1)
     backend: str = knob("auto", "encoder runtime (auto: ONNX Runtime for the default encoder on CPU)",
                         ("auto", "torch", "onnx"))
@@ -71,8 +71,8 @@ class ComputeConfig:
     num_workers: int = knob(2, "background image decoding workers", ge=0)
     precision: str = knob("auto", "autocast precision of fine-tuning (auto: bf16 on compute capability >= 8, "
                                   "fp16 before, fp32 on CPU)", ("auto", "bf16", "fp16", "fp32"))
-    accum_steps: int | None = knob(None, "fine-tuning micro-batches per optimizer step (default: from the "
-                                         "GPU's memory)", ge=1)
+    accum_steps: int | None = knob(None, "fine-tuning micro-batches per optimizer step", ge=1,
+                                   shown="from the GPU's memory")
     deterministic: bool = knob(False, "deterministic algorithms (reproducible, slower)")
 
 
@@ -215,7 +215,7 @@ class SideConfig:
 class AugmentConfig:
     """Image size and augmentation of fine-tuning (training images only)."""
 
-    img_size: int | None = knob(None, "input size in pixels (default: the encoder's)", ge=16, metavar="PX")
+    img_size: int | None = knob(None, "input size in pixels", ge=16, metavar="PX", shown="the encoder's")
     aug_preset: str = knob("light", "training augmentation", ("none", "light", "strong"))
     aug_backend: str = knob("torchvision", "augmentation library", ("torchvision", "albumentations", "alb"))
 
@@ -225,7 +225,7 @@ class FinetuneConfig:
     """Fine-tuning the encoder's backbone: phases, EMA, checkpoints."""
 
     freeze_epochs: int = knob(0, "train only the head on a frozen backbone for N epochs first", ge=0)
-    backbone_lr: float | None = knob(None, "learning rate of the backbone once unfrozen (default: --lr)", gt=0)
+    backbone_lr: float | None = knob(None, "learning rate of the backbone once unfrozen", gt=0, shown="--lr")
     ema_decay: float = knob(0.0, "EMA of the weights, evaluated beside the model each epoch (0 = off)", ge=0, lt=1)
     checkpoint_every: int = knob(0, "also keep checkpoint_epoch_N.pt every N epochs (0 = off)", ge=0)
 
@@ -251,8 +251,8 @@ class TrackingConfig:
 
     track: str = knob("mlflow", "tracker (MLflow in ./mlflow.db by default)", ("mlflow", "wandb", "none"))
     experiment: str = knob("kenner", "MLflow experiment / W&B project")
-    tracking_uri: str | None = knob(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                                          "sqlite:///mlflow.db here)", metavar="URI")
+    tracking_uri: str | None = knob(None, "MLflow tracking URI", metavar="URI",
+                                    shown="$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder")
 
 
 SECTIONS: dict[str, type] = {

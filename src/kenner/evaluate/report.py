@@ -60,7 +60,7 @@ def write_report(run_dir: str | Path, context: Mapping[str, Any]) -> Path:
         parts.append(_section("Splits", _splits_table(context["splits"])))
     if context.get("warnings"):
         parts.append(_section("Warnings", "\n".join(f"- {line}" for line in context["warnings"])))
-    for key, title in (("encoder", "Encoder"), ("head", "Head"), ("config", "Configuration highlights")):
+    for key, title in (("encoder", "Encoder"), ("head", "Method"), ("config", "Configuration highlights")):
         if context.get(key):
             parts.append(_section(title, _key_values(context[key])))
     if context.get("metrics"):

@@ -39,7 +39,7 @@ register_method(MethodSpec(
 register_method(MethodSpec(
     "finetune", "fine-tune the encoder's backbone with a head, on the images (checkpoints, auto-resume)",
     ("optim", "schedule", "early_stopping", "arcface", "loss", "sampler", "head", "augment", "finetune"),
-    "kenner.methods.finetune:FinetuneMethod", defaults=FINETUNE_DEFAULTS,
+    "kenner.methods.finetune:FinetuneMethod", defaults=FINETUNE_DEFAULTS, uses_embeddings=False,
 ))
 
 __all__ = ["METHODS", "MethodSpec", "register_method"]

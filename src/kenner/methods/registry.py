@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: what it reads and where it lives."""
+    """A registered method: what it reads and where it lives. ``uses_embeddings``: it reads the cached
+    embeddings (the driver computes them before timing the fit), rather than pixels."""
 
     name: str
     summary: str
@@ -29,6 +30,7 @@ class MethodSpec:
     entry: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    uses_embeddings: bool = True
 
     @property
     def all_sections(self) -> tuple[str, ...]:
