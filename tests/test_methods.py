@@ -1,0 +1,96 @@
+"""Every registered method through the one run driver, from the CLI: k folds, background images, the reject
+option, ``kenner evaluate`` and ``kenner predict`` — the same way for all of them."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kenner.cli import main
+from kenner.methods import METHODS
+from synthetic import write_two_view_dataset
+
+# Flags that keep each method's run small on tiny data; everything else is the method's defaults.
+FAST = {
+    "linear": ["--epochs", "30"],
+    "mlp": ["--epochs", "30", "--hidden-sizes", "64"],
+    "arcface": ["--epochs", "30", "--hidden-sizes", "64", "--arcface-scale", "16", "--arcface-margin", "0.2"],
+    "knn": [],
+    "metric": ["--epochs", "8", "--pk-p", "4", "--pk-k", "2", "--embedding-dim", "32"],
+    "side": ["--epochs", "30"],
+    "finetune": ["--epochs", "2", "--img-size", "32", "--batch-size", "8"],
+}
+
+
+@pytest.fixture(scope="module")
+def coins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(two-view manifest, folder of background images, shared embedding cache)."""
+    root = tmp_path_factory.mktemp("methods")
+    manifest = write_two_view_dataset(root / "data")
+    background = root / "background"
+    background.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(background / f"noise{i}.png")
+    return manifest, background, root / "cache"
+
+
+def test_every_method_is_registered_with_fast_flags() -> None:
+    assert set(FAST) == set(METHODS.list())
+
+
+@pytest.mark.parametrize("method", METHODS.list())
+def test_every_method_runs_folds_background_reject_evaluate_and_predict(
+        method: str, coins: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    manifest, background, cache = coins
+    run = tmp_path / "run"
+    common = ["--cache-dir", str(cache), "--device", "cpu"]
+    assert main(["train", "--method", method, "--data", str(manifest), "--out-dir", str(run), "--folds", "3",
+                 "--background-dir", str(background), "--bg", "2", "--target-precision", "0.9", "--no-track",
+                 "--num-workers", "0", *common, *FAST[method]]) == 0
+
+    summary = json.loads((run / "folds_metrics.json").read_text())
+    assert len(summary["test"]["macro_f1"]["values"]) == 3 and (run / "folds_summary.md").is_file()
+    chance = 1 / 4  # three coin types and the background class (two classes for the side classifier)
+    assert summary["test"]["accuracy"]["mean"] > (0.5 if method == "side" else chance) + 0.2, summary["test"]
+    for index in range(3):
+        fold = run / f"fold_{index}"
+        for name in ("run_config.json", "class_to_idx.json", "metrics.json", "per_class.csv", "predictions.parquet",
+                     "confusion_matrix.png", "reject.json", "coverage_accuracy.png", "history.json", "report.md",
+                     "splits/test_ids.json", "model/model_info.json"):
+            assert (fold / name).is_file(), f"{method} fold_{index}: {name}"
+        assert json.loads((fold / "run_config.json").read_text())["method"] == method
+        reject = json.loads((fold / "reject.json").read_text())
+        assert reject["target_precision"] == 0.9 and "test" in reject["splits"]
+        classes = json.loads((fold / "class_to_idx.json").read_text())
+        assert ("background" in classes) != (method == "side")
+
+    fold = run / "fold_0"
+    trained = pd.read_parquet(fold / "predictions.parquet").set_index("sample_id")
+    assert main(["evaluate", str(fold), *common]) == 0
+    evaluated = pd.read_parquet(fold / "eval" / "predictions.parquet").set_index("sample_id")
+    shared = evaluated.index.intersection(trained.index)
+    assert len(shared) >= 36, "every real sample is scored again"
+    assert (evaluated.loc[shared, "split"] == trained.loc[shared, "split"]).all()
+    assert (evaluated.loc[shared, "predicted"].fillna("") == trained.loc[shared, "predicted"].fillna("")).all()
+    np.testing.assert_allclose(np.stack(evaluated.loc[shared, "topk_scores"]),
+                               np.stack(trained.loc[shared, "topk_scores"]), atol=1e-5)
+
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(fold), str(manifest), "-k", "2", "--output", str(out), *common]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 36
+    if method == "side":  # the manifest's photos are in obverse|reverse order
+        assert np.mean([row["predicted"] == "obverse|reverse" for row in rows]) > 0.7
+    else:
+        test_ids = set(trained.index[trained["split"] == "test"])
+        by_id = {row["id"]: row for row in rows}
+        for sample_id in test_ids & set(by_id):  # new images are predicted as the run predicted them
+            expected = trained.loc[sample_id, "predicted"]
+            assert by_id[sample_id]["predicted"] == (expected if isinstance(expected, str) else "unclassifiable")
