@@ -4,17 +4,16 @@ import numpy as np
 import pytest
 
 from kenner.errors import KennerError
-from kenner.retrieval.index import Gallery
 from kenner.evaluate.reject import (
     RejectRule,
     coverage_accuracy_curve,
     evaluate_rule,
     proba_confidence,
-    retrieval_confidence,
     tune_reject_rule,
     tune_threshold,
 )
-from kenner.retrieval.vote import vote
+from kenner.retrieval.index import Gallery
+from kenner.retrieval.vote import retrieval_confidence, vote
 
 
 def _confidences(n, seed):
