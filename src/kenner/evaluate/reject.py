@@ -3,7 +3,8 @@
 One rule serves retrieval and classifier heads alike. Each prediction carries two numbers:
 
 - a **distance** (lower = more confident): the top-1 cosine distance for retrieval
-  (see :func:`kenner.retrieval.vote.retrieval_confidence`), ``1 - max probability`` for a classifier (:func:`proba_confidence`);
+  (:func:`kenner.retrieval.vote.retrieval_confidence`), ``1 - max probability`` for a classifier
+  (:func:`proba_confidence`);
 - a **margin** (higher = more confident): top-1 minus top-2 vote score, or top-1 minus top-2 probability.
 
 A :class:`RejectRule` rejects when the distance exceeds ``max_distance`` or the margin falls below

@@ -65,7 +65,8 @@ def reject_markdown(summary: dict[str, Any]) -> str:
     missed = "" if point["target_met"] else " (**target not reached on val**)"
     target = (f"target precision {summary['target_precision']}" if summary.get("target_precision") is not None
               else f"target coverage {summary['target_coverage']}")
-    text.append(f"Rule \"{rule_text(summary['rule'], summary.get('distance', 'distance'))}\" tuned on val for {target}: coverage "
+    rule = rule_text(summary["rule"], summary.get("distance", "distance"))
+    text.append(f"Rule \"{rule}\" tuned on val for {target}: coverage "
                 f"{point['coverage']:.3f}, precision {point['precision']:.3f}{missed}. "
                 "Measured on each split with the same rule:")
     header = ["split", "coverage", "precision (accepted)", "accuracy (all)", "accepted", "n"]
