@@ -126,7 +126,9 @@ def tune_threshold(
     thresholds = curve["threshold"]  # descending: strictest first
     # halfway to the next less confident score (same rows accepted here), so a score that recomputes a
     # hair lower elsewhere (another batch size, another machine) is not rejected
-    below = thresholds[best + 1] if best + 1 < len(thresholds) else thresholds[best] - 1.0
+    # (accepting everything: just past the least confident score, so a bounded signal stays in its range)
+    below = thresholds[best + 1] if best + 1 < len(thresholds) else thresholds[best] - 1e-6 * max(
+        1.0, abs(thresholds[best]))
     return OperatingPoint(
         threshold=float((thresholds[best] + below) / 2),
         coverage=float(curve["coverage"][best]),

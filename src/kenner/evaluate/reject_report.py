@@ -56,8 +56,9 @@ def tune_reject(distance: np.ndarray, margin: np.ndarray, correct: np.ndarray, s
 
 def reject_markdown(summary: dict[str, Any]) -> str:
     """The report section: the curve, the tuned rule, and what it achieves on each split."""
-    text = [f"Coverage–accuracy curve on {summary['curve_split']} (signal: {summary['by']}; "
-            "the marked point is the tuned operating point):", "![coverage–accuracy](coverage_accuracy.png)"]
+    marked = "; the marked point is the tuned operating point" if "rule" in summary else ""
+    text = [f"Coverage–accuracy curve on {summary['curve_split']} (signal: {summary['by']}{marked}):",
+            "![coverage–accuracy](coverage_accuracy.png)"]
     if "rule" not in summary:
         text.append("No target (`--target-precision` / `--target-coverage`): every prediction is accepted.")
         return "\n\n".join(text)
