@@ -1,0 +1,116 @@
+"""``kenner compare``: several methods (and encoders) on the same leakage-safe split or folds, one table.
+
+Every entry is a full run (its own run folder under the comparison folder), all reading one saved split (or
+one set of folds), so the figures differ only by method. ``comparison.csv`` / ``comparison.md`` hold per
+entry the test macro-F1 (mean ± std over folds or seeds), accuracy, top-5 accuracy, ECE, the test coverage at
+the target precision, fit and predict seconds, and the val macro-F1 that picks the entry marked as chosen;
+``comparison.png`` shows the test macro-F1 as bars.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kenner.config.tree import RunConfig
+from kenner.evaluate.plots import plot_bars
+from kenner.evaluate.report import format_number, markdown_table
+from kenner.io import atomic_write_text
+from kenner.runs.data import split_dataset
+from kenner.runs.driver import RunResult, train
+from kenner.runs.folds import aggregate_folds
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("macro_f1", "accuracy", "top5_accuracy", "ece", "reject_coverage")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One compared configuration: its label (``mlp:full``, ``knn@efficientnet_lite1``) and config."""
+
+    label: str
+    config: RunConfig
+
+
+def compare(entries: list[Entry], out_dir: str | Path, *, seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
+    """Run every entry (once per seed) on one split (``--splits DIR``, else made once in ``out_dir/splits``)
+    and write the comparison."""
+    out_dir = Path(out_dir)
+    first = entries[0].config
+    split_dir = Path(first.split.splits) if first.split.splits else out_dir / "splits"
+    if not first.split.splits and not (split_dir / ("fold_0" if first.split.folds else "") / "train_ids.json").exists():
+        log.info(split_dataset(first.data, first.split, split_dir))
+    rows = []
+    for entry in entries:
+        results = []
+        for seed in seeds:
+            folder = out_dir / safe_label(entry.label) / (f"seed_{seed}" if len(seeds) > 1 else "")
+            cfg = entry.config.replace(out_dir=str(folder), splits=str(split_dir), seed=seed)
+            log.info("compare: %s%s", entry.label, f" (seed {seed})" if len(seeds) > 1 else "")
+            results.append(train(cfg))
+        rows.append(_row(entry, results))
+    table = pd.DataFrame(rows)
+    chosen = int(table["val_macro_f1"].fillna(-1).to_numpy().argmax())
+    table["chosen_on_val"] = [i == chosen for i in range(len(table))]
+    atomic_write_text(out_dir / "comparison.csv", table.to_csv(index=False))
+    plot_bars(table["method"].tolist(), table["test_macro_f1"].tolist(), table["test_macro_f1_std"].tolist(),
+              out_dir / "comparison.png", xlabel="test macro-F1", highlight=chosen,
+              title="Methods on one split" + (f" ({first.split.folds} folds)" if first.split.folds else ""))
+    atomic_write_text(out_dir / "comparison.md", comparison_markdown(table, first, seeds))
+    return table
+
+
+def safe_label(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+
+
+def _row(entry: Entry, results: list[RunResult]) -> dict[str, Any]:
+    """Means (± std) of the figures over folds (a k-fold run's own summary) or seeds."""
+    if results[0].folds is not None and len(results) == 1:
+        summary = results[0].folds
+    else:
+        summary = aggregate_folds([result.metrics for result in results])
+    row: dict[str, Any] = {"method": entry.label, "encoder": entry.config.encoder.encoder}
+    for key in COLUMNS:
+        figure = summary.get("test", {}).get(key)
+        row[f"test_{key}"] = figure["mean"] if figure else np.nan
+        row[f"test_{key}_std"] = figure["std"] if figure else np.nan
+    row["val_macro_f1"] = summary.get("val", {}).get("macro_f1", {}).get("mean", np.nan)
+    row["fit_seconds"] = float(np.mean([result.fit_seconds for result in results]))
+    row["predict_seconds"] = float(np.mean([result.predict_seconds for result in results]))
+    row["runs"] = len(summary.get("test", {}).get("macro_f1", {}).get("values", [])) or len(results)
+    row["run_folder"] = str(results[0].out_dir.parent if len(results) > 1 else results[0].out_dir)
+    return row
+
+
+def comparison_markdown(table: pd.DataFrame, cfg: RunConfig, seeds: tuple[int, ...]) -> str:
+    """comparison.md: the table, best first by test macro-F1, the entry chosen on val marked."""
+    over = (f"{cfg.split.folds} group-aware folds" if cfg.split.folds else
+            f"one group-aware split ({', '.join(f'{r:g}' for r in cfg.split.split_ratios)})")
+    seeds_text = f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+    target = cfg.decision.target_precision
+    lines = [f"# Comparison on {cfg.data.data}", "",
+             f"Every method on {over}{seeds_text}; figures on test as mean ± std. The entry marked ✓ has the best "
+             "validation macro-F1 (the one to pick without looking at test). "
+             + (f"Coverage: share of test images answered at the reject rule tuned on val for precision "
+                f"{target:g}." if target is not None else "No reject target was set: coverage is 1."), ""]
+
+    def pm(row: pd.Series, key: str) -> str:
+        mean, std = row[f"test_{key}"], row[f"test_{key}_std"]
+        if pd.isna(mean):
+            return "–"
+        return f"{mean:.4f} ± {std:.4f}" if row["runs"] > 1 else f"{mean:.4f}"
+
+    header = ["", "method", "encoder", "macro-F1", "accuracy", "top-5", "ECE", "coverage", "val macro-F1",
+              "fit s", "predict s"]
+    rows = [["✓" if row["chosen_on_val"] else "", row["method"], row["encoder"], *(pm(row, key) for key in COLUMNS),
+             format_number(row["val_macro_f1"]), f"{row['fit_seconds']:.1f}", f"{row['predict_seconds']:.1f}"]
+            for _, row in table.sort_values("test_macro_f1", ascending=False).iterrows()]
+    lines += [markdown_table(header, rows), "", "![test macro-F1 per method](comparison.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""``kenner sweep``: every combination of encoders, head methods, profiles and field values, fitted on cached
+embeddings over one saved split, into ``results.csv`` / ``results.md`` and ``summary.md``.
+
+Configurations whose settings allow it (they differ only in learning rate, weight decay, label smoothing,
+class weights or calibration) train together as one batched model (:func:`kenner.heads.multihead.fit_multihead`);
+the rest are fitted one by one. Every finished configuration is appended to ``results.csv`` at once
+(atomically), keyed by its name, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from kenner.heads.multihead import batch_key, fit_multihead
+from tqdm.auto import tqdm
+
+from kenner.config.compose import compose_config
+from kenner.config.profiles import PROFILES
+from kenner.config.tree import RunConfig, to_nested
+from kenner.errors import KennerError
+from kenner.evaluate.calibration import expected_calibration_error
+from kenner.evaluate.metrics import classification_metrics
+from kenner.heads import EmbeddingClassifier, head_params
+from kenner.io import atomic_write_text
+from kenner.methods import METHODS
+from kenner.methods.base import TaskData
+from kenner.runs.data import check_views, embedder_for, load_data, resolve_split, task_data, with_background
+from kenner.config.tree import dataset_name, safe_name
+from kenner.runs.sweep_report import (
+    KNOBS,
+    METRICS,
+    read_results,
+    results_markdown,
+    summary_markdown,
+    track_row,
+)
+from kenner.runs.tracking import Tracker, tracker_for
+
+log = logging.getLogger(__name__)
+
+HEAD_METHODS = ("linear", "mlp", "arcface")
+SHORT = {"weight_decay": "wd", "label_smoothing": "ls", "mixup": "mix"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to combine: encoders, head methods, profiles, and per field the values to try (raw strings)."""
+
+    encoders: tuple[str, ...] = ("default",)
+    methods: tuple[str, ...] = ("linear",)
+    profiles: tuple[str, ...] = ("base",)
+    values: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One configuration: its name, its name without the seed, and its config."""
+
+    name: str
+    config_name: str
+    encoder: str
+    profile: str
+    config: RunConfig
+
+
+def fmt(value: Any) -> str:
+    """A value as it appears in run names: ``0.1 -> 0p1``, ``(1024, 512) -> 1024_512``."""
+    if isinstance(value, tuple | list):
+        return "_".join(fmt(v) for v in value)
+    return (f"{value:g}" if isinstance(value, float) else str(value)).replace(".", "p")
+
+
+def arch(cfg: RunConfig) -> str:
+    """``lin``, ``mlp1024_512``, ``arcface512``: the architecture part of a run name."""
+    if cfg.method == "linear":
+        return "lin"
+    return cfg.method + fmt(cfg.head.hidden_sizes)
+
+
+def expand_grid(grid: Grid, base: dict[str, Any], *, dataset: str, bg: int = 0
+                ) -> tuple[list[SweepRun], list[tuple[str, str]]]:
+    """Every valid combination as a :class:`SweepRun`, plus (name, reason) of invalid ones.
+
+    Names follow ``<dataset>_<encoder>_<arch>_mix<a>_ls<s>[_<field><value>...]_<profile>[_bg<n>][_s<seed>]``; a
+    field appears when more than one value of it is swept. A profile that sets a head type (``arcface``) picks
+    that method; equal configurations (a linear head under several hidden sizes) run once.
+    """
+    swept = {name: values for name, values in grid.values.items() if name != "seed"}
+    seeds = grid.values.get("seed", (None,))
+    runs: dict[str, SweepRun] = {}
+    skipped: list[tuple[str, str]] = []
+    for encoder, method, profile, combo, seed in itertools.product(
+            grid.encoders, grid.methods, grid.profiles, itertools.product(*swept.values()), seeds):
+        chosen = dict(zip(swept, combo, strict=True))
+        explicit = {**base, **chosen, "encoder": encoder, **({} if seed is None else {"seed": seed})}
+        varied = [f"{SHORT.get(name, name)}{fmt(value)}" for name, value in chosen.items()
+                  if len(swept[name]) > 1 and name not in ("mixup", "label_smoothing", "hidden_sizes")]
+        try:
+            cfg = compose_config(dict(METHODS.items()), method=PROFILES[profile].get("head_type", method),
+                                 profile=profile, explicit=to_nested(explicit, where="sweep"))
+        except KennerError as error:
+            label = "_".join([dataset, safe_name(encoder), method, *map(fmt, combo), profile])
+            skipped.append((label, str(error)))
+            continue
+        config_name = "_".join([dataset, safe_name(encoder), arch(cfg), f"mix{fmt(cfg.loss.mixup)}",
+                                f"ls{fmt(cfg.loss.label_smoothing)}", *varied, profile, *([f"bg{bg}"] if bg else [])])
+        name = config_name + (f"_s{seed}" if len(seeds) > 1 else "")
+        runs.setdefault(name, SweepRun(name, config_name, encoder, profile, cfg))
+    return list(runs.values()), skipped
+
+
+@dataclass
+class _Task:
+    """The arrays one encoder's configurations are fitted and evaluated on."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray | None
+    y_val: np.ndarray | None
+    X_eval: np.ndarray
+    y_eval: np.ndarray
+    eval_split: str
+    class_names: list[str]
+    background: str | None
+
+
+def _task(data: TaskData) -> _Task:
+    X = data.samples.features()
+    train, val = data.mask("train"), data.mask("val")
+    if not train.any():
+        raise KennerError("the split has no training rows; check --split-ratios and the dataset size")
+    eval_split = "test" if data.mask("test").any() else "val"
+    if not data.mask(eval_split).any():
+        raise KennerError("the split has neither test nor validation rows to evaluate on")
+    evaluated = data.mask(eval_split)
+    return _Task(X[train], data.y[train], X[val] if val.any() else None, data.y[val] if val.any() else None,
+                 X[evaluated], data.y[evaluated], eval_split, data.class_names, data.background_class)
+
+
+def _metrics(y: np.ndarray, logits: np.ndarray, temperature: float, class_names: list[str],
+             background: str | None) -> dict[str, float]:
+    """The results-table metrics of one head; ``ece_uncalibrated`` is the ECE at temperature 1."""
+    proba = _softmax(logits / temperature)
+    metrics = classification_metrics(y, proba.argmax(1), proba, class_names, background_class=background)
+    for key in METRICS[:4]:
+        metrics.setdefault(key, metrics[key.removesuffix("_fg")])
+    metrics["ece_uncalibrated"] = (metrics["ece"] if temperature == 1.0
+                                   else expected_calibration_error(_softmax(logits), y))
+    return {key: metrics[key] for key in (*METRICS, "macro_f1")}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _fit_group(runs: list[SweepRun], task: _Task) -> Iterator[dict[str, Any]]:
+    """Fit a group of runs (one batched model where their settings allow) and yield each one's row."""
+    configs = [run.config for run in runs]
+    if any(c.head.calibrate for c in configs) and task.X_val is None:
+        raise KennerError(f"{runs[0].name}: temperature scaling (profile calib/full, --calibrate) is fitted on "
+                          "validation rows, but the split has none; give --split-ratios a val share")
+    classes = np.arange(len(task.class_names))
+    params = [head_params(cfg) for cfg in configs]
+    if len(runs) > 1 or batch_key(params[0]) is not None:
+        fit = fit_multihead(task.X_train, task.y_train, params, classes=classes, X_val=task.X_val,
+                            y_val=task.y_val)
+        start = time.perf_counter()
+        logits = np.asarray(fit.logits(task.X_eval))
+        shared_eval = (time.perf_counter() - start) / len(runs)
+        temperatures, epochs = [float(t) for t in fit.temperatures], list(fit.best_epochs)
+        fit_s = fit.fit_seconds / len(runs)
+        n_calibrated = max(sum(c.head.calibrate for c in configs), 1)
+        calib_seconds = [fit.calibration_seconds / n_calibrated if c.head.calibrate else 0.0 for c in configs]
+    else:
+        head = EmbeddingClassifier(**params[0]).fit(task.X_train, task.y_train, X_val=task.X_val, y_val=task.y_val,
+                                                    classes=classes)
+        start = time.perf_counter()
+        logits = np.asarray(head.decision_function(task.X_eval))[None]
+        shared_eval = time.perf_counter() - start
+        temperatures, epochs, fit_s = [float(head.temperature_)], [head.best_epoch_], head.fit_seconds_
+        calib_seconds = [getattr(head, "calibration_seconds_", 0.0)]
+    for run, head_logits, temperature, calib_s, epoch in zip(runs, logits, temperatures, calib_seconds, epochs,
+                                                             strict=True):
+        start = time.perf_counter()
+        cfg = run.config
+        metrics = _metrics(task.y_eval, head_logits, temperature, task.class_names, task.background)
+        yield {
+            "name": run.name, "config_name": run.config_name, "encoder": run.encoder, "profile": run.profile,
+            "method": cfg.method, "head": arch(cfg), "mixup": cfg.loss.mixup,
+            "label_smoothing": cfg.loss.label_smoothing, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay,
+            "seed": cfg.optim.seed, **metrics, "temperature": temperature, "fit_seconds": fit_s,
+            "calibration_seconds": calib_s, "evaluation_seconds": shared_eval + time.perf_counter() - start,
+            "best_epoch": epoch, "batched_heads": len(runs), "eval_split": task.eval_split,
+            "config": json.dumps(cfg.to_dict(METHODS.get(cfg.method).sections), sort_keys=True),
+        }
+
+
+def _check_resumable(run: SweepRun, row: pd.Series, path: Path) -> None:
+    saved, now = json.loads(row["config"]), run.config.to_dict(METHODS.get(run.config.method).sections)
+    changed = sorted(key for key in now if saved.get(key) != now[key])
+    if changed:
+        raise KennerError(f"{path}: run {run.name} was made with other settings ({', '.join(changed)}); "
+                          "use a new --out-dir or remove that file to start over")
+
+
+def run_sweep(grid: Grid, base: dict[str, Any], out_dir: str | Path, *, reference: str = "base",
+              tracker: Tracker | None = None) -> pd.DataFrame:
+    """Run every configuration of ``grid`` (``base``: the fields every run shares, by name) for every encoder
+    on one split saved in ``out_dir/splits``; returns all rows, finished earlier or now."""
+    unknown = [m for m in grid.methods if m not in HEAD_METHODS]
+    if unknown:
+        raise KennerError(f"kenner sweep trains heads ({', '.join(HEAD_METHODS)}); for {', '.join(unknown)} use "
+                          "kenner compare")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.csv"
+    results = read_results(path)
+    done = {row["name"]: row for _, row in results.iterrows()} if len(results) else {}
+    probe = compose_config(dict(METHODS.items()), explicit=to_nested({**base, "encoder": grid.encoders[0]}))
+    tracker = tracker or tracker_for(probe.tracking)
+    dataset, _ = load_data(probe.data, out_dir)
+    check_views(dataset, probe.encoder.views)
+    split = resolve_split(dataset, probe.split, out_dir)
+    skipped_all: list[tuple[str, str]] = []
+    for encoder in grid.encoders:
+        runs, skipped = expand_grid(Grid((encoder,), grid.methods, grid.profiles, grid.values), base,
+                                    dataset=dataset_name(probe.data.data), bg=probe.data.bg)
+        skipped_all += skipped
+        for run in runs:
+            if run.name in done:
+                _check_resumable(run, done[run.name], path)
+        todo = [run for run in runs if run.name not in done]
+        if len(todo) < len(runs):
+            log.info("%s: %d of %d configurations already finished", encoder, len(runs) - len(todo), len(runs))
+        if not todo:
+            continue
+        first = todo[0].config
+        data = task_data(dataset, split, embedder_for(first), first.encoder.views,
+                         background_class=first.data.background_class)
+        task = _task(with_background(data, first.data, seed=0))
+        groups: dict[Any, list[SweepRun]] = {}
+        for run in todo:
+            groups.setdefault(batch_key(head_params(run.config)) or run.name, []).append(run)
+        bar = tqdm(total=len(todo), desc=f"sweep {safe_name(encoder)}", unit="config", disable=None)
+        for group in groups.values():
+            for row in _fit_group(group, task):
+                results = pd.concat([results, pd.DataFrame([row])], ignore_index=True)
+                atomic_write_text(path, results.to_csv(index=False))
+                track_row(tracker, row, sweep=out_dir.name)
+                log.info("%s: macro_f1_fg=%.4f", row["name"], row["macro_f1_fg"])
+                bar.update()
+        bar.close()
+    if skipped_all:
+        atomic_write_text(out_dir / "skipped.md", "".join(f"- `{name}`: {why}\n" for name, why in skipped_all))
+    knobs = (*KNOBS, *(name for name in grid.values if name not in KNOBS and name != "seed"))
+    atomic_write_text(out_dir / "results.md", results_markdown(results))
+    atomic_write_text(out_dir / "summary.md", summary_markdown(results, reference, skipped_all, knobs))
+    return results
+
+
+def grid_values(raw: dict[str, Any], list_fields: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """Per field, the values to sweep: comma-separated strings split, list fields given as several values."""
+    values: dict[str, tuple[Any, ...]] = {}
+    for name, value in raw.items():
+        if name in list_fields:
+            items = value if isinstance(value, list | tuple) else [value]
+            values[name] = tuple("" if str(item).lower() in ("lin", "linear", "none") else item for item in items)
+        else:
+            values[name] = tuple(item.strip() for item in str(value).split(",") if item.strip())
+    return {name: items for name, items in values.items() if items}
