@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import re
 import warnings
 import zlib
@@ -22,8 +21,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from kenner.errors import KennerError
 from kenner.io import atomic_write_json, atomic_write_text, read_json
-
-log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -73,12 +70,12 @@ def make_split(
 
 def make_folds(
     groups: Sequence, labels: Sequence, *, k: int, seed: int = 0, val_fraction: float = 0.15
-) -> list[Split]:
+) -> tuple[list[Split], list[str]]:
     """K group-aware stratified folds; the test sets are disjoint and together cover every group.
 
     Fold i's test set is the i-th fold of sklearn's StratifiedGroupKFold; the other groups are split
     into train and val (``val_fraction`` of the whole dataset) like ``make_split``. Small classes
-    are logged as warnings.
+    are reported in the returned warnings (``fold i: ...``).
     """
     if k < 2:
         raise KennerError(f"k-fold needs k >= 2, got {k}")
@@ -94,17 +91,16 @@ def make_folds(
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         split_iter = folder.split(np.zeros(len(pairs)), [lab for _, lab in pairs], [grp for grp, _ in pairs])
         fold_indices = [test for _, test in split_iter]
-    folds = []
+    folds, messages = [], []
     for fold, test_idx in enumerate(fold_indices):
         test_groups = {pairs[i][0] for i in test_idx}
         rest = [pair for pair in pairs if pair[0] not in test_groups]
-        inner, messages = _assign(rest, (1 - val_ratio, val_ratio, 0.0), (seed, fold))
-        for message in messages:
-            log.warning("fold %d: %s", fold, message)
+        inner, inner_messages = _assign(rest, (1 - val_ratio, val_ratio, 0.0), (seed, fold))
+        messages += [f"fold {fold}: {message}" for message in inner_messages]
         split = Split(train=inner.train, val=inner.val, test=sorted(test_groups))
         assert_no_group_leak(split)
         folds.append(split)
-    return folds
+    return folds, messages
 
 
 def split_of_samples(split: Split, groups: Sequence) -> list[str]:

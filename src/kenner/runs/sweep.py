@@ -229,7 +229,7 @@ def run_sweep(grid: Grid, base: dict[str, Any], out_dir: str | Path, *, referenc
     done = {row["name"]: row for _, row in results.iterrows()} if len(results) else {}
     probe = compose_config(dict(METHODS.items()), explicit=to_nested({**base, "encoder": grid.encoders[0]}))
     tracker = tracker or tracker_for(probe.tracking)
-    dataset, _ = load_data(probe.data, out_dir)
+    dataset, _ = load_data(probe.data, out_dir, cache_dir=probe.encoder.cache_dir)
     check_views(dataset, probe.encoder.views)
     split = resolve_split(dataset, probe.split, out_dir)
     skipped_all: list[tuple[str, str]] = []
