@@ -149,8 +149,20 @@ def _all_files(folder: Path) -> set[Path]:
 
 
 def test_every_kind_of_response(server: str, tmp_path: Path) -> None:
-    names = ["good.jpg", "good.png", "copy.jpg", "broken.jpg", "page.html", "redirect", "missing.jpg",
-             "flaky.png", "always500", "slow.jpg", "big-declared.jpg", "big-streamed.jpg"]
+    names = [
+        "good.jpg",
+        "good.png",
+        "copy.jpg",
+        "broken.jpg",
+        "page.html",
+        "redirect",
+        "missing.jpg",
+        "flaky.png",
+        "always500",
+        "slow.jpg",
+        "big-declared.jpg",
+        "big-streamed.jpg",
+    ]
     rows = [(f"{server}/{name}", "cats") for name in names]
     csv_path = _write_csv(tmp_path / "urls.csv", rows)
     root = tmp_path / "root"
@@ -158,15 +170,28 @@ def test_every_kind_of_response(server: str, tmp_path: Path) -> None:
 
     assert (summary.rows, summary.downloaded, summary.duplicates, summary.failed) == (12, 4, 1, 7)
     class_dir = root / "cats"
-    expected = {_name(JPEG, ".jpg"), _name(PNG, ".png"), _name(TARGET, ".jpg"),
-                _name(_image_bytes((1, 2, 3), "PNG"), ".png")}
+    expected = {
+        _name(JPEG, ".jpg"),
+        _name(PNG, ".png"),
+        _name(TARGET, ".jpg"),
+        _name(_image_bytes((1, 2, 3), "PNG"), ".png"),
+    }
     assert {path.name for path in class_dir.iterdir()} == expected
     assert (class_dir / _name(JPEG, ".jpg")).read_bytes() == JPEG
     assert all("_" not in name for name in expected)  # each photo is its own group
     failures = _failures(root)
-    assert set(failures) == {f"{server}/{name}" for name in ("broken.jpg", "page.html", "missing.jpg",
-                                                               "always500", "slow.jpg",
-                                                               "big-declared.jpg", "big-streamed.jpg")}
+    assert set(failures) == {
+        f"{server}/{name}"
+        for name in (
+            "broken.jpg",
+            "page.html",
+            "missing.jpg",
+            "always500",
+            "slow.jpg",
+            "big-declared.jpg",
+            "big-streamed.jpg",
+        )
+    }
     assert "not a readable image" in failures[f"{server}/broken.jpg"]["reason"]
     assert "text/html" in failures[f"{server}/page.html"]["reason"]
     assert "HTTP 404" in failures[f"{server}/missing.jpg"]["reason"]
@@ -202,8 +227,11 @@ def test_rerun_downloads_nothing_new(server: str, tmp_path: Path) -> None:
 
 
 def test_hostile_class_and_url_stay_inside_root(server: str, tmp_path: Path) -> None:
-    rows = [(f"{server}/good.jpg", "../../x"), (f"{server}/img/..%2f..%2fescape.png", "/etc/passwd"),
-            (f"{server}/../../escape2.png", "..")]
+    rows = [
+        (f"{server}/good.jpg", "../../x"),
+        (f"{server}/img/..%2f..%2fescape.png", "/etc/passwd"),
+        (f"{server}/../../escape2.png", ".."),
+    ]
     csv_path = _write_csv(tmp_path / "urls.csv", rows[:2])
     root = tmp_path / "root"
     summary = download_images(csv_path, root, **FAST)
@@ -217,8 +245,9 @@ def test_hostile_class_and_url_stay_inside_root(server: str, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("mode", ["hard", "symlink", "copy"])
 def test_link_modes(server: str, tmp_path: Path, mode: str) -> None:
-    csv_path = _write_csv(tmp_path / "urls.csv", [(f"{server}/good.png", "a", "aurita")],
-                          header=("url", "class", "source"))
+    csv_path = _write_csv(
+        tmp_path / "urls.csv", [(f"{server}/good.png", "a", "aurita")], header=("url", "class", "source")
+    )
     root = tmp_path / "root"
     download_images(csv_path, root, link_mode=mode, sources_dir=tmp_path / "raw_sources", **FAST)
     source_file = tmp_path / "raw_sources" / "aurita" / "a" / _name(PNG, ".png")
@@ -301,14 +330,27 @@ def test_cli(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     csv_path = _write_csv(tmp_path / "urls.csv", [(f"{server}/good.png", "a"), (f"{server}/nothing", "a")])
-    base = ["download", "--csv", str(csv_path), "--out-dir", str(tmp_path / "root"), "--timeout", "0.3",
-            "--retries", "0", "--link-mode", "copy"]
+    base = [
+        "download",
+        "--csv",
+        str(csv_path),
+        "--out-dir",
+        str(tmp_path / "root"),
+        "--timeout",
+        "0.3",
+        "--retries",
+        "0",
+        "--link-mode",
+        "copy",
+    ]
     args = parser.parse_args(base)
     assert args.func(args) == 1  # one URL failed
     out, err = capsys.readouterr()
     assert "1 downloaded" in out
-    assert err == f"kenner: 1 of 2 rows failed (listed in {tmp_path / 'root' / 'download_failures.csv'}); fix them " \
-                  "or rerun to retry\n"
+    assert (
+        err == f"kenner: 1 of 2 rows failed (listed in {tmp_path / 'root' / 'download_failures.csv'}); fix them "
+        "or rerun to retry\n"
+    )
     assert (tmp_path / "root" / "a" / _name(PNG, ".png")).read_bytes() == PNG
     only_good = _write_csv(tmp_path / "good.csv", [(f"{server}/good.png", "../yellow star")])
     args = parser.parse_args([*base[:2], str(only_good), *base[3:]])
@@ -361,17 +403,23 @@ def test_one_url_under_two_classes_names_both_rows(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "urls.csv", rows)
     with pytest.raises(DataError) as caught:
         read_url_csv(path)
-    assert str(caught.value) == (f"{path}, row 3: http://x/a.jpg is listed twice, as class 'a' (source 'default') in "
-                                 "row 1 and as class 'b' (source 'default'); keep one of the rows")
+    assert str(caught.value) == (
+        f"{path}, row 3: http://x/a.jpg is listed twice, as class 'a' (source 'default') in "
+        "row 1 and as class 'b' (source 'default'); keep one of the rows"
+    )
 
 
-@pytest.mark.parametrize(("header", "row", "what"), [
-    (("url", "class"), ("Download_Failures.CSV",), "class"),
-    (("url", "class", "source"), ("a", "download_state.jsonl"), "source"),
-])
+@pytest.mark.parametrize(
+    ("header", "row", "what"),
+    [
+        (("url", "class"), ("Download_Failures.CSV",), "class"),
+        (("url", "class", "source"), ("a", "download_state.jsonl"), "source"),
+    ],
+)
 def test_kenner_file_names_are_not_class_or_source_names(server: str, tmp_path: Path, header, row, what) -> None:
-    csv_path = _write_csv(tmp_path / "urls.csv", [(f"{server}/good.png", "a"), (f"{server}/nothing", *row)],
-                          header=header)
+    csv_path = _write_csv(
+        tmp_path / "urls.csv", [(f"{server}/good.png", "a"), (f"{server}/nothing", *row)], header=header
+    )
     root = tmp_path / "root"
     with pytest.raises(DataError, match=f"row 2: {what} '{row[-1]}' has the name of a file kenner keeps"):
         download_images(csv_path, root, **FAST)

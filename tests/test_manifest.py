@@ -218,7 +218,9 @@ def test_skip_mode_reports_every_bad_image(two_view_manifest: Path, tmp_path: Pa
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["sample_id", "row", "view", "path", "reason"]
     assert [(r["sample_id"], r["row"], r["view"]) for r in rows] == [
-        ("c2", "2", "obverse"), ("c5", "5", "obverse"), ("c5", "5", "reverse")
+        ("c2", "2", "obverse"),
+        ("c5", "5", "obverse"),
+        ("c5", "5", "reverse"),
     ]
     assert rows[1]["path"] == str(images / "c5_obv.jpg")
     assert rows[2]["reason"].startswith("not an image")
@@ -289,7 +291,8 @@ def test_fail_mode_lists_every_bad_image(grouped_folder_dataset: Path, two_view_
         load_dataset(two_view_manifest)
     assert str(caught.value).startswith(
         f"{two_view_manifest}: 2 bad images: row 2 obverse image {images / 'c2_obv.jpg'}: file not found; "
-        f"row 5 reverse image {images / 'c5_rev.jpg'}: not an image")
+        f"row 5 reverse image {images / 'c5_rev.jpg'}: not an image"
+    )
 
 
 def _camera_folder(root: Path, make_image, classes: dict[str, int]) -> Path:
@@ -322,13 +325,18 @@ def test_group_regex_takes_its_first_group_or_the_match(tmp_path: Path, make_ima
         make_image(tmp_path / "pets" / name, seed=seed, noise=20)
     dataset, _ = load_dataset(tmp_path / "pets", group_regex=r"^(\w+) ")
     assert dict(zip(dataset.ids, dataset.groups, strict=True)) == {
-        "cat/kit left": "kit", "cat/tom left": "tom", "cat/tom right": "tom", "dog/rex left": "rex"}
+        "cat/kit left": "kit",
+        "cat/tom left": "tom",
+        "cat/tom right": "tom",
+        "dog/rex left": "rex",
+    }
     dataset, _ = load_dataset(tmp_path / "pets", group_regex=r"^\w+")
     assert sorted(set(dataset.groups)) == ["kit", "rex", "tom"]
 
 
-def test_one_group_holding_most_of_a_class_is_reported(tmp_path: Path, make_image,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_one_group_holding_most_of_a_class_is_reported(
+    tmp_path: Path, make_image, caplog: pytest.LogCaptureFixture
+) -> None:
     root = _camera_folder(tmp_path / "photos", make_image, {"cat": 4})
     make_image(root / "dog" / "d1_1.png", seed=50)
     make_image(root / "dog" / "d2_1.png", seed=51)
@@ -357,25 +365,30 @@ def _add_column(manifest: Path, name: str, values: list[str]) -> None:
     manifest.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize(("old", "new", "intended"), [
-    ("obverse_path", "obverse_pth", "obverse_path"),
-    ("obverse_path", "obverse-paths", "obverse_path"),
-    ("reverse_condition", "reverse_conditon", "reverse_condition"),
-    ("group", "gruop", "group"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "intended"),
+    [
+        ("obverse_path", "obverse_pth", "obverse_path"),
+        ("obverse_path", "obverse-paths", "obverse_path"),
+        ("reverse_condition", "reverse_conditon", "reverse_condition"),
+        ("group", "gruop", "group"),
+    ],
+)
 def test_misspelled_view_column_is_an_error(two_view_manifest: Path, old: str, new: str, intended: str) -> None:
     text = two_view_manifest.read_text()
     two_view_manifest.write_text(text.replace(old, new, 1))
     with pytest.raises(DataError) as caught:
         load_dataset(two_view_manifest, check_images=False)
-    assert str(caught.value).startswith(f"{two_view_manifest}: column {new!r} looks like a misspelling of "
-                                        f"{intended!r}")
+    assert str(caught.value).startswith(f"{two_view_manifest}: column {new!r} looks like a misspelling of {intended!r}")
 
 
 def test_undeclared_column_of_image_paths_is_an_error(two_view_manifest: Path) -> None:
     _add_column(two_view_manifest, "edge", [f"images/c{i}_edge.JPG" for i in range(1, 7)])
-    with pytest.raises(DataError, match=r"column 'edge' holds image paths \(first: 'images/c1_edge.JPG'\) but is "
-                                        r"not a view; name it edge_path"):
+    with pytest.raises(
+        DataError,
+        match=r"column 'edge' holds image paths \(first: 'images/c1_edge.JPG'\) but is "
+        r"not a view; name it edge_path",
+    ):
         load_dataset(two_view_manifest, check_images=False)
 
 

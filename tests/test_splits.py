@@ -94,8 +94,10 @@ def test_independent_of_input_order() -> None:
 def test_saved_files_byte_identical(tmp_path) -> None:
     groups, labels = grouped_data(3)
     order = np.random.default_rng(1).permutation(len(groups))
-    for name, (g, lab) in {"a": (groups, labels),
-                           "b": ([groups[i] for i in order], [labels[i] for i in order])}.items():
+    for name, (g, lab) in {
+        "a": (groups, labels),
+        "b": ([groups[i] for i in order], [labels[i] for i in order]),
+    }.items():
         split, _ = make_split(g, lab, seed=11)
         save_split(split, tmp_path / name, groups=g, labels=lab)
     for file in ("train_ids.json", "val_ids.json", "test_ids.json", "summary.csv"):
@@ -202,8 +204,7 @@ def test_save_and_load_folds(tmp_path) -> None:
 def test_load_split_errors(tmp_path) -> None:
     with pytest.raises(KennerError, match=r"train_ids\.json is missing"):
         load_split(tmp_path)
-    save_split(Split(train=["a"], val=["b"], test=["c"]), tmp_path, groups=["a", "b", "c"],
-               labels=["x", "x", "x"])
+    save_split(Split(train=["a"], val=["b"], test=["c"]), tmp_path, groups=["a", "b", "c"], labels=["x", "x", "x"])
     (tmp_path / "val_ids.json").write_text("[1, 2")
     with pytest.raises(KennerError, match=r"val_ids\.json cannot be read"):
         load_split(tmp_path)

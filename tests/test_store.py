@@ -160,8 +160,7 @@ def test_unreadable_index_is_rebuilt(tmp_path: Path) -> None:
         (DIM, "float16", "other", "fingerprint"),
     ],
 )
-def test_mismatched_store_settings_raise(tmp_path: Path, dim: int, dtype: str, edit: str | None,
-                                         field: str) -> None:
+def test_mismatched_store_settings_raise(tmp_path: Path, dim: int, dtype: str, edit: str | None, field: str) -> None:
     EmbeddingStore(tmp_path, FP, DIM, encoder_name="tiny")
     meta_path = tmp_path / FP / "meta.json"
     meta = json.loads(meta_path.read_text())

@@ -62,8 +62,15 @@ MAX_NAME_BYTES = 120
 RETRY_STATUS = frozenset({408, 429})  # and every 5xx
 MAX_RETRY_AFTER_S = 60.0
 CHUNK_BYTES = 1 << 16
-EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif",
-              "BMP": ".bmp", "TIFF": ".tif"}
+EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
 _UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f]')
 
 
@@ -108,9 +115,11 @@ class DownloadSummary:
     state_path: Path | None = None
 
     def __str__(self) -> str:
-        text = (f"{self.rows} rows: {self.downloaded} downloaded, {self.duplicates} duplicates, "
-                f"{self.skipped} already done, {self.moved} moved to a new class, {self.failed} failed; "
-                f"{self.consolidated} files consolidated")
+        text = (
+            f"{self.rows} rows: {self.downloaded} downloaded, {self.duplicates} duplicates, "
+            f"{self.skipped} already done, {self.moved} moved to a new class, {self.failed} failed; "
+            f"{self.consolidated} files consolidated"
+        )
         if self.failures:
             text += f"\nfailures listed in {self.failures_path}"
         return text
@@ -120,8 +129,10 @@ class DownloadSummary:
         """One line saying how many rows failed, or None when every row has its image in place."""
         if not self.failures:
             return None
-        return (f"{len(self.failures)} of {self.rows} rows failed (listed in {self.failures_path}); fix them or "
-                "rerun to retry")
+        return (
+            f"{len(self.failures)} of {self.rows} rows failed (listed in {self.failures_path}); fix them or "
+            "rerun to retry"
+        )
 
 
 @dataclass
@@ -182,29 +193,39 @@ def read_url_csv(path: str | os.PathLike, *, default_source: str = "default") ->
         if not url:
             raise DataError("empty url; fill it in or delete the row", path=str(path), row=number)
         if not label:
-            raise DataError(f"empty class for {url}; fill it in or delete the row",
-                            path=str(path), row=number)
+            raise DataError(f"empty class for {url}; fill it in or delete the row", path=str(path), row=number)
         if not _is_http_url(url):
-            raise DataError(f"{url!r} is not an http(s) URL; only http and https are downloaded",
-                            path=str(path), row=number)
+            raise DataError(
+                f"{url!r} is not an http(s) URL; only http and https are downloaded", path=str(path), row=number
+            )
         for kind, value in (("class", label), ("source", source)):
             try:
                 key = safe_name(value, what=kind).casefold()
             except KennerError as error:
                 raise DataError(str(error), path=str(path), row=number) from error
             if key in reserved[kind]:
-                raise DataError(f"{kind} {value!r} has the name of a file kenner keeps beside the {kind} folders; "
-                                f"rename the {kind}", path=str(path), row=number)
+                raise DataError(
+                    f"{kind} {value!r} has the name of a file kenner keeps beside the {kind} folders; "
+                    f"rename the {kind}",
+                    path=str(path),
+                    row=number,
+                )
             other, other_row = folders[kind].setdefault(key, (value, number))
             if other != value:
-                raise DataError(f"{kind} {value!r} and {other!r} (row {other_row}) would share one folder; "
-                                "rename one of them", path=str(path), row=number)
+                raise DataError(
+                    f"{kind} {value!r} and {other!r} (row {other_row}) would share one folder; rename one of them",
+                    path=str(path),
+                    row=number,
+                )
         row = rows.setdefault((url, label, source), UrlRow(number, url, label, source))
         first = first_of_url.setdefault(url, row)
         if (first.label, first.source) != (label, source):
-            raise DataError(f"{url} is listed twice, as class {first.label!r} (source {first.source!r}) in row "
-                            f"{first.row} and as class {label!r} (source {source!r}); keep one of the rows",
-                            path=str(path), row=number)
+            raise DataError(
+                f"{url} is listed twice, as class {first.label!r} (source {first.source!r}) in row "
+                f"{first.row} and as class {label!r} (source {source!r}); keep one of the rows",
+                path=str(path),
+                row=number,
+            )
     return list(rows.values())
 
 
@@ -242,8 +263,7 @@ def download_images(
     if link_mode not in LINK_MODES:
         raise KennerError(f"unknown link mode {link_mode!r}; choose one of {', '.join(LINK_MODES)}")
     if workers < 1 or retries < 0 or timeout <= 0 or deadline <= 0 or max_bytes <= 0:
-        raise KennerError("--workers and --max-bytes must be positive, --timeout and --deadline > 0 and "
-                          "--retries >= 0")
+        raise KennerError("--workers and --max-bytes must be positive, --timeout and --deadline > 0 and --retries >= 0")
     rows = read_url_csv(csv_path, default_source=default_source)
     root = Path(out_dir).resolve()
     sources = Path(sources_dir).resolve() if sources_dir else root / ".sources"
@@ -252,8 +272,12 @@ def download_images(
     reserved = sources.relative_to(root).parts[0].casefold() if sources.is_relative_to(root) else None
     for row in rows:
         if safe_name(row.label).casefold() == reserved:
-            raise DataError(f"class {row.label!r} is the name of the sources folder {sources}; "
-                            "rename the class or pass --sources-dir", path=str(csv_path), row=row.row)
+            raise DataError(
+                f"class {row.label!r} is the name of the sources folder {sources}; "
+                "rename the class or pass --sources-dir",
+                path=str(csv_path),
+                row=row.row,
+            )
     state = _DownloadState(sources, root, link_mode)
     summary = DownloadSummary(rows=len(rows), state_path=state.path, failures_path=root / FAILURES_FILE)
     todo = []
@@ -272,13 +296,13 @@ def download_images(
                 continue
             summary.moved += 1
         _consolidate_into(summary, state, done)
-    fetch = _Fetcher(state.partial, timeout=timeout, deadline=deadline, retries=retries, backoff=backoff,
-                     max_bytes=max_bytes)
+    fetch = _Fetcher(
+        state.partial, timeout=timeout, deadline=deadline, retries=retries, backoff=backoff, max_bytes=max_bytes
+    )
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(fetch, row.url): row for row in todo}
         try:
-            for future in tqdm(as_completed(futures), total=len(futures), desc="download", unit="url",
-                               disable=None):
+            for future in tqdm(as_completed(futures), total=len(futures), desc="download", unit="url", disable=None):
                 outcome = state.place(futures[future], future.result())
                 if outcome.status == "failed":
                     summary.failed += 1
@@ -301,8 +325,19 @@ def _consolidate_into(summary: DownloadSummary, state: _DownloadState, outcome: 
     try:
         summary.consolidated += state.consolidate(outcome)
     except KennerError as error:
-        summary.failures.append(Outcome(outcome.url, outcome.label, outcome.source, outcome.row,
-                                        "failed", outcome.sha256, outcome.path, str(error), outcome.attempts))
+        summary.failures.append(
+            Outcome(
+                outcome.url,
+                outcome.label,
+                outcome.source,
+                outcome.row,
+                "failed",
+                outcome.sha256,
+                outcome.path,
+                str(error),
+                outcome.attempts,
+            )
+        )
 
 
 class _DownloadState:
@@ -340,8 +375,15 @@ class _DownloadState:
         if earlier is None:
             return None
         src = self.sources / earlier.path
-        outcome = Outcome(row.url, row.label, row.source, row.row, "failed", earlier.sha256,
-                          reason=f"moved from class {earlier.label!r} (source {earlier.source!r})")
+        outcome = Outcome(
+            row.url,
+            row.label,
+            row.source,
+            row.row,
+            "failed",
+            earlier.sha256,
+            reason=f"moved from class {earlier.label!r} (source {earlier.source!r})",
+        )
         dest = _inside(self.sources / safe_name(row.source) / safe_name(row.label) / src.name, self.sources)
         if dest.exists() and file_sha256(dest) != earlier.sha256:
             outcome.reason = f"cannot move it from class {earlier.label!r}: a different file exists at {dest}"
@@ -384,8 +426,16 @@ class _DownloadState:
 
     def place(self, row: UrlRow, fetched: _Fetched) -> Outcome:
         """Move a fetched file to its final name (or drop it as a duplicate) and log the outcome."""
-        outcome = Outcome(row.url, row.label, row.source, row.row, "failed", fetched.sha256,
-                          reason=fetched.reason, attempts=fetched.attempts)
+        outcome = Outcome(
+            row.url,
+            row.label,
+            row.source,
+            row.row,
+            "failed",
+            fetched.sha256,
+            reason=fetched.reason,
+            attempts=fetched.attempts,
+        )
         if fetched.tmp is not None:
             self._place_file(outcome, fetched)
         if outcome.status == "failed":
@@ -400,13 +450,17 @@ class _DownloadState:
         if earlier is not None:
             fetched.tmp.unlink()
             if earlier.label != outcome.label:
-                outcome.reason = (f"same image as {earlier.url} (row {earlier.row}, class {earlier.label!r}); "
-                                  "fix the class of one of them in the CSV")
+                outcome.reason = (
+                    f"same image as {earlier.url} (row {earlier.row}, class {earlier.label!r}); "
+                    "fix the class of one of them in the CSV"
+                )
                 return
             outcome.status, outcome.path = "duplicate", earlier.path
             return
-        dest = _inside(self.sources / safe_name(outcome.source) / safe_name(outcome.label)
-                       / f"{fetched.sha256[:16]}{fetched.ext}", self.sources)
+        dest = _inside(
+            self.sources / safe_name(outcome.source) / safe_name(outcome.label) / f"{fetched.sha256[:16]}{fetched.ext}",
+            self.sources,
+        )
         if dest.exists():
             fetched.tmp.unlink()
             if file_sha256(dest) != fetched.sha256:
@@ -481,8 +535,11 @@ class _Fetcher:
                 return _Fetched(None, "", "", str(error), attempt)
             except (requests.Timeout, urllib3.exceptions.TimeoutError):
                 reason, wait = f"timed out (--timeout {self.timeout:g} s)", 0.0
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                    urllib3.exceptions.HTTPError) as error:
+            except (
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError,
+            ) as error:
                 reason, wait = f"connection failed: {type(error).__name__}", 0.0
             except requests.RequestException as error:
                 return _Fetched(None, "", "", f"request failed: {error}", attempt)
@@ -512,8 +569,9 @@ class _Fetcher:
                         if size > self.max_bytes:
                             raise _Fail(f"too large: more than --max-bytes {self.max_bytes} bytes")
                         if time.monotonic() > until:
-                            raise _Fail(f"too slow: not finished within --deadline {self.deadline:g} s "
-                                        f"({size} bytes received)")
+                            raise _Fail(
+                                f"too slow: not finished within --deadline {self.deadline:g} s ({size} bytes received)"
+                            )
                         digest.update(chunk)
                         handle.write(chunk)
             if size == 0:
@@ -527,8 +585,9 @@ class _Fetcher:
 def _check_response(response: requests.Response, max_bytes: int) -> None:
     """Refuse error statuses, non-image content types and declared sizes over ``max_bytes``."""
     if response.status_code in RETRY_STATUS or response.status_code >= 500:
-        raise _Retry(f"HTTP {response.status_code} {response.reason}",
-                     _retry_after(response.headers.get("Retry-After")))
+        raise _Retry(
+            f"HTTP {response.status_code} {response.reason}", _retry_after(response.headers.get("Retry-After"))
+        )
     if response.status_code >= 400:
         raise _Fail(f"HTTP {response.status_code} {response.reason}")
     kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()

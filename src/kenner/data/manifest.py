@@ -152,16 +152,20 @@ def load_dataset(
     grouping = Grouping(group_by, group_regex)
     path = Path(path)
     if not path.exists():
-        raise DataError("dataset not found; pass a folder root/<class>/<ID>_<seq>.jpg or a TSV/CSV manifest",
-                        path=str(path))
+        raise DataError(
+            "dataset not found; pass a folder root/<class>/<ID>_<seq>.jpg or a TSV/CSV manifest", path=str(path)
+        )
     if path.is_dir():
         dataset, left_out = _read_folder(path, grouping)
         _check_one_label_per_group(dataset, grouping.two_labels_hint())
         _warn(dominant_groups(((s.label, s.group) for s in dataset.samples), grouping), "classes")
     else:
         if not grouping.is_default:
-            raise DataError("--group-by and --group-regex apply to folder datasets; a manifest names each "
-                            "sample's group in its group column", path=str(path))
+            raise DataError(
+                "--group-by and --group-regex apply to folder datasets; a manifest names each "
+                "sample's group in its group column",
+                path=str(path),
+            )
         dataset, left_out = _read_manifest(path), []
         _check_one_label_per_group(dataset, "one object cannot have two labels, so fix its group/ID or its label")
     dataset, bad = _check_images(dataset, on_bad_image=on_bad_image, check_images=check_images, workers=workers)
@@ -174,8 +178,7 @@ def resolve_views(dataset: Dataset, requested: str | Iterable[str]) -> list[str]
     unknown = [view for view in views if view not in dataset.views]
     if unknown:
         raise DataError(
-            f"unknown view(s) {', '.join(map(repr, unknown))}; this dataset has views: "
-            f"{', '.join(dataset.views)}",
+            f"unknown view(s) {', '.join(map(repr, unknown))}; this dataset has views: {', '.join(dataset.views)}",
             path=str(dataset.source),
         )
     return views
@@ -187,13 +190,15 @@ def write_exclusions(exclusions: Iterable[Exclusion], path: str | os.PathLike) -
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EXCLUSION_COLUMNS)
     for item in exclusions:
-        writer.writerow([
-            item.sample_id,
-            "" if item.row is None else item.row,
-            item.view or "",
-            "" if item.path is None else str(item.path),
-            item.reason,
-        ])
+        writer.writerow(
+            [
+                item.sample_id,
+                "" if item.row is None else item.row,
+                item.view or "",
+                "" if item.path is None else str(item.path),
+                item.reason,
+            ]
+        )
     return atomic_write_text(path, buffer.getvalue())
 
 
@@ -231,15 +236,19 @@ def _read_folder(root: Path, grouping: Grouping) -> tuple[Dataset, list[Exclusio
                 continue
             samples.append(Sample(sample_id, class_dir.name, group, {FOLDER_VIEW: file}))
     if unmatched:
-        raise DataError(f"{len(unmatched)} file name(s) do not match --group-regex '{grouping.regex}' (first: "
-                        f"{unmatched[0]}); every file needs a group: change the regex", path=str(root))
+        raise DataError(
+            f"{len(unmatched)} file name(s) do not match --group-regex '{grouping.regex}' (first: "
+            f"{unmatched[0]}); every file needs a group: change the regex",
+            path=str(root),
+        )
     if not samples:
         found = ""
         if left_out:
             found = f" ({len(left_out)} file(s) left out, first: {left_out[0].path}: {left_out[0].reason})"
         raise DataError(
             "no images found; expected root/<class>/<ID>_<seq>.<ext> with extensions "
-            + " ".join(sorted(IMAGE_EXTENSIONS)) + found,
+            + " ".join(sorted(IMAGE_EXTENSIONS))
+            + found,
             path=str(root),
         )
     return Dataset(samples=samples, views=[FOLDER_VIEW], source=root), left_out
@@ -303,26 +312,32 @@ def _read_manifest(path: Path) -> Dataset:
         if len(record) != len(header):
             raise DataError(
                 f"{len(record)} fields but the header has {len(header)}; check the delimiter and quoting",
-                path=str(path), row=row,
+                path=str(path),
+                row=row,
             )
         cells = {name: cell.strip() for name, cell in zip(header, record, strict=True)}
         sample_id, label = cells["id"], cells["label"]
         if not sample_id:
             raise DataError("empty id; every row needs a unique id", path=str(path), row=row)
         if sample_id in row_of_id:
-            raise DataError(f"duplicate id {sample_id!r} (first in row {row_of_id[sample_id]}); ids must be unique",
-                            path=str(path), row=row)
+            raise DataError(
+                f"duplicate id {sample_id!r} (first in row {row_of_id[sample_id]}); ids must be unique",
+                path=str(path),
+                row=row,
+            )
         row_of_id[sample_id] = row
         if not label:
-            raise DataError(f"empty label for id {sample_id!r}; fill in the label or drop the row",
-                            path=str(path), row=row)
+            raise DataError(
+                f"empty label for id {sample_id!r}; fill in the label or drop the row", path=str(path), row=row
+            )
         paths = {}
         for view, column in view_columns.items():
             if not cells[column]:
                 raise DataError(
                     f"empty {column} for id {sample_id!r}; every sample needs a file for every view "
                     f"({', '.join(view_columns)}): fill in the cell or drop the row",
-                    path=str(path), row=row,
+                    path=str(path),
+                    row=row,
                 )
             paths[view] = _resolve(base, cells[column])
         conditions = {
@@ -352,8 +367,7 @@ def _read_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     except csv.Error as error:
         raise DataError(f"malformed line {reader.line_num}: {error}", path=str(path)) from error
     if not records or not any(cell.strip() for cell in records[0]):
-        raise DataError("empty manifest; the first line must be a header with id, label, <view>_path",
-                        path=str(path))
+        raise DataError("empty manifest; the first line must be a header with id, label, <view>_path", path=str(path))
     header = [name.strip().lower() for name in records[0]]
     body = [(row, record) for row, record in enumerate(records[1:], start=1) if any(c.strip() for c in record)]
     return header, body
@@ -369,8 +383,9 @@ def _delimiter(path: Path, text: str) -> str:
     try:
         return csv.Sniffer().sniff("\n".join(text.splitlines()[:20]), delimiters="\t,;").delimiter
     except csv.Error:
-        raise DataError("cannot tell whether this is a TSV or a CSV file; name it .tsv or .csv",
-                        path=str(path)) from None
+        raise DataError(
+            "cannot tell whether this is a TSV or a CSV file; name it .tsv or .csv", path=str(path)
+        ) from None
 
 
 def _manifest_columns(path: Path, header: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -394,29 +409,37 @@ def _manifest_columns(path: Path, header: list[str]) -> tuple[dict[str, str], di
     for name in header:
         intended = misspelled_column(name)
         if name not in (*KNOWN, *view_columns.values()) and intended is not None and intended not in header:
-            raise DataError(f"column {name!r} looks like a misspelling of {intended!r} (views found: "
-                            f"{', '.join(view_columns)}); rename it, or remove the column", path=str(path))
+            raise DataError(
+                f"column {name!r} looks like a misspelling of {intended!r} (views found: "
+                f"{', '.join(view_columns)}); rename it, or remove the column",
+                path=str(path),
+            )
     condition_columns = {}
     for name in header:
         if name.endswith("_condition"):
             view = name.removesuffix("_condition")
             if view not in view_columns:
-                raise DataError(f"column {name} has no matching {view}_path column; views are "
-                                f"{', '.join(view_columns)}", path=str(path))
+                raise DataError(
+                    f"column {name} has no matching {view}_path column; views are {', '.join(view_columns)}",
+                    path=str(path),
+                )
             condition_columns[view] = name
     return view_columns, condition_columns
 
 
-def _check_extra_columns(path: Path, header: list[str], records: list[tuple[int, list[str]]],
-                         extra: list[str]) -> None:
+def _check_extra_columns(path: Path, header: list[str], records: list[tuple[int, list[str]]], extra: list[str]) -> None:
     """An extra column whose values are image paths is an error: it was meant to be a view."""
     for name in extra:
         index = header.index(name)
-        first = holds_image_paths((record[index].strip() if index < len(record) else "" for _, record in records),
-                                  IMAGE_EXTENSIONS)
+        first = holds_image_paths(
+            (record[index].strip() if index < len(record) else "" for _, record in records), IMAGE_EXTENSIONS
+        )
         if first is not None:
-            raise DataError(f"column {name!r} holds image paths (first: {first!r}) but is not a view; name it "
-                            f"{name}_path to use it as one, or remove the column", path=str(path))
+            raise DataError(
+                f"column {name!r} holds image paths (first: {first!r}) but is not a view; name it "
+                f"{name}_path to use it as one, or remove the column",
+                path=str(path),
+            )
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -430,11 +453,13 @@ def _parse_condition(value: str, column: str, path: Path, row: int) -> float:
     try:
         rating = float(value)
     except ValueError:
-        raise DataError(f"{column} {value!r} is not a number; use a rating from 0 to 2 or leave it empty",
-                        path=str(path), row=row) from None
+        raise DataError(
+            f"{column} {value!r} is not a number; use a rating from 0 to 2 or leave it empty", path=str(path), row=row
+        ) from None
     if not math.isfinite(rating) or not 0 <= rating <= 2:
-        raise DataError(f"{column} {value} is outside 0-2; use a rating from 0 to 2 or leave it empty",
-                        path=str(path), row=row)
+        raise DataError(
+            f"{column} {value} is outside 0-2; use a rating from 0 to 2 or leave it empty", path=str(path), row=row
+        )
     return rating
 
 
@@ -450,7 +475,8 @@ def _check_one_label_per_group(dataset: Dataset, hint: str) -> None:
             raise DataError(
                 f"group {sample.group!r} has two labels: {seen.label!r} ({seen.where()}) and "
                 f"{sample.label!r} ({sample.where()}); {hint}",
-                path=str(dataset.source), row=sample.row,
+                path=str(dataset.source),
+                row=sample.row,
             )
 
 
@@ -490,8 +516,11 @@ def _check_images(
     if exclusions and on_bad_image == "fail":
         raise _bad_images_error(dataset, exclusions)
     if not kept:
-        raise DataError(f"no usable images: all {len(dataset)} samples have a bad image "
-                        f"(first: {exclusions[0].path}: {exclusions[0].reason})", path=str(dataset.source))
+        raise DataError(
+            f"no usable images: all {len(dataset)} samples have a bad image "
+            f"(first: {exclusions[0].path}: {exclusions[0].reason})",
+            path=str(dataset.source),
+        )
     return replace(dataset, samples=kept, image_sizes=_sizes_for(kept, sizes)), exclusions
 
 
@@ -522,11 +551,15 @@ def _bad_images_error(dataset: Dataset, bad: list[Exclusion]) -> ImageError:
         item = bad[0]
         if item.row is None:
             return ImageError(f"{item.reason}; {_SKIP_HINT}", path=str(item.path))
-        return ImageError(f"{item.view} image {item.path}: {item.reason}; {_SKIP_HINT}",
-                          path=str(dataset.source), row=item.row)
-    listed = "; ".join(f"{item.path}: {item.reason}" if item.row is None
-                       else f"row {item.row} {item.view} image {item.path}: {item.reason}"
-                       for item in bad[:MAX_LISTED])
+        return ImageError(
+            f"{item.view} image {item.path}: {item.reason}; {_SKIP_HINT}", path=str(dataset.source), row=item.row
+        )
+    listed = "; ".join(
+        f"{item.path}: {item.reason}"
+        if item.row is None
+        else f"row {item.row} {item.view} image {item.path}: {item.reason}"
+        for item in bad[:MAX_LISTED]
+    )
     more = f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
     return ImageError(f"{len(bad)} bad images: {listed}{more}; {_SKIP_ALL_HINT}", path=str(dataset.source))
 

@@ -45,8 +45,7 @@ def assert_no_group_leak(split: Split) -> None:
         for group in split.ids(name):
             if group in seen:
                 raise KennerError(
-                    f"group {group!r} is in both {seen[group]} and {name}: the split leaks; "
-                    "make the split again"
+                    f"group {group!r} is in both {seen[group]} and {name}: the split leaks; make the split again"
                 )
             seen[group] = name
 
@@ -124,10 +123,16 @@ def column_summary(split_column: Sequence[str], groups: Sequence, labels: Sequen
     """:func:`split_summary` from a per-sample split column (rows added after splitting count too)."""
     summary = {}
     for name in SPLIT_NAMES:
-        rows = [(group, str(label)) for group, label, where in zip(groups, labels, split_column, strict=True)
-                if where == name]
-        summary[name] = {"groups": len({group for group, _ in rows}), "samples": len(rows),
-                         "classes": len({label for _, label in rows})}
+        rows = [
+            (group, str(label))
+            for group, label, where in zip(groups, labels, split_column, strict=True)
+            if where == name
+        ]
+        summary[name] = {
+            "groups": len({group for group, _ in rows}),
+            "samples": len(rows),
+            "classes": len({label for _, label in rows}),
+        }
     return summary
 
 
@@ -191,16 +196,16 @@ def load_folds(directory: str | Path) -> list[Split]:
     if not found:
         raise KennerError(f"{directory} holds no fold_<i>/ folders; make the folds again")
     if sorted(found) != list(range(len(found))):
-        raise KennerError(f"{directory}: fold folders are not numbered 0..{len(found) - 1}; "
-                          "make the folds again")
+        raise KennerError(f"{directory}: fold folders are not numbered 0..{len(found) - 1}; make the folds again")
     return [load_split(found[index]) for index in range(len(found))]
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(r) for r in ratios)
     if len(values) != 3 or min(values) < 0 or values[0] <= 0 or abs(sum(values) - 1) > 1e-6:
-        raise KennerError(f"split ratios must be three non-negative numbers summing to 1 with train > 0, "
-                          f"got {tuple(ratios)}")
+        raise KennerError(
+            f"split ratios must be three non-negative numbers summing to 1 with train > 0, got {tuple(ratios)}"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -246,7 +251,7 @@ def _assign(
             filled[target] += size
             assigned[SPLIT_NAMES[target]].append(group)
         if len(order) < len(active):
-            lacking = " or ".join(SPLIT_NAMES[i] for i in active[len(order):])
+            lacking = " or ".join(SPLIT_NAMES[i] for i in active[len(order) :])
             noun = "group" if len(order) == 1 else "groups"
             messages.append(f"class {label!r} has {len(order)} {noun}: no {lacking} sample")
     split = Split(**{name: sorted(ids) for name, ids in assigned.items()})

@@ -56,8 +56,15 @@ def hash_images(
     todo = [path for path in stats if path not in known]
     if todo:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            digests = list(tqdm(pool.map(file_sha256, todo), total=len(todo), desc="hashing images",
-                                unit="img", disable=None if progress else True))
+            digests = list(
+                tqdm(
+                    pool.map(file_sha256, todo),
+                    total=len(todo),
+                    desc="hashing images",
+                    unit="img",
+                    disable=None if progress else True,
+                )
+            )
         known.update(zip(todo, digests, strict=True))
         if cache is not None:
             cache.remember((path, stats[path], known[path]) for path in todo)
@@ -88,19 +95,31 @@ def extract_embeddings(
             f"not {encoder.fingerprint} ({encoder.name}); open the encoder's own store"
         )
     if batch_size < 1 or shard_size < 1 or flush_seconds <= 0:
-        raise KennerError(f"batch_size and shard_size must be at least 1 and flush_seconds positive (got "
-                          f"{batch_size}, {shard_size}, {flush_seconds})")
-    hashes = hash_images(paths, HashCache(store.cache_root / HASH_CACHE_NAME),
-                         workers=max(1, num_workers) * 2, progress=progress)
+        raise KennerError(
+            f"batch_size and shard_size must be at least 1 and flush_seconds positive (got "
+            f"{batch_size}, {shard_size}, {flush_seconds})"
+        )
+    hashes = hash_images(
+        paths, HashCache(store.cache_root / HASH_CACHE_NAME), workers=max(1, num_workers) * 2, progress=progress
+    )
     first_path: dict[str, Path] = {}
     for key, path in zip(hashes, paths, strict=True):
         first_path.setdefault(key, Path(path))
     for _ in range(_REPAIRS):
         todo = store.missing(dict.fromkeys(hashes))
         if todo:
-            _encode_into_store(encoder, [first_path[key] for key in todo], todo, store, batch_size=batch_size,
-                               num_workers=num_workers, shard_size=shard_size, flush_seconds=flush_seconds,
-                               background=background, progress=progress)
+            _encode_into_store(
+                encoder,
+                [first_path[key] for key in todo],
+                todo,
+                store,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                shard_size=shard_size,
+                flush_seconds=flush_seconds,
+                background=background,
+                progress=progress,
+            )
             store.save_index()
         try:
             return store.get(hashes)
@@ -153,14 +172,13 @@ def _encode_into_store(
         target, last_flush = min(2 * target, shard_size), time.monotonic()
 
     starts = range(0, len(paths), batch_size)
-    batches = [paths[start:start + batch_size] for start in starts]
-    bar = tqdm(total=len(paths), desc=f"embedding with {encoder.name}", unit="img",
-               disable=None if progress else True)
+    batches = [paths[start : start + batch_size] for start in starts]
+    bar = tqdm(total=len(paths), desc=f"embedding with {encoder.name}", unit="img", disable=None if progress else True)
     try:
         with torch.inference_mode():
             for start, batch in zip(starts, _prefetch(prepare, batches, num_workers), strict=True):
                 vectors = encoder.embed(batch).cpu().numpy()
-                pending_keys.extend(keys[start:start + len(vectors)])
+                pending_keys.extend(keys[start : start + len(vectors)])
                 pending_vectors.append(vectors)
                 while len(pending_keys) >= target:
                     flush(target)
@@ -191,4 +209,3 @@ def _prefetch(
             yield future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-

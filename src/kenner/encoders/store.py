@@ -106,8 +106,13 @@ class EmbeddingStore:
         cls, encoder: Encoder, root: str | os.PathLike | None = None, dtype: str = "float16"
     ) -> EmbeddingStore:
         """The store of ``encoder`` under ``root`` (default: ``default_cache_dir()``)."""
-        return cls(root if root is not None else default_cache_dir(), encoder.fingerprint, encoder.dim,
-                   dtype, encoder_name=encoder.name)
+        return cls(
+            root if root is not None else default_cache_dir(),
+            encoder.fingerprint,
+            encoder.dim,
+            dtype,
+            encoder_name=encoder.name,
+        )
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -150,8 +155,9 @@ class EmbeddingStore:
                 out[positions] = self._read_vectors(name)[rows]
             except _Damaged as damage:
                 self._quarantine(name, str(damage))
-                raise ShardQuarantinedError(f"{self.shard_dir / name} was unreadable and moved aside; "
-                                            "extract its images again") from None
+                raise ShardQuarantinedError(
+                    f"{self.shard_dir / name} was unreadable and moved aside; extract its images again"
+                ) from None
         return out
 
     def write(self, keys: Sequence[str], vectors: np.ndarray) -> Path:
@@ -217,7 +223,8 @@ class EmbeddingStore:
 
     def _shard_names(self) -> list[str]:
         return sorted(
-            entry.name for entry in os.scandir(self.shard_dir)
+            entry.name
+            for entry in os.scandir(self.shard_dir)
             if entry.name.endswith(".npz") and not entry.name.startswith(".")
         )
 
@@ -267,8 +274,12 @@ class EmbeddingStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):  # another process moved it first
             os.replace(self.shard_dir / name, target)
-        log.warning("%s: unreadable embedding shard (%s); moved to %s, its embeddings are computed again",
-                    self.shard_dir / name, reason, target)
+        log.warning(
+            "%s: unreadable embedding shard (%s); moved to %s, its embeddings are computed again",
+            self.shard_dir / name,
+            reason,
+            target,
+        )
         self._shards, self._where = [], {}
         self._sync()
         self._dirty = True
@@ -315,9 +326,11 @@ class HashCache:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._use(lambda db: db.execute(
-            "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
-        ))
+        self._use(
+            lambda db: db.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
+            )
+        )
 
     def lookup(self, stats: dict[str, os.stat_result]) -> dict[str, str]:
         """Cached hashes of the files (absolute path -> stat) whose size and mtime still match."""
@@ -326,7 +339,7 @@ class HashCache:
         def read(db: sqlite3.Connection) -> dict[str, str]:
             found: dict[str, str] = {}
             for start in range(0, len(paths), 900):
-                chunk = paths[start:start + 900]
+                chunk = paths[start : start + 900]
                 marks = ",".join("?" * len(chunk))
                 query = f"SELECT path, size, mtime_ns, sha256 FROM hashes WHERE path IN ({marks})"
                 for path, size, mtime_ns, digest in db.execute(query, chunk):
@@ -340,9 +353,11 @@ class HashCache:
     def remember(self, entries: Iterable[tuple[str, os.stat_result, str]]) -> None:
         """Store (absolute path, stat, sha256) entries in one transaction."""
         rows = [(path, stat.st_size, stat.st_mtime_ns, digest) for path, stat, digest in entries]
-        self._use(lambda db: db.executemany(
-            "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)", rows
-        ))
+        self._use(
+            lambda db: db.executemany(
+                "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)", rows
+            )
+        )
 
     def _use(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work`` in one transaction; a corrupt file is moved aside and ``work`` runs on a fresh one."""
@@ -353,10 +368,12 @@ class HashCache:
                 raise KennerError(f"{self.path}: cannot use the hash cache ({error})") from error
             self._quarantine(error)
         try:
-            self._transaction(lambda db: db.execute(
-                "CREATE TABLE IF NOT EXISTS hashes "
-                "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
-            ))
+            self._transaction(
+                lambda db: db.execute(
+                    "CREATE TABLE IF NOT EXISTS hashes "
+                    "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
+                )
+            )
             return self._transaction(work)
         except sqlite3.Error as error:
             raise KennerError(f"{self.path}: cannot use the hash cache ({error})") from error
@@ -379,5 +396,6 @@ class HashCache:
         for suffix in ("", "-journal", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
-        log.warning("%s: corrupt hash cache (%s); moved to %s, image hashes are computed again",
-                    self.path, error, target)
+        log.warning(
+            "%s: corrupt hash cache (%s); moved to %s, image hashes are computed again", self.path, error, target
+        )
