@@ -85,10 +85,16 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, cache_dir: str | 
 
 
 def _content_hashes(dataset: Dataset, cache_dir: str | None) -> dict[Path, str]:
-    """The SHA-256 of every image of ``dataset``, through the embedding cache's hash cache."""
+    """The SHA-256 of every image of ``dataset``, through the embedding cache's hash cache (without it when the
+    cache folder cannot be written: the hashes are then computed and not kept)."""
     paths = list(dict.fromkeys(path for sample in dataset.samples for path in sample.paths.values()))
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    return dict(zip(paths, hash_images(paths, HashCache(root / HASH_CACHE_NAME)), strict=True))
+    try:
+        cache = HashCache(root / HASH_CACHE_NAME)
+    except (OSError, KennerError) as error:
+        log.debug("no hash cache in %s (%s)", root, error)
+        cache = None
+    return dict(zip(paths, hash_images(paths, cache), strict=True))
 
 
 def report_split_warnings(messages: list[str], out_dir: Path) -> None:
