@@ -6,9 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kenner.evaluate.calibration import expected_calibration_error
-from kenner.heads import EmbeddingClassifier
 from kenner.train.calibrate import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
@@ -18,6 +15,9 @@ from kenner.train.calibrate import (
     fit_temperature,
     head_calibration,
 )
+
+from kenner.evaluate.calibration import expected_calibration_error
+from kenner.heads import EmbeddingClassifier
 from synthetic import blobs
 
 

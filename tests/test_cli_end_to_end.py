@@ -178,7 +178,7 @@ def test_metric_mode_run_and_retrieval_predict(trained_run: tuple[Path, Path, Pa
     for name in ("knn_metrics.json", "embeddings_val.npy", "labels_val.npy", "hdbscan_metrics.json",
                  "model/gallery/gallery.faiss", "report.md"):
         assert (out / name).exists(), name
-    assert json.loads((out / "run_config.json").read_text())["retrieval"]["embedding_dim"] == 16
+    assert json.loads((out / "run_config.json").read_text())["metric"]["embedding_dim"] == 16
     results = json.loads(_predict_json(out, manifest, cache, tmp_path))
     stored = pd.read_parquet(out / "predictions.parquet").set_index("sample_id")
     test_ids = stored.index[stored["split"] == "test"]

@@ -4,6 +4,7 @@ the packaged EfficientNet-Lite0 weights and scikit-image's coffee photo)."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import huggingface_hub
@@ -16,7 +17,7 @@ import transformers
 from PIL import Image
 from safetensors.torch import save_file
 
-from kenner.encoders import base, create_encoder, list_encoders
+from kenner.encoders import base, check_encoder, create_encoder, list_encoders
 from kenner.encoders.base import Preprocessing, hash_file, make_fingerprint
 from kenner.encoders.default import DefaultEncoder, load_by_position
 from kenner.encoders.hf import HFEncoder
@@ -153,7 +154,7 @@ def test_timm_errors_are_user_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(KennerError, match="could not read weights file"):
         create_encoder("timm:test_vit", weights=tmp_path / "junk.pth", backend="torch")
-    with pytest.raises(KennerError, match="could not download"):
+    with pytest.raises(KennerError, match="HF_HUB_OFFLINE is set; download its weights once"):
         create_encoder("timm:test_vit", backend="torch")
 
 
@@ -294,7 +295,7 @@ def test_hf_preprocessing_comes_from_the_processor(tmp_path: Path) -> None:
 
 
 def test_hf_errors_offline_and_missing(tmp_path: Path) -> None:
-    with pytest.raises(KennerError, match=r"could not download .*offline.*hf:/path/to/dir"):
+    with pytest.raises(KennerError, match=r"HF_HUB_OFFLINE is set; download it once .* pass --encoder hf:DIR"):
         create_encoder("hf:kenner-test/does-not-exist", backend="torch")
     with pytest.raises(KennerError, match="model directory not found"):
         create_encoder(f"hf:{tmp_path / 'nothing-here'}", backend="torch")
@@ -303,6 +304,35 @@ def test_hf_errors_offline_and_missing(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(KennerError, match=r"no config\.json"):
         create_encoder(f"local:{tmp_path / 'empty'}", backend="torch")
+
+
+@pytest.mark.parametrize(("spec", "hint"), [
+    ("hf:facebook/dinov2-small", "--encoder hf:DIR"),
+    ("timm:convnext_tiny", "--encoder timm:convnext_tiny --weights DIR/model.safetensors, or --encoder local:DIR"),
+    ("open_clip:ViT-B-32@laion2b_s34b_b79k", "--encoder open_clip:ARCH --weights FILE"),
+])
+def test_an_unreachable_hub_fails_fast_with_the_familys_local_option(spec: str, hint: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HF_HUB_OFFLINE, a hub that cannot be reached is one line at once, not a minute of retries."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    tried = []
+
+    def refuse(address, timeout=None):
+        tried.append((address, timeout))
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for check in (lambda: check_encoder(spec), lambda: create_encoder(spec, backend="torch")):
+        with pytest.raises(KennerError) as error:
+            check()
+        message = str(error.value)
+        assert message.startswith(f"cannot reach huggingface.co to download {spec} (Network is unreachable)")
+        assert message.endswith(hint) and "\n" not in message
+        other = {"hf:": "hf:DIR", "timm:": "timm:", "open_clip:": "open_clip:"}
+        assert not any(word in message for family, word in other.items() if not spec.startswith(family))
+    assert tried and all(timeout <= 5 for _, timeout in tried)
 
 
 # -- open_clip ---------------------------------------------------------------------------------

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from kenner.predict import predict_run
+from kenner.track import MlflowTracker
 from safetensors.torch import load_file
 
 from conftest import write_image
 from kenner.config.legacy import DataConfig, EncoderConfig, SplitConfig
 from kenner.errors import KennerError
-from kenner.predict import predict_run
-from kenner.track import MlflowTracker
 from kenner.train.checkpoint import load_checkpoint
 from kenner.train.finetune import finetune, finetune_folds, loo_recall_at_1, margin_at, view_plan
 from kenner.train.finetune_config import FinetuneConfig, FinetuneRun, load_finetune_run

@@ -7,8 +7,6 @@ the loss at the initial weights, which the test rebuilds from the documented see
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -16,13 +14,13 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import SupConLoss
 
 from kenner.evaluate.calibration import expected_calibration_error
-from kenner.heads import EmbeddingClassifier, HeadConfig
+from kenner.heads import EmbeddingClassifier
+from kenner.heads.feature_aug import FeatureAugment, mixup
 from kenner.heads.modules import HeadNet, build_head_net
+from kenner.loop.epochs import make_generator, minibatch_order
 from kenner.losses.center import CenterLoss
 from kenner.losses.class_weights import effective_number_weights, inverse_frequency_weights
 from kenner.losses.logit_adjustment import balanced_softmax_loss, log_prior, logit_adjusted_loss
-from kenner.train.feature_aug import FeatureAugment, mixup
-from kenner.train.loop import make_generator, minibatch_order
 from synthetic import blobs
 
 torch.set_num_threads(1)
@@ -35,23 +33,21 @@ MLP = dict(head_type="mlp", hidden_sizes=(16,))
 
 def first_loss(**knobs) -> float:
     """The recorded loss of a one-step fit (one epoch, one minibatch holding every row)."""
-    config = HeadConfig(epochs=1, batch_size=len(X), device="cpu", **knobs)
-    return EmbeddingClassifier(config).fit(X, Y).history_[0]["train_loss"]
+    return EmbeddingClassifier(epochs=1, batch_size=len(X), device="cpu", **knobs).fit(X, Y).history_[0]["train_loss"]
 
 
 def initial_state(**knobs) -> tuple[HeadNet, torch.Generator, torch.Tensor, torch.Tensor]:
     """The network, generator and (permuted) batch exactly as the fit sees them before its first step."""
-    config = HeadConfig(epochs=1, batch_size=len(X), device="cpu", **knobs)
-    generator = make_generator(config.seed)
-    net = build_head_net(config, X.shape[1], 3, generator).train()
+    params = EmbeddingClassifier(epochs=1, batch_size=len(X), device="cpu", **knobs).settings()
+    generator = make_generator(params["seed"])
+    net = build_head_net(params, X.shape[1], 3, generator).train()
     (order,) = minibatch_order(len(X), len(X), generator)
     return net, generator, torch.from_numpy(X)[order], torch.from_numpy(Y)[order]
 
 
 def trained_proba(**knobs) -> np.ndarray:
     """Training-set probabilities after a short fit."""
-    config = HeadConfig(epochs=5, batch_size=8, lr=0.05, device="cpu", **knobs)
-    return EmbeddingClassifier(config).fit(X, Y).predict_proba(X)
+    return EmbeddingClassifier(epochs=5, batch_size=8, lr=0.05, device="cpu", **knobs).fit(X, Y).predict_proba(X)
 
 
 def test_plain_first_loss_is_cross_entropy_at_init() -> None:
@@ -157,8 +153,16 @@ def test_standardisation_is_fitted_on_training_rows_only() -> None:
 
 def test_temperature_scaling_lowers_nll_and_ece_and_keeps_argmax() -> None:
     train, val, test = (blobs([40, 40, 40], sep=0.7, draw=d) for d in range(3))
-    knobs = dict(head_type="mlp", hidden_sizes=(64,), epochs=60, batch_size=16, lr=0.02, weight_decay=0.0,
-                 early_stopping_patience=0, device="cpu")
+    knobs = dict(
+        head_type="mlp",
+        hidden_sizes=(64,),
+        epochs=60,
+        batch_size=16,
+        lr=0.02,
+        weight_decay=0.0,
+        patience=0,
+        device="cpu",
+    )
     raw = EmbeddingClassifier(**knobs).fit(*train, X_val=val[0], y_val=val[1])
     calibrated = EmbeddingClassifier(**knobs, calibrate=True).fit(*train, X_val=val[0], y_val=val[1])
     assert raw.temperature_ == 1.0 and calibrated.temperature_ > 1.5  # the overfitted head is over-confident
@@ -180,15 +184,14 @@ def test_inference_logit_adjustment_favours_rare_classes() -> None:
     knobs = dict(epochs=20, batch_size=64, lr=0.02, device="cpu")
     plain = EmbeddingClassifier(**knobs).fit(*train)
     adjusted = EmbeddingClassifier(**knobs, logit_adjust="infer").fit(*train)
-    np.testing.assert_array_equal(plain.decision_function(test_X), adjusted.decision_function(test_X))
+    np.testing.assert_allclose(adjusted.logits(test_X), plain.logits(test_X) - adjusted.log_prior_, rtol=1e-6)
     rare_plain = (plain.predict(test_X) == 1).sum()
     rare_adjusted = (adjusted.predict(test_X) == 1).sum()
     assert rare_adjusted > rare_plain
     recall = [(clf.predict(test_X)[test_y == 1] == 1).mean() for clf in (plain, adjusted)]
     assert recall[1] > recall[0]
     shift = np.log(adjusted.predict_proba(test_X)) - np.log(plain.predict_proba(test_X))
-    np.testing.assert_allclose(shift[:, 1] - shift[:, 0], -(adjusted.log_prior_[1] - adjusted.log_prior_[0]),
-                               rtol=1e-4)
+    np.testing.assert_allclose(shift[:, 1] - shift[:, 0], -(adjusted.log_prior_[1] - adjusted.log_prior_[0]), rtol=1e-4)
 
 
 def test_crt_retrains_only_the_last_layer_class_balanced() -> None:
@@ -219,11 +222,14 @@ def test_dropout_changes_training_but_not_inference_determinism() -> None:
     np.testing.assert_array_equal(dropped.decision_function(X), dropped.decision_function(X))
 
 
-def test_knobs_round_trip_through_the_estimator_config() -> None:
-    config = HeadConfig(head_type="arcface", hidden_sizes=(8,), arcface_margin=0.2, arcface_scale=8.0)
-    clf = EmbeddingClassifier(config, epochs=2, device="cpu").fit(X, Y)
-    assert clf.config == dataclasses.replace(config, epochs=2, device="cpu")
-    assert clf.model_.classifier.scale == 8.0 and clf.model_.classifier.margin == 0.2
+def test_arcface_margin_logits_take_label_smoothing_and_class_weights() -> None:
+    knobs = dict(head_type="arcface", hidden_sizes=(8,), arcface_scale=8.0, arcface_margin=0.3)
+    net, _, xb, yb = initial_state(**knobs)
+    weight = torch.as_tensor(inverse_frequency_weights(COUNTS), dtype=torch.float32)
+    expected = F.cross_entropy(net(xb, yb), yb, weight=weight, label_smoothing=0.2).item()
+    assert net.classifier.margin == 0.3 and net.classifier.scale == 8.0
+    assert first_loss(label_smoothing=0.2, class_weight="inverse", **knobs) == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(F.cross_entropy(net(xb), yb, weight=weight, label_smoothing=0.2).item())
 
 
 def test_logit_adjustment_both_trains_like_train_and_predicts_like_infer() -> None:
@@ -231,8 +237,9 @@ def test_logit_adjustment_both_trains_like_train_and_predicts_like_infer() -> No
     trained = EmbeddingClassifier(logit_adjust="train", **knobs).fit(X, Y)
     both = EmbeddingClassifier(logit_adjust="both", **knobs).fit(X, Y)
     assert [r["train_loss"] for r in both.history_] == [r["train_loss"] for r in trained.history_]
-    np.testing.assert_array_equal(both.decision_function(X), trained.decision_function(X))
+    np.testing.assert_allclose(both.logits(X) + 0.7 * both.log_prior_, trained.logits(X), rtol=1e-5, atol=1e-6)
     shift = np.log(both.predict_proba(X)) - np.log(trained.predict_proba(X))
     expected = -0.7 * both.log_prior_
-    np.testing.assert_allclose(shift - shift[:, :1], np.broadcast_to(expected - expected[0], shift.shape),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        shift - shift[:, :1], np.broadcast_to(expected - expected[0], shift.shape), rtol=1e-4, atol=1e-6
+    )

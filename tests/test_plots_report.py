@@ -89,7 +89,7 @@ def test_write_report_has_every_section(tmp_path) -> None:
     text = path.read_text()
     assert path == tmp_path / "report.md"
     assert text.startswith("# Coins, linear head\n")
-    for heading in ("Dataset", "Splits", "Warnings", "Encoder", "Head", "Metrics", "Files",
+    for heading in ("Dataset", "Splits", "Warnings", "Encoder", "Method", "Metrics", "Files",
                     "Worst 10 classes by F1 (test)", "Calibration"):
         assert f"\n## {heading}\n" in text
     assert "| views | obv, rev |" in text and "| lr | 3e-05 |" in text

@@ -4,17 +4,16 @@ import numpy as np
 import pytest
 
 from kenner.errors import KennerError
-from kenner.retrieval.index import Gallery
 from kenner.evaluate.reject import (
     RejectRule,
     coverage_accuracy_curve,
     evaluate_rule,
     proba_confidence,
-    retrieval_confidence,
     tune_reject_rule,
     tune_threshold,
 )
-from kenner.retrieval.vote import vote
+from kenner.retrieval.index import Gallery
+from kenner.retrieval.vote import retrieval_confidence, vote
 
 
 def _confidences(n, seed):
@@ -159,3 +158,17 @@ def test_joint_rule_uses_both_limits_and_reaches_the_targets():
     assert point.coverage > single.coverage  # the joint rule keeps more predictions at the same precision
     rule, point = tune_reject_rule(distance, margin, correct, by="both", target_coverage=0.3)
     assert point.coverage >= 0.3 and evaluate_rule(rule, distance, margin, correct)["coverage"] >= 0.3
+
+
+def test_accepting_everything_keeps_a_bounded_signal_in_its_range():
+    """1 - max probability lies in [0, 1): the rule that accepts every row must not say "distance > 1.3"."""
+    proba = np.random.default_rng(0).dirichlet(np.ones(4), size=200)
+    distance, margin = proba_confidence(proba)
+    correct = np.ones(len(proba), dtype=bool)
+    for by in ("distance", "margin"):
+        rule, point = tune_reject_rule(distance, margin, correct, by=by, target_coverage=1.0)
+        assert point.coverage == 1.0 and rule.accept(distance, margin).all()
+        if by == "distance":
+            assert distance.max() < rule.max_distance < distance.max() + 1e-5
+        else:
+            assert margin.min() - 1e-5 < rule.min_margin < margin.min()

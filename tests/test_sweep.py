@@ -1,57 +1,67 @@
-"""Sweeps on generated embeddings: grid naming, background rows, results + summary, resume."""
+"""Sweeps on generated embeddings: grid naming, batched and one-by-one fits, results + summary, resume."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import kenner.train.sweep as sweep_module
+import kenner.runs.sweep as sweep_module
 from kenner.data.background import draw_background
 from kenner.errors import KennerError
 from kenner.evaluate.metrics import classification_metrics
-from kenner.heads.classifier import EmbeddingClassifier
-from kenner.heads.config import HeadConfig
-from kenner.track import Tracker
-from kenner.train.sweep import SweepGrid, expand_grid, run_sweep, with_background
+from kenner.heads import EmbeddingClassifier, head_params
+from kenner.methods.base import Samples, TaskData
+from kenner.runs.sweep import Grid, expand_grid, sweep_tasks
+from kenner.runs.tracking import Tracker
 
 
-@dataclasses.dataclass
-class Prepared:
-    X: np.ndarray
-    y: np.ndarray
-    split: np.ndarray
-    class_names: list[str]
-    dataset_name: str = "coins"
-
-
-def _prepared(seed=0, n=150, dim=10, n_classes=4):
+def _task(seed=0, n=150, dim=10, n_classes=4, background_class=None) -> TaskData:
     rng = np.random.default_rng(seed)
     y = np.arange(n) % n_classes
     X = (rng.normal(0, 2, (n_classes, dim))[y] + rng.normal(0, 1, (n, dim))).astype(np.float32)
     split = np.array(["train"] * 90 + ["val"] * 30 + ["test"] * 30)
-    return Prepared(X, y.astype(np.int64), split, [f"c{i}" for i in range(n_classes)])
+    ids = [f"s{i}" for i in range(n)]
+    samples = Samples(ids, [{"image": Path(f"{i}.png")} for i in ids], embedder=None, views="image")
+    return TaskData(samples.with_embeddings({"image": X}), y, split, [f"c{i}" for i in range(n_classes)], ids,
+                    background_class=background_class)
 
 
-FIXED = {"epochs": 4, "batch_size": 32, "device": "cpu", "early_stopping_patience": 2}
+FIXED = {"epochs": 4, "batch_size": 32, "device": "cpu", "patience": 2}
+
+
+def _grid(**values) -> Grid:
+    methods = values.pop("methods", ("linear",))
+    profiles = values.pop("profiles", ("base",))
+    return Grid(methods=methods, profiles=profiles, values={k: tuple(v) for k, v in values.items()})
+
+
+def run_sweep(tasks, grid, out_dir, **kwargs):
+    return sweep_tasks(tasks, grid, FIXED, out_dir, dataset="coins", **kwargs)
 
 
 def test_run_names_follow_the_users_pattern_and_invalid_combinations_are_skipped():
-    grid = SweepGrid(profiles=("full", "arcface"), mlp=((1024, 512),), mixup=(0.1,), label_smoothing=(0.1,))
-    runs, skipped = expand_grid(grid, dataset="coins", encoder="dinov2", bg=5)
+    grid = _grid(methods=("mlp",), profiles=("full", "arcface"), hidden_sizes=["1024,512"], mixup=["0.1"],
+                 label_smoothing=["0.1"])
+    runs, skipped = expand_grid(dataclasses.replace(grid, encoders=("dinov2",)), FIXED, dataset="coins", bg=5)
     assert [r.name for r in runs] == ["coins_dinov2_mlp1024_512_mix0p1_ls0p1_full_bg5"]
-    assert runs[0].config.head_type == "mlp" and runs[0].config.hidden_sizes == (1024, 512)
-    assert runs[0].config.class_weight == "effective" and runs[0].config.mixup == 0.1
+    cfg = runs[0].config
+    assert cfg.head.head_type == "mlp" and cfg.head.hidden_sizes == (1024, 512)
+    assert cfg.loss.class_weight == "effective" and cfg.loss.mixup == 0.1
     assert len(skipped) == 1 and "arcface" in skipped[0][0] and "mixup" in skipped[0][1]
-    grid = SweepGrid(lr=(1e-3, 1e-2), seeds=(0, 1))
-    names = [r.name for r in expand_grid(grid, dataset="d", encoder="e")[0]]
+    grid = dataclasses.replace(_grid(lr=["0.001", "0.01"], seed=["0", "1"]), encoders=("e",))
+    names = [r.name for r in expand_grid(grid, FIXED, dataset="d")[0]]
     assert "d_e_lin_mix0_ls0_lr0p001_base_s1" in names and len(names) == 4
-    assert {r.config_name for r in expand_grid(grid, dataset="d", encoder="e")[0]} == {
+    assert {r.config_name for r in expand_grid(grid, FIXED, dataset="d")[0]} == {
         "d_e_lin_mix0_ls0_lr0p001_base", "d_e_lin_mix0_ls0_lr0p01_base"}
+    lin = dataclasses.replace(_grid(methods=("linear", "mlp"), hidden_sizes=["8", "16"]), encoders=("e",))
+    assert sorted(r.name for r in expand_grid(lin, FIXED, dataset="d")[0]) == [
+        "d_e_lin_mix0_ls0_base", "d_e_mlp16_mix0_ls0_base", "d_e_mlp8_mix0_ls0_base"]  # one linear run, not two
 
 
 def test_draw_background_per_foreground_class_and_split():
@@ -69,9 +79,9 @@ def test_draw_background_per_foreground_class_and_split():
 
 def test_sweep_end_to_end_writes_results_and_summary(tmp_path):
     torch.set_num_threads(1)
-    grid = SweepGrid(profiles=("base", "full"), mlp=((), (8,)), label_smoothing=(0.0, 0.1),
-                     lr=(1e-2, 3e-2), seeds=(0, 1), fixed=FIXED)
-    data = {"enc_a": _prepared(0), "enc_b": _prepared(1)}
+    grid = _grid(methods=("linear", "mlp"), hidden_sizes=["8"], profiles=("base", "full"),
+                 label_smoothing=["0", "0.1"], lr=["0.01", "0.03"], seed=["0", "1"])
+    data = {"enc_a": _task(0), "enc_b": _task(1)}
     results = run_sweep(data, grid, tmp_path, reference="base")
     assert len(results) == 2 * 2 * 2 * 2 * 2 * 2 and results["name"].is_unique
     assert set(results.loc[results["profile"] == "base", "batched_heads"]) == {4}  # ls x lr together
@@ -85,14 +95,14 @@ def test_sweep_end_to_end_writes_results_and_summary(tmp_path):
 
     # a batched run scores exactly what a separate EmbeddingClassifier with its config scores
     row = results[(results["profile"] == "base") & (results["head"] == "mlp8")].iloc[3]
-    config = HeadConfig.from_dict(json.loads(row["config"]))
-    prepared = data[row["encoder"]]
-    part = {s: prepared.split == s for s in ("train", "val", "test")}
-    head = EmbeddingClassifier(config).fit(prepared.X[part["train"]], prepared.y[part["train"]],
-                                           X_val=prepared.X[part["val"]], y_val=prepared.y[part["val"]],
-                                           n_classes=4)
-    proba = head.predict_proba(prepared.X[part["test"]])
-    want = classification_metrics(prepared.y[part["test"]], proba.argmax(1), proba, prepared.class_names)
+    run = next(r for r in expand_grid(dataclasses.replace(grid, encoders=(row["encoder"],)), FIXED, dataset="coins")[0]
+               if r.name == row["name"])
+    task = data[row["encoder"]]
+    X, part = task.samples.features(), {s: task.split == s for s in ("train", "val", "test")}
+    head = EmbeddingClassifier(**head_params(run.config)).fit(
+        X[part["train"]], task.y[part["train"]], X_val=X[part["val"]], y_val=task.y[part["val"]], classes=range(4))
+    proba = head.predict_proba(X[part["test"]])
+    want = classification_metrics(task.y[part["test"]], proba.argmax(1), proba, task.class_names)
     assert row["macro_f1_fg"] == pytest.approx(want["macro_f1"], abs=1e-9)
     assert row["ece"] == pytest.approx(want["ece"], abs=1e-4)
 
@@ -107,38 +117,15 @@ def test_sweep_end_to_end_writes_results_and_summary(tmp_path):
     assert "Mean ± std over seeds" in results_md and "coins_enc_b_mlp8_mix0_ls0p1_lr0p03_full" in results_md
 
 
-def test_background_rows_give_foreground_metrics(tmp_path):
-    prepared = _prepared(2)
-    pool = np.random.default_rng(5).normal(0, 1, (60, 10)).astype(np.float32)
-    results = run_sweep({"e": prepared}, SweepGrid(fixed=FIXED), tmp_path, background={"e": pool}, bg=2)
-    (row,) = results.itertuples()
-    assert row.name == "coins_e_lin_mix0_ls0_base_bg2"
-    assert row.macro_f1_fg != row.macro_f1  # the background class is left out of the _fg average
-    X, y, split, names = with_background(prepared.X, prepared.y, prepared.split, prepared.class_names, pool, 2,
-                                         seed=0)
-    assert names[-1] == "background" and (y == 4).sum() == 2 * 4 * 3
-    rows = {s: {tuple(r) for r in X[(split == s) & (y == 4)]} for s in ("train", "val", "test")}
-    assert not (rows["train"] & rows["test"]) and not (rows["train"] & rows["val"])  # no leak across splits
-    # with --background-class the images join that class; only the other 3 classes count as foreground
-    X, y, split, names = with_background(prepared.X, prepared.y, prepared.split, prepared.class_names, pool, 2,
-                                         seed=0, background_class="c3")
-    assert names == prepared.class_names and (y == 3).sum() == (prepared.y == 3).sum() + 2 * 3 * 3
-    results = run_sweep({"e": prepared}, SweepGrid(fixed=FIXED), tmp_path / "joined", background={"e": pool},
-                        bg=2, background_class="c3")
-    assert results["macro_f1_fg"].iloc[0] != results["macro_f1"].iloc[0]
-
-
 def test_background_class_in_the_data_gives_foreground_metrics(tmp_path):
-    results = run_sweep({"e": _prepared(4)}, SweepGrid(fixed=FIXED), tmp_path, background_class="c3")
+    results = run_sweep({"e": _task(4, background_class="c3")}, _grid(), tmp_path)
     (row,) = results.itertuples()
     assert row.macro_f1_fg != row.macro_f1
-    with pytest.raises(KennerError, match="not a class"):
-        run_sweep({"e": _prepared(4)}, SweepGrid(fixed=FIXED), tmp_path / "other", background_class="none")
 
 
 def test_interrupted_sweep_resumes_without_refitting(tmp_path, monkeypatch):
-    grid = SweepGrid(profiles=("base", "calib"), mixup=(0.0, 0.2), lr=(1e-2, 3e-2), fixed=FIXED)
-    data = {"e": _prepared(3)}
+    grid = _grid(profiles=("base", "calib"), mixup=["0", "0.2"], lr=["0.01", "0.03"])
+    data = {"e": _task(3)}
     real_metrics, calls = sweep_module._metrics, []
 
     def failing_metrics(*args, **kwargs):
@@ -169,9 +156,8 @@ def test_interrupted_sweep_resumes_without_refitting(tmp_path, monkeypatch):
 
     fitted.clear()
     assert len(run_sweep(data, grid, tmp_path)) == 8 and fitted == []  # nothing left to do
-    changed = dataclasses.replace(grid, fixed={**FIXED, "epochs": 5})
     with pytest.raises(KennerError, match="other settings"):
-        run_sweep(data, changed, tmp_path)
+        sweep_tasks(data, grid, {**FIXED, "epochs": 5}, tmp_path, dataset="coins")
 
 
 def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
@@ -184,8 +170,8 @@ def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
     for i in range(6):
         make_image(tmp_path / "bg" / f"wall{i}.png", (40, 32), color=(128, 128, 128), noise=30, seed=i)
     out = tmp_path / "sweep"
-    argv = ["sweep", "--data", str(grouped_folder_dataset), "--encoders", "default",
-            "--profiles", "base,calib", "--lr", "0.01,0.03", "--mlp", "lin", "16", "--epochs", "3",
+    argv = ["sweep", "--data", str(grouped_folder_dataset), "--encoders", "default", "--methods", "linear,mlp",
+            "--profiles", "base,calib", "--lr", "0.01,0.03", "--hidden-sizes", "16", "--epochs", "3",
             "--background-dir", str(tmp_path / "bg"), "--bg", "1", "--cache-dir", str(tmp_path / "cache"),
             "--num-workers", "0", "--device", "cpu",
             "--out-dir", str(out)]
@@ -195,6 +181,7 @@ def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 2 * 2 * 2
     assert "folder_default_mlp16_mix0_ls0_lr0p03_calib_bg1" in set(results["name"])
+    assert (results["macro_f1_fg"] != results["macro_f1"]).any()  # the background class is not foreground
     assert (out / "splits" / "train_ids.json").exists() and (out / "summary.md").exists()
 
     from mlflow.tracking import MlflowClient
@@ -216,18 +203,28 @@ def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
     args = parser.parse_args([*argv, "--folds", "3", "--no-track"])
     with pytest.raises(KennerError, match="--folds is for kenner train"):
         args.func(args)
+    for profile in ("full", "hardmine", "arcface", "supcon"):  # profiles that cannot be batched run too
+        args = parser.parse_args([*argv[:5], "--methods", "mlp", "--hidden-sizes", "8", "--profiles", profile,
+                                  "--epochs", "3", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+                                  "--out-dir", str(tmp_path / profile), "--no-track"])
+        assert args.func(args) == 0
+        assert pd.read_csv(tmp_path / profile / "results.csv")["batched_heads"].tolist() == [1]
+    args = parser.parse_args([*argv[:5], "--mlp", "lin", "8", "--out-dir", str(tmp_path / "old"), "--no-track",
+                              "--epochs", "2", "--cache-dir", str(tmp_path / "cache")])
+    assert args.func(args) == 0  # kenner 0.1's --mlp still works (with a warning)
+    assert sorted(pd.read_csv(tmp_path / "old" / "results.csv")["head"]) == ["lin", "mlp8"]
     no_dir = [a for a in argv if a != str(tmp_path / "bg") and a != "--background-dir"]
     args = parser.parse_args([*no_dir, "--no-track"])
     with pytest.raises(KennerError, match="--background-dir DIR"):
         args.func(args)
-    with pytest.raises(KennerError, match="unknown nope"):
+    with pytest.raises(KennerError, match="unknown profile 'nope'"):
         args = parser.parse_args([*argv[:5], "--profiles", "base,nope", "--out-dir", str(out)])
         args.func(args)
 
 
 def test_calibrated_runs_report_ece_before_and_after_temperature_scaling(tmp_path):
-    grid = SweepGrid(profiles=("base", "calib"), mlp=((8,),), label_smoothing=(0.0, 0.1), fixed=FIXED)
-    results = run_sweep({"e": _prepared(5)}, grid, tmp_path).set_index("name")
+    grid = _grid(methods=("mlp",), hidden_sizes=["8"], profiles=("base", "calib"), label_smoothing=["0", "0.1"])
+    results = run_sweep({"e": _task(5)}, grid, tmp_path).set_index("name")
     assert set(results["batched_heads"]) == {4}  # calibration is per head: base and calib train together
     for ls in ("0", "0p1"):
         base, calib = results.loc[f"coins_e_mlp8_mix0_ls{ls}_base"], results.loc[f"coins_e_mlp8_mix0_ls{ls}_calib"]
@@ -241,10 +238,10 @@ def test_calibrated_runs_report_ece_before_and_after_temperature_scaling(tmp_pat
 
 
 def test_calibration_without_validation_rows_is_a_clear_error(tmp_path):
-    prepared = _prepared(6)
-    prepared.split = np.where(prepared.split == "val", "train", prepared.split)
+    task = _task(6)
+    task.split = np.where(task.split == "val", "train", task.split)
     with pytest.raises(KennerError, match="validation rows"):
-        run_sweep({"e": prepared}, SweepGrid(profiles=("calib",), fixed=FIXED), tmp_path)
+        run_sweep({"e": task}, _grid(profiles=("calib",)), tmp_path)
 
 
 class RecordingTracker(Tracker):
@@ -273,8 +270,8 @@ class RecordingTracker(Tracker):
 
 def test_every_configuration_is_one_tracked_run_and_resume_tracks_only_new_ones(tmp_path):
     tracker = RecordingTracker()
-    grid = SweepGrid(profiles=("base", "calib"), lr=(1e-2, 3e-2), fixed=FIXED)
-    results = run_sweep({"e": _prepared(7)}, grid, tmp_path, tracker=tracker)
+    grid = _grid(profiles=("base", "calib"), lr=["0.01", "0.03"])
+    results = run_sweep({"e": _task(7)}, grid, tmp_path, tracker=tracker)
     assert [run["name"] for run in tracker.runs] == results["name"].tolist()
     run = tracker.runs[-1]
     row = results.iloc[-1]
@@ -283,6 +280,6 @@ def test_every_configuration_is_one_tracked_run_and_resume_tracks_only_new_ones(
     for key in ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy", "ece",
                 "ece_uncalibrated", "fit_seconds", "calibration_seconds", "evaluation_seconds"):
         assert run["metrics"][key] == pytest.approx(row[key]), key
-    more = dataclasses.replace(grid, lr=(1e-2, 3e-2, 1e-1))
-    run_sweep({"e": _prepared(7)}, more, tmp_path, tracker=tracker)
+    more = _grid(profiles=("base", "calib"), lr=["0.01", "0.03", "0.1"])
+    run_sweep({"e": _task(7)}, more, tmp_path, tracker=tracker)
     assert len(tracker.runs) == 6  # only the two new configurations

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from kenner.config.sections import TrackingConfig
 from kenner.errors import KennerError
-from kenner.track import (
+from kenner.runs.tracking import (
     MlflowTracker,
     NullTracker,
-    add_tracking_arguments,
     create_tracker,
     flatten_params,
-    tracker_from_args,
+    tracker_for,
 )
 
 
@@ -102,19 +101,14 @@ def test_unknown_tracker_and_status() -> None:
         NullTracker().end_run("DONE")
 
 
-def test_tracking_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tracker_from_the_tracking_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    parser = argparse.ArgumentParser()
-    add_tracking_arguments(parser)
-    assert isinstance(tracker_from_args(parser.parse_args(["--no-track"])), NullTracker)
-    args = parser.parse_args(["--experiment", "saguis"])
-    tracker = tracker_from_args(args, run_dir=tmp_path)
+    assert isinstance(tracker_for(TrackingConfig(track="none")), NullTracker)
+    tracker = tracker_for(TrackingConfig(experiment="saguis"), run_dir=tmp_path)
     assert isinstance(tracker, MlflowTracker) and tracker.experiment == "saguis"
     assert tracker.tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--wandb", "--no-track"])
     with pytest.raises(KennerError, match="tracking-uri"):
-        tracker_from_args(parser.parse_args(["--wandb", "--tracking-uri", "sqlite:///x.db"]))
+        tracker_for(TrackingConfig(track="wandb", tracking_uri="sqlite:///x.db"))
 
 
 def test_wandb_offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

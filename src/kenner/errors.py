@@ -24,6 +24,11 @@ class ImageError(DataError):
     """An image that cannot be used: missing, empty, not an image, corrupt, truncated, too large."""
 
 
+class InvalidInput(KennerError, ValueError):
+    """Bad arrays passed to an estimator (shape, NaN, unknown labels): a KennerError the CLI prints, and a
+    ValueError as scikit-learn expects of its estimators."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A termination signal (SIGTERM from a scheduler or ``timeout``) handled like Ctrl-C: finished work is kept."""
 

@@ -13,7 +13,7 @@ from kenner.encoders.base import POOLINGS, Encoder, Preprocessing
 from kenner.errors import KennerError
 from kenner.registry import Registry
 
-__all__ = ["BACKENDS", "ENCODERS", "Encoder", "Preprocessing", "create_encoder", "list_encoders"]
+__all__ = ["BACKENDS", "ENCODERS", "Encoder", "Preprocessing", "check_encoder", "create_encoder", "list_encoders"]
 
 ENCODERS: Registry[Encoder] = Registry("encoder family")
 BACKENDS = ("auto", "torch", "onnx")
@@ -119,6 +119,29 @@ def create_encoder(
 
         return to_onnx(encoder, cache_dir=cache_dir)
     return encoder.to(device).eval()
+
+
+def check_encoder(spec: str, *, weights: str | Path | None = None) -> None:
+    """Fail within seconds, before any work, when ``spec``'s weights would have to come from a hub this machine
+    cannot reach (one line saying how to use a local copy); loads nothing."""
+    family, _, name = spec.partition(":")
+    if weights is not None or not name:
+        return
+    if family == "hf" and not (Path(name).expanduser().is_dir() or name.startswith((".", "/", "~"))):
+        from kenner.encoders.hf import require_hf
+
+        require_hf(name)
+    elif family == "timm":
+        import timm
+
+        from kenner.encoders.timm_encoder import require_timm
+
+        if timm.is_model(name):
+            require_timm(name)
+    elif family == "open_clip":
+        from kenner.encoders.openclip import require_open_clip
+
+        require_open_clip(name)
 
 
 def list_encoders() -> list[str]:

@@ -17,6 +17,7 @@ import transformers
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, PretrainedConfig
 
 from kenner.encoders.base import INTERPOLATIONS, Encoder, Preprocessing, download_error, hash_state_dict
+from kenner.encoders.hub import cached, require_hub
 from kenner.errors import KennerError
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,12 @@ def _load_model(source: str, config: PretrainedConfig) -> torch.nn.Module:
     return model
 
 
+def require_hf(repo: str) -> None:
+    """Fail fast when hub repo ``repo`` is neither cached here nor downloadable (nothing is loaded)."""
+    if not cached(repo, "config.json"):
+        require_hub("hf", repo)
+
+
 def create_hf_encoder(source: str, *, weights: str | Path | None = None, pooling: str = "cls") -> HFEncoder:
     """``hf:<repo-or-dir>``: a hub name (``facebook/dinov2-small``) or a local ``save_pretrained`` dir."""
     if weights is not None:
@@ -143,6 +150,8 @@ def create_hf_encoder(source: str, *, weights: str | Path | None = None, pooling
     if looks_local and not Path(source).expanduser().is_dir():
         raise KennerError(f"model directory not found: {source}")
     source = str(Path(source).expanduser()) if looks_local else source
+    if not looks_local:
+        require_hf(source)
     try:
         config = AutoConfig.from_pretrained(source)
         if config.model_type in UNSUPPORTED:

@@ -14,6 +14,7 @@ import open_clip
 import torch
 
 from kenner.encoders.base import Encoder, Preprocessing, download_error, hash_file, hash_state_dict
+from kenner.encoders.hub import cached, require_hub
 from kenner.errors import KennerError
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ def create_open_clip_encoder(
         raise KennerError(
             f"open_clip:{arch} needs a pretrained tag (open_clip:{arch}@TAG; tags: {tags}) or --weights FILE"
         )
+    if weights is None:
+        require_open_clip(spec)
     try:
         model = open_clip.create_model(arch, pretrained=str(weights) if weights is not None else tag or None)
     except (OSError, RuntimeError) as error:
@@ -83,3 +86,18 @@ def create_open_clip_encoder(
         raise KennerError(f"could not create open_clip:{spec}: {error}") from error
     weights_hash = hash_file(weights) if weights is not None else hash_state_dict(model.state_dict())
     return OpenClipEncoder(model, name=f"open_clip:{spec}", weights_hash=weights_hash)
+
+
+def require_open_clip(spec: str) -> None:
+    """Fail fast, with the way to use a local file, when the weights would come from an unreachable hub."""
+    arch, _, tag = spec.partition("@")
+    if arch.startswith("local-dir:"):
+        return
+    if arch.startswith("hf-hub:"):
+        repo, url = arch.removeprefix("hf-hub:"), None
+    else:
+        pretrained = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+        repo, url = pretrained.get("hf_hub", "").strip("/"), pretrained.get("url") or None
+    if repo and cached(repo, "open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        return
+    require_hub("open_clip", f"{arch}@{tag}" if tag else arch, url=None if repo else url)

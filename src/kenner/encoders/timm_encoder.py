@@ -12,6 +12,7 @@ from timm.models import load_state_dict
 from torch import nn
 
 from kenner.encoders.base import Encoder, Preprocessing, download_error, hash_file, hash_state_dict
+from kenner.encoders.hub import cached, require_hub
 from kenner.errors import KennerError
 
 
@@ -85,6 +86,16 @@ class TimmEncoder(Encoder):
         return self.model.forward_features(pixels)[:, prefix:]
 
 
+def require_timm(name: str, cfg: object | None = None) -> None:
+    """Fail fast when timm model ``name``'s pretrained weights are neither cached here nor downloadable."""
+    cfg = cfg or timm.models.get_pretrained_cfg(name)
+    if cfg is None or getattr(cfg, "file", None):
+        return
+    if cfg.hf_hub_id and cached(cfg.hf_hub_id, "model.safetensors", "pytorch_model.bin"):
+        return
+    require_hub("timm", name, url=None if cfg.hf_hub_id else cfg.url)
+
+
 def create_timm_model(name: str, *, weights: str | Path | None, **kwargs) -> tuple[nn.Module, str]:
     """A timm model with hub weights (``weights=None``) or a local file; returns it and its weights hash."""
     if not timm.is_model(name):
@@ -101,6 +112,7 @@ def create_timm_model(name: str, *, weights: str | Path | None, **kwargs) -> tup
         raise KennerError(f"timm model {name!r}: {error}") from error
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise KennerError(f"timm model {name!r} has no pretrained weights; pass --weights FILE")
+    require_timm(name, cfg)
     try:
         model = timm.create_model(name, pretrained=True, **kwargs)
     except OSError as error:

@@ -1,8 +1,12 @@
-"""Calibration: is a head's confidence (its top probability) as high as its accuracy?"""
+"""Calibration: is a head's confidence (its top probability) as high as its accuracy? ECE, reliability bins,
+and what a fitted softmax temperature buys (for a run's report)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy.special import log_softmax
 
 from kenner.errors import KennerError
 
@@ -36,3 +40,37 @@ def expected_calibration_error(proba: np.ndarray, y_true: np.ndarray, n_bins: in
     if count.sum() == 0:
         raise KennerError("no samples to compute the calibration error on")
     return float(np.sum(count / count.sum() * np.abs(accuracy - mean_confidence)))
+
+
+def calibration_summary(logits: np.ndarray, y: np.ndarray, temperature: float) -> dict[str, float]:
+    """ECE and NLL of ``softmax(logits)`` (before) and ``softmax(logits / temperature)`` (after).
+
+    ``logits`` [N, C] are the ones predictions come from (a head's ``logits(X)``, after any inference-time
+    logit adjustment); ``y`` are class indices. Keys: ``temperature``, ``n``, ``ece_before``, ``ece_after``,
+    ``nll_before``, ``nll_after``.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    summary: dict[str, float] = {"temperature": float(temperature), "n": len(y)}
+    for when, scaled in (("before", logits), ("after", logits / temperature)):
+        log_proba = log_softmax(scaled, axis=1)
+        summary[f"ece_{when}"] = expected_calibration_error(np.exp(log_proba), y)
+        summary[f"nll_{when}"] = float(-log_proba[np.arange(len(y)), y].mean())
+    return summary
+
+
+def calibration_markdown(summaries: dict[str, dict[str, float]]) -> str:
+    """A report section: the temperature, then ECE and NLL before/after per split."""
+    if not summaries:
+        return "No validation or test rows to measure calibration on.\n"
+    temperature = next(iter(summaries.values()))["temperature"]
+    lines = [
+        f"Temperature T = {temperature:.4g}, fitted on the validation split (argmax unchanged).",
+        "",
+        "| split | n | ECE before | ECE after | NLL before | NLL after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in summaries.items():
+        nll = [f"{s[k]:.4f}" if math.isfinite(s[k]) else "inf" for k in ("nll_before", "nll_after")]
+        lines.append(f"| {name} | {s['n']} | {s['ece_before']:.4f} | {s['ece_after']:.4f} | {nll[0]} | {nll[1]} |")
+    return "\n".join(lines) + "\n"

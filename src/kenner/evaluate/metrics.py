@@ -71,6 +71,23 @@ def classification_metrics(
     return metrics
 
 
+def macro_f1_rows(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro-F1 of each row of ``y_pred`` [H, N] (class indices) against ``y_true`` [N], as scikit-learn's
+    ``f1_score(average="macro", zero_division=0)`` computes it: averaged over the classes present in truth
+    or prediction. One bincount for all H rows, so a loop over many heads pays once."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.atleast_2d(np.asarray(y_pred, dtype=np.int64))
+    n_rows = len(y_pred)
+    index = (np.arange(n_rows)[:, None] * n_classes + y_true) * n_classes + y_pred
+    confusion = np.bincount(index.ravel(), minlength=n_rows * n_classes * n_classes)
+    confusion = confusion.reshape(n_rows, n_classes, n_classes).astype(np.float64)
+    tp = confusion.diagonal(axis1=1, axis2=2)
+    denominator = confusion.sum(axis=2) + confusion.sum(axis=1)  # support + predicted
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    present = denominator > 0
+    return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
 def per_class_table(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> pd.DataFrame:
     """One row per class, in class order: class, support, precision, recall, f1."""
     y_true, y_pred = _check_labels(y_true, y_pred, len(class_names))
@@ -95,9 +112,7 @@ def _averaged(y_true: np.ndarray, y_pred: np.ndarray, labels: np.ndarray, suffix
     return out
 
 
-def _check_labels(
-    y_true: Sequence[int], y_pred: Sequence[int], n_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_labels(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     if y_true.ndim != 1 or y_true.shape != y_pred.shape:

@@ -39,22 +39,21 @@ def plot_confusion_matrix(
     axes = figure.subplots()
     labels = [_short(name) for name in class_names]
     display = ConfusionMatrixDisplay(matrix, display_labels=labels)
-    display.plot(
-        ax=axes,
-        cmap="Blues",
-        include_values=n <= MAX_VALUES_SHOWN,
-        values_format=".2f" if normalize else "d",
-        xticks_rotation="vertical",
-        colorbar=False,
-        text_kw={"fontsize": label_size - 1},
-    )
+    display.plot(ax=axes, cmap="Blues", include_values=False, xticks_rotation="vertical", colorbar=False)
+    if n <= MAX_VALUES_SHOWN:  # the share and, under it, the count: small classes read as what they are
+        counts = confusion_matrix(y_true, y_pred, labels=np.arange(n))
+        for (i, j), value in np.ndenumerate(matrix):
+            if counts[i, j] or i == j:
+                text = f"{value:.2f}\n({counts[i, j]})" if normalize else str(counts[i, j])
+                axes.text(j, i, text, ha="center", va="center", fontsize=label_size - 1,
+                          color="white" if value > 0.5 * (matrix.max() or 1) else "black")
     colorbar = figure.colorbar(display.im_, ax=axes, shrink=0.6 if n > MAX_VALUES_SHOWN else 0.8, pad=0.02)
     colorbar.ax.tick_params(labelsize=10)
     axes.tick_params(labelsize=label_size)
     if normalize:
         display.im_.set_clim(0, 1)
     axes.set_title(
-        f"Confusion matrix ({'share of true class' if normalize else 'counts'}), n={len(y_true)}",
+        f"Confusion matrix ({'share of true class (count)' if normalize else 'counts'}), n={len(y_true)}",
         fontsize=max(label_size + 2, 12),
     )
     axes.xaxis.label.set_fontsize(max(label_size, 11))

@@ -3,7 +3,8 @@
 One rule serves retrieval and classifier heads alike. Each prediction carries two numbers:
 
 - a **distance** (lower = more confident): the top-1 cosine distance for retrieval
-  (see :func:`kenner.retrieval.vote.retrieval_confidence`), ``1 - max probability`` for a classifier (:func:`proba_confidence`);
+  (:func:`kenner.retrieval.vote.retrieval_confidence`), ``1 - max probability`` for a classifier
+  (:func:`proba_confidence`);
 - a **margin** (higher = more confident): top-1 minus top-2 vote score, or top-1 minus top-2 probability.
 
 A :class:`RejectRule` rejects when the distance exceeds ``max_distance`` or the margin falls below
@@ -125,7 +126,9 @@ def tune_threshold(
     thresholds = curve["threshold"]  # descending: strictest first
     # halfway to the next less confident score (same rows accepted here), so a score that recomputes a
     # hair lower elsewhere (another batch size, another machine) is not rejected
-    below = thresholds[best + 1] if best + 1 < len(thresholds) else thresholds[best] - 1.0
+    # (accepting everything: just past the least confident score, so a bounded signal stays in its range)
+    below = thresholds[best + 1] if best + 1 < len(thresholds) else thresholds[best] - 1e-6 * max(
+        1.0, abs(thresholds[best]))
     return OperatingPoint(
         threshold=float((thresholds[best] + below) / 2),
         coverage=float(curve["coverage"][best]),

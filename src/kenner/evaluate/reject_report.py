@@ -56,8 +56,9 @@ def tune_reject(distance: np.ndarray, margin: np.ndarray, correct: np.ndarray, s
 
 def reject_markdown(summary: dict[str, Any]) -> str:
     """The report section: the curve, the tuned rule, and what it achieves on each split."""
-    text = [f"Coverage–accuracy curve on {summary['curve_split']} (signal: {summary['by']}; "
-            "the marked point is the tuned operating point):", "![coverage–accuracy](coverage_accuracy.png)"]
+    marked = "; the marked point is the tuned operating point" if "rule" in summary else ""
+    text = [f"Coverage–accuracy curve on {summary['curve_split']} (signal: {summary['by']}{marked}):",
+            "![coverage–accuracy](coverage_accuracy.png)"]
     if "rule" not in summary:
         text.append("No target (`--target-precision` / `--target-coverage`): every prediction is accepted.")
         return "\n\n".join(text)
@@ -65,7 +66,8 @@ def reject_markdown(summary: dict[str, Any]) -> str:
     missed = "" if point["target_met"] else " (**target not reached on val**)"
     target = (f"target precision {summary['target_precision']}" if summary.get("target_precision") is not None
               else f"target coverage {summary['target_coverage']}")
-    text.append(f"Rule \"{rule_text(summary['rule'], summary.get('distance', 'distance'))}\" tuned on val for {target}: coverage "
+    rule = rule_text(summary["rule"], summary.get("distance", "distance"))
+    text.append(f"Rule \"{rule}\" tuned on val for {target}: coverage "
                 f"{point['coverage']:.3f}, precision {point['precision']:.3f}{missed}. "
                 "Measured on each split with the same rule:")
     header = ["split", "coverage", "precision (accepted)", "accuracy (all)", "accepted", "n"]

@@ -1,110 +1,238 @@
-"""EmbeddingClassifier: a scikit-learn estimator that trains a head (linear, MLP, ArcFace) on embeddings."""
+"""EmbeddingClassifier: a scikit-learn classifier that trains a head (linear, MLP, ArcFace) on embeddings."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from kenner.config.sections import (
+    ArcFaceConfig,
+    ComputeConfig,
+    EarlyStoppingConfig,
+    HeadConfig,
+    LossConfig,
+    OptimConfig,
+    ScheduleConfig,
+)
+from kenner.config.tree import RunConfig, build_config, to_nested
 from kenner.device import resolve_device
-from kenner.errors import KennerError
-from kenner.heads.config import HeadConfig
+from kenner.errors import InvalidInput, KennerError
+from kenner.heads.calibration import fit_temperature
 from kenner.heads.modules import HeadNet, build_head_net
+from kenner.heads.training import inference_logits, resolve_monitor, train_head
+from kenner.loop.epochs import batched, make_generator
 from kenner.losses.logit_adjustment import log_prior
-from kenner.train.calibrate import fit_temperature
-from kenner.train.loop import batched, inference_logits, make_generator, train_head
+
+# The config sections whose fields are an EmbeddingClassifier's parameters (plus ``device``).
+HEAD_SECTIONS = ("head", "optim", "schedule", "early_stopping", "arcface", "loss")
+
+T = TypeVar("T")
+
+
+def head_params(cfg: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of an :class:`EmbeddingClassifier` from a run's config."""
+    return {**cfg.fields(*HEAD_SECTIONS), "device": cfg["device"]}
 
 
 class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
-    """A head on float32 embeddings, configured by one :class:`HeadConfig`.
+    """A head on float32 embeddings; every parameter is a config field of the same name (see ``--help``).
 
-    ``EmbeddingClassifier(lr=0.01)`` is shorthand for ``EmbeddingClassifier(HeadConfig(lr=0.01))``;
-    ``set_params`` accepts HeadConfig field names too (for GridSearchCV). Learned state: ``model_``,
-    ``mean_``/``scale_`` (standardisation, train rows only), ``log_prior_`` (train class prior),
-    ``temperature_``, ``history_``, ``best_epoch_``, ``fit_seconds_``, ``classes_``, ``n_features_in_``.
+    Learned state: ``classes_``, ``n_features_in_``, ``model_``, ``mean_``/``scale_`` (standardisation,
+    train rows only), ``log_prior_`` (train class prior), ``temperature_``, ``history_`` (the schema of
+    :mod:`kenner.loop.history`), ``best_epoch_``, ``fit_seconds_``.
     """
 
-    def __init__(self, config: HeadConfig | None = None, **overrides: Any) -> None:
-        if overrides:
-            config = _replace(config or HeadConfig(), overrides)
-        self.config = config
-
-    def set_params(self, **params: Any) -> EmbeddingClassifier:
-        knobs = {k: params.pop(k) for k in list(params) if k != "config"}
-        super().set_params(**params)
-        if knobs:
-            self.config = _replace(self._config(), knobs)
-        return self
+    def __init__(
+        self,
+        head_type: str = HeadConfig.head_type,
+        *,
+        hidden_sizes: tuple[int, ...] = HeadConfig.hidden_sizes,
+        gelu_ln: bool = HeadConfig.gelu_ln,
+        dropout: float = HeadConfig.dropout,
+        standardize: str = HeadConfig.standardize,
+        logit_adjust: str = HeadConfig.logit_adjust,
+        logit_tau: float = HeadConfig.logit_tau,
+        balanced_softmax: bool = HeadConfig.balanced_softmax,
+        hardmine_epochs: int = HeadConfig.hardmine_epochs,
+        crt_epochs: int = HeadConfig.crt_epochs,
+        calibrate: bool = HeadConfig.calibrate,
+        manifold_mixup: float = HeadConfig.manifold_mixup,
+        feature_noise: float = HeadConfig.feature_noise,
+        feature_scale: float = HeadConfig.feature_scale,
+        feature_aug_p: float = HeadConfig.feature_aug_p,
+        supcon_weight: float = HeadConfig.supcon_weight,
+        supcon_temperature: float = HeadConfig.supcon_temperature,
+        supcon_dim: int = HeadConfig.supcon_dim,
+        center_loss_weight: float = HeadConfig.center_loss_weight,
+        epochs: int = OptimConfig.epochs,
+        batch_size: int = OptimConfig.batch_size,
+        lr: float = OptimConfig.lr,
+        weight_decay: float = OptimConfig.weight_decay,
+        optimizer: str = OptimConfig.optimizer,
+        seed: int = OptimConfig.seed,
+        scheduler: str = ScheduleConfig.scheduler,
+        warmup_epochs: int = ScheduleConfig.warmup_epochs,
+        min_lr: float = ScheduleConfig.min_lr,
+        t0: int = ScheduleConfig.t0,
+        t_mult: int = ScheduleConfig.t_mult,
+        plateau_factor: float = ScheduleConfig.plateau_factor,
+        plateau_patience: int = ScheduleConfig.plateau_patience,
+        patience: int = EarlyStoppingConfig.patience,
+        monitor: str = EarlyStoppingConfig.monitor,
+        min_epochs: int = EarlyStoppingConfig.min_epochs,
+        arcface_scale: float = ArcFaceConfig.arcface_scale,
+        arcface_margin: float = ArcFaceConfig.arcface_margin,
+        margin_warmup_epochs: int = ArcFaceConfig.margin_warmup_epochs,
+        margin_ramp_epochs: int = ArcFaceConfig.margin_ramp_epochs,
+        label_smoothing: float = LossConfig.label_smoothing,
+        class_weight: str = LossConfig.class_weight,
+        effective_beta: float = LossConfig.effective_beta,
+        mixup: float = LossConfig.mixup,
+        device: str = ComputeConfig.device,
+    ) -> None:
+        self.head_type = head_type
+        self.hidden_sizes = hidden_sizes
+        self.gelu_ln = gelu_ln
+        self.dropout = dropout
+        self.standardize = standardize
+        self.logit_adjust = logit_adjust
+        self.logit_tau = logit_tau
+        self.balanced_softmax = balanced_softmax
+        self.hardmine_epochs = hardmine_epochs
+        self.crt_epochs = crt_epochs
+        self.calibrate = calibrate
+        self.manifold_mixup = manifold_mixup
+        self.feature_noise = feature_noise
+        self.feature_scale = feature_scale
+        self.feature_aug_p = feature_aug_p
+        self.supcon_weight = supcon_weight
+        self.supcon_temperature = supcon_temperature
+        self.supcon_dim = supcon_dim
+        self.center_loss_weight = center_loss_weight
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.seed = seed
+        self.scheduler = scheduler
+        self.warmup_epochs = warmup_epochs
+        self.min_lr = min_lr
+        self.t0 = t0
+        self.t_mult = t_mult
+        self.plateau_factor = plateau_factor
+        self.plateau_patience = plateau_patience
+        self.patience = patience
+        self.monitor = monitor
+        self.min_epochs = min_epochs
+        self.arcface_scale = arcface_scale
+        self.arcface_margin = arcface_margin
+        self.margin_warmup_epochs = margin_warmup_epochs
+        self.margin_ramp_epochs = margin_ramp_epochs
+        self.label_smoothing = label_smoothing
+        self.class_weight = class_weight
+        self.effective_beta = effective_beta
+        self.mixup = mixup
+        self.device = device
 
     def fit(
         self,
-        X: np.ndarray,
-        y: np.ndarray,
+        X: Any,
+        y: Any,
         *,
-        X_val: np.ndarray | None = None,
-        y_val: np.ndarray | None = None,
-        n_classes: int | None = None,
+        X_val: Any = None,
+        y_val: Any = None,
+        classes: Any = None,
     ) -> EmbeddingClassifier:
-        """Train on ``X`` [N, D] with labels ``y`` in ``0..n_classes-1``; validation rows drive early
-        stopping and temperature calibration."""
+        """Train on ``X`` [N, D] with labels ``y`` (any hashable labels). ``classes`` fixes the class list
+        and its order (some classes may be absent from ``y``); validation rows (same label space) drive
+        early stopping and temperature calibration."""
         start = time.perf_counter()
-        config = self._config()
-        X = _check_embeddings(X, "training embeddings")
-        y = _check_labels(y, len(X), n_classes, "training labels")
-        n_classes = int(n_classes) if n_classes is not None else int(y.max()) + 1
+        params = self.settings()
+        resolve_monitor(params["monitor"])
+        X, y = _checked("training data", lambda: validate_data(self, X, y, dtype=np.float32, ensure_all_finite=False))
+        _check_finite(X, "training embeddings")
+        _checked("training labels", lambda: check_classification_targets(y))
+        if classes is None:
+            self.classes_, y_index = np.unique(y, return_inverse=True)
+        else:
+            self.classes_ = np.asarray(classes)
+            y_index = encode_labels(y, self.classes_, "training labels")
+        if len(self.classes_) < 2:
+            raise InvalidInput(
+                f"training labels: one class only ({self.classes_[0]!r}); a classifier needs at least two"
+            )
         has_val = X_val is not None and y_val is not None and len(X_val) > 0
         if has_val:
-            X_val = _check_embeddings(X_val, "validation embeddings", dim=X.shape[1])
-            y_val = _check_labels(y_val, len(X_val), n_classes, "validation labels")
-        if config.calibrate and not has_val:
+            X_val = self._check_X(X_val, "validation embeddings")
+            y_val_index = encode_labels(y_val, self.classes_, "validation labels")
+        if params["calibrate"] and not has_val:
             raise KennerError("--calibrate fits the temperature on validation data; pass X_val and y_val")
-        device = resolve_device(config.device)
-        self.classes_ = np.arange(n_classes)
-        self.n_features_in_ = X.shape[1]
-        self.mean_, self.scale_ = fit_standardizer(X, config.standardize)
-        self.log_prior_ = log_prior(np.bincount(y, minlength=n_classes)).numpy()
+        device = resolve_device(params["device"])
+        n_classes = len(self.classes_)
+        self.mean_, self.scale_ = fit_standardizer(X, params["standardize"])
+        self.log_prior_ = log_prior(np.bincount(y_index, minlength=n_classes)).numpy()
         forked = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=forked):
-            torch.manual_seed(config.seed)
-            generator = make_generator(config.seed)
-            model = build_head_net(config, X.shape[1], n_classes, generator).to(device)
-            val = (self._tensor(X_val, device), torch.as_tensor(y_val, device=device)) if has_val else (None, None)
-            result = train_head(
-                model, self._tensor(X, device), torch.as_tensor(y, device=device), config,
-                n_classes=n_classes, generator=generator, X_val=val[0], y_val=val[1],
+            torch.manual_seed(params["seed"])
+            generator = make_generator(params["seed"])
+            model = build_head_net(params, X.shape[1], n_classes, generator).to(device)
+            X_val_t = self._tensor(X_val, device) if has_val else None
+            y_val_t = torch.as_tensor(y_val_index, device=device) if has_val else None
+            self.history_, self.best_epoch_ = train_head(
+                model,
+                self._tensor(X, device),
+                torch.as_tensor(y_index, device=device),
+                params,
+                n_classes=n_classes,
+                generator=generator,
+                X_val=X_val_t,
+                y_val=y_val_t,
             )
         self.model_ = model.eval()
-        self.history_ = result.history
-        self.best_epoch_ = result.best_epoch
         self.temperature_ = 1.0
-        if config.calibrate:
-            self.temperature_ = fit_temperature(self._adjusted_logits(X_val), y_val)
+        if params["calibrate"]:
+            self.temperature_ = fit_temperature(self._logits(X_val), y_val_index)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Raw logits [N, C] (no logit adjustment, no temperature)."""
-        return self._logits(X).cpu().numpy()
+    def settings(self) -> dict[str, Any]:
+        """The parameters, coerced and checked like the command line's flags (a KennerError names the flag)."""
+        return head_params(build_config([to_nested(self.get_params())]))
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """``softmax((logits - tau * log_prior) / temperature_)``; the prior term only with
-        ``logit_adjust`` infer/both."""
-        logits = self._adjusted_logits(X).double() / self.temperature_
-        return torch.softmax(logits, dim=1).cpu().numpy()
+    def logits(self, X: Any) -> np.ndarray:
+        """The logits predictions come from, [N, n_classes] float32: with the inference-time logit adjustment
+        (``logit_adjust`` infer/both), without the temperature."""
+        check_is_fitted(self)
+        return self._logits(self._check_X(X, "embeddings")).cpu().numpy()
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[self._adjusted_logits(X).argmax(dim=1).cpu().numpy()]
+    def decision_function(self, X: Any) -> np.ndarray:
+        """scikit-learn's scores: :meth:`logits` ([N, n_classes]); for two classes the logit difference of
+        ``classes_[1]`` over ``classes_[0]`` ([N]). Their argmax (sign) is :meth:`predict`."""
+        logits = self.logits(X).astype(np.float64)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
-    def embed(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``softmax(logits / temperature_)`` [N, n_classes] float64, columns in ``classes_`` order."""
+        logits = torch.as_tensor(self.logits(X)).double() / self.temperature_
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[self.logits(X).argmax(axis=1)]
+
+    def embed(self, X: Any) -> np.ndarray:
         """Penultimate features [N, F] (the standardised input for a linear head)."""
-        check_is_fitted(self, "model_")
-        return batched(self.model_.features, self._tensor(X)).cpu().numpy()
+        check_is_fitted(self)
+        model: HeadNet = self.model_
+        return batched(model.features, self._tensor(self._check_X(X, "embeddings"))).cpu().numpy()
 
     def save(self, directory: str | Path) -> Path:
         """Write ``head.safetensors`` + ``head.json`` (see :func:`kenner.heads.persist.save_head`)."""
@@ -113,40 +241,27 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         return save_head(self, directory)
 
     @classmethod
-    def load(cls, directory: str | Path) -> EmbeddingClassifier:
+    def load(cls, directory: str | Path, *, device: str = "auto") -> EmbeddingClassifier:
         from kenner.heads.persist import load_head
 
-        return load_head(directory)
+        return load_head(directory, device=device)
 
-    def _config(self) -> HeadConfig:
-        """The effective configuration (defaults when ``config`` is None)."""
-        return self.config or HeadConfig()
-
-    def _device(self) -> torch.device:
-        return next(self.model_.parameters()).device
+    def _check_X(self, X: Any, what: str) -> np.ndarray:
+        """Rows of the fitted width, finite, float32 (an InvalidInput names what is wrong)."""
+        X = _checked(what, lambda: validate_data(self, X, dtype=np.float32, ensure_all_finite=False, reset=False))
+        _check_finite(X, what)
+        return X
 
     def _tensor(self, X: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
-        """Standardised float32 tensor on the model's device."""
-        X = _check_embeddings(X, "embeddings", dim=self.n_features_in_)
-        X = (X - self.mean_) / self.scale_
-        return torch.as_tensor(X, dtype=torch.float32, device=device or self._device())
+        """Standardised float32 tensor on the model's (or the given) device."""
+        device = device or next(self.model_.parameters()).device
+        return torch.as_tensor((X - self.mean_) / self.scale_, dtype=torch.float32, device=device)
 
     def _logits(self, X: np.ndarray) -> torch.Tensor:
-        check_is_fitted(self, "model_")
         model: HeadNet = self.model_
-        return batched(model, self._tensor(X))
-
-    def _adjusted_logits(self, X: np.ndarray) -> torch.Tensor:
-        prior = torch.as_tensor(self.log_prior_, device=self._device())
-        return inference_logits(self._logits(X), prior, self._config())
-
-
-def _replace(config: HeadConfig, overrides: dict[str, Any]) -> HeadConfig:
-    known = {f.name for f in dataclasses.fields(HeadConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise KennerError(f"unknown head option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return dataclasses.replace(config, **overrides)
+        raw = batched(model, self._tensor(X))
+        prior = torch.as_tensor(self.log_prior_, device=raw.device)
+        return inference_logits(raw, prior, self.get_params())
 
 
 def fit_standardizer(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -158,28 +273,46 @@ def fit_standardizer(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
-def _check_embeddings(X: Any, what: str, dim: int | None = None) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise KennerError(f"{what}: expected a non-empty 2-D array [rows, dim], got shape {X.shape}")
-    if dim is not None and X.shape[1] != dim:
-        raise KennerError(f"{what}: {X.shape[1]} columns, but the head was built for {dim}; "
-                          "use embeddings from the same encoder and view mode")
-    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+def encode_labels(labels: Any, classes: np.ndarray, what: str) -> np.ndarray:
+    """Indices of ``labels`` in ``classes``; an InvalidInput names the first row with an unknown label."""
+    lookup = {label: index for index, label in enumerate(np.asarray(classes).tolist())}
+    values = np.asarray(labels).ravel().tolist()
+    index = np.fromiter((lookup.get(value, -1) for value in values), dtype=np.int64, count=len(values))
+    bad = np.flatnonzero(index < 0)
     if len(bad):
-        raise KennerError(f"{what}: row {bad[0]} (0-based) contains NaN or infinity ({len(bad)} such rows); "
-                          "re-extract the embeddings")
+        shown = ", ".join(map(repr, np.asarray(classes).tolist()[:10]))
+        raise InvalidInput(
+            f"{what}: row {bad[0]} (0-based) has label {values[bad[0]]!r}, not one of the "
+            f"{len(classes)} classes ({shown}{', ...' if len(classes) > 10 else ''})"
+        )
+    return index
+
+
+def as_embeddings(X: Any, what: str, dim: int | None = None) -> np.ndarray:
+    """``X`` as a finite float32 matrix [N, D] (``D == dim`` when given); an InvalidInput says what is wrong."""
+    X = _checked(what, lambda: check_array(X, dtype=np.float32, ensure_all_finite=False))
+    if dim is not None and X.shape[1] != dim:
+        raise InvalidInput(
+            f"{what}: {X.shape[1]} columns, but the head was built for {dim}; use embeddings "
+            "from the same encoder and view mode"
+        )
+    _check_finite(X, what)
     return X
 
 
-def _check_labels(y: Any, n_rows: int, n_classes: int | None, what: str) -> np.ndarray:
-    """Integer labels in ``0..n_classes-1`` (any non-negative integer when ``n_classes`` is None)."""
-    y = np.asarray(y)
-    if y.shape != (n_rows,) or not np.issubdtype(y.dtype, np.integer):
-        raise KennerError(f"{what}: expected {n_rows} integer class indices, got {y.dtype} array of "
-                          f"shape {y.shape}")
-    n_classes = n_classes if n_classes is not None else int(y.max()) + 1
-    bad = np.flatnonzero((y < 0) | (y >= n_classes))
+def _checked(what: str, check: Callable[[], T]) -> T:
+    """Run a scikit-learn validation; its ValueError becomes an InvalidInput saying what was checked."""
+    try:
+        return check()
+    except ValueError as error:
+        if isinstance(error, KennerError):
+            raise
+        raise InvalidInput(f"{what}: {error}") from None
+
+
+def _check_finite(X: np.ndarray, what: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     if len(bad):
-        raise KennerError(f"{what}: row {bad[0]} (0-based) has class {y[bad[0]]}, outside 0..{n_classes - 1}")
-    return y.astype(np.int64)
+        raise InvalidInput(
+            f"{what}: row {bad[0]} (0-based) contains NaN or infinity ({len(bad)} such rows); re-extract the embeddings"
+        )

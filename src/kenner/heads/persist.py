@@ -12,16 +12,16 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as dump_tensors
 
 from kenner import __version__
+from kenner.config.tree import build_config, to_nested
 from kenner.device import resolve_device
 from kenner.errors import KennerError
-from kenner.heads.classifier import EmbeddingClassifier
-from kenner.heads.config import HeadConfig
+from kenner.heads.classifier import EmbeddingClassifier, head_params
 from kenner.heads.modules import build_head_net
 from kenner.io import atomic_write_bytes, atomic_write_json
-from kenner.train.loop import make_generator
+from kenner.loop.epochs import make_generator
 
 FORMAT = "kenner-head"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS = "head.safetensors"
 META = "head.json"
 
@@ -39,8 +39,8 @@ def save_head(clf: EmbeddingClassifier, directory: str | Path) -> Path:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kenner_version": __version__,
-        "config": (clf.config or HeadConfig()).to_dict(),
-        "n_classes": len(clf.classes_),
+        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in clf.get_params().items()},
+        "classes": clf.classes_.tolist(),
         "input_dim": int(clf.n_features_in_),
         "temperature": float(clf.temperature_),
         "best_epoch": int(clf.best_epoch_),
@@ -52,11 +52,12 @@ def save_head(clf: EmbeddingClassifier, directory: str | Path) -> Path:
 
 
 def load_head(directory: str | Path, *, device: str = "auto") -> EmbeddingClassifier:
-    """Rebuild a head saved by :func:`save_head`; it predicts exactly as before saving."""
+    """Rebuild a head saved by :func:`save_head`; it predicts the same labels and probabilities as before."""
     directory = Path(directory)
     if not (directory / META).is_file() or not (directory / WEIGHTS).is_file():
-        raise KennerError(f"{directory}: no saved head here (expected {META} and {WEIGHTS}); "
-                          "point to the model/ folder of a run")
+        raise KennerError(
+            f"{directory}: no saved head here (expected {META} and {WEIGHTS}); point to the model/ folder of a run"
+        )
     try:
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
         tensors = load_tensors((directory / WEIGHTS).read_bytes())
@@ -64,25 +65,30 @@ def load_head(directory: str | Path, *, device: str = "auto") -> EmbeddingClassi
         raise KennerError(f"{directory}: saved head is corrupt ({error}); re-train or re-copy it") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise KennerError(f"{directory / META}: not a kenner head file")
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
-        raise KennerError(f"{directory / META}: format version {meta.get('format_version')!r} from kenner "
-                          f"{meta.get('kenner_version')} is not readable by kenner {__version__}; upgrade kenner")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version != FORMAT_VERSION:
+        advice = "upgrade kenner" if isinstance(version, int) and version > FORMAT_VERSION else "re-train it"
+        raise KennerError(
+            f"{directory / META}: format version {version!r} from kenner "
+            f"{meta.get('kenner_version')} is not readable by kenner {__version__}; {advice}"
+        )
     try:
-        config = HeadConfig.from_dict(meta["config"])
-        n_classes, input_dim = int(meta["n_classes"]), int(meta["input_dim"])
-        model = build_head_net(config, input_dim, n_classes, make_generator(config.seed))
+        params = head_params(build_config([to_nested(meta["params"], where=str(directory / META))]))
+        classes, input_dim = np.asarray(meta["classes"]), int(meta["input_dim"])
+        model = build_head_net(params, input_dim, len(classes), make_generator(params["seed"]))
         model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
         arrays = {name: tensors[name].numpy() for name in ("mean", "scale", "log_prior")}
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise KennerError(f"{directory}: saved head is incomplete or inconsistent ({error}); "
-                          "re-train or re-copy it") from None
-    clf = EmbeddingClassifier(config)
+        raise KennerError(
+            f"{directory}: saved head is incomplete or inconsistent ({error}); re-train or re-copy it"
+        ) from None
+    clf = EmbeddingClassifier(**params)
     clf.model_ = model.to(resolve_device(device)).eval()
-    clf.classes_ = np.arange(n_classes)
+    clf.classes_ = classes
     clf.n_features_in_ = input_dim
     clf.mean_, clf.scale_, clf.log_prior_ = arrays["mean"], arrays["scale"], arrays["log_prior"]
     clf.temperature_ = float(meta["temperature"])
-    clf.best_epoch_ = int(meta.get("best_epoch", 0))
-    clf.fit_seconds_ = float(meta.get("fit_seconds", 0.0))
-    clf.history_ = meta.get("history", [])
+    clf.best_epoch_ = int(meta["best_epoch"])
+    clf.fit_seconds_ = float(meta["fit_seconds"])
+    clf.history_ = meta["history"]
     return clf

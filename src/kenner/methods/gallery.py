@@ -60,10 +60,9 @@ class GalleryPredictor(Predictor):
         samples = data.samples.subset(rows)
         X = samples.features()
         Z = projection.transform(X) if projection is not None else l2_normalize(X)
-        first_view = samples.view_names[0]
         gallery = Gallery.build(Z, data.y[rows], factory=r.index_factory, search_params=r.search_params,
                                 class_names=data.class_names, ids=samples.ids,
-                                paths=[str(paths[first_view]) for paths in samples.paths])
+                                paths=[" | ".join(str(path) for path in paths.values()) for paths in samples.paths])
         return cls(gallery, data.class_names, projection=projection, vote=r.vote, k=r.knn_k,
                    temperature=r.knn_temperature, gallery_split=r.gallery, eval_method=r.eval_method,
                    hdbscan_min_cluster_size=r.hdbscan_min_cluster_size)

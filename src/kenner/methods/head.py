@@ -34,7 +34,7 @@ class HeadPredictor(Predictor):
     def extras(self, data: TaskData, prediction: Prediction, out_dir: Path) -> Extras:
         if not self.head.calibrate:
             return Extras()
-        logits = self.head.decision_function(data.samples.features())
+        logits = self.head.logits(data.samples.features())
         summaries = {name: calibration_summary(logits[data.mask(name)], data.y[data.mask(name)],
                                                self.head.temperature_)
                      for name in ("val", "test") if data.mask(name).any()}

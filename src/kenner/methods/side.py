@@ -51,7 +51,7 @@ class SidePredictor(Predictor):
         self.task = task
         self.views = list(views)
         self.mask_pooling = mask_pooling
-        self.history = head.history_
+        self.history = getattr(head, "history_", [])  # a head is fitted after the predictor picks its features
         self._last: tuple[Samples, np.ndarray] | None = None
 
     def input_views(self, view_names: list[str], views: str) -> list[str]:

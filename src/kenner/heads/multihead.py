@@ -1,0 +1,438 @@
+"""Many same-shape heads trained as one batched model (after DINOv2's linear evaluation).
+
+H heads that differ only in optimisation settings (learning rate, weight decay, label smoothing, class
+weights) share everything else: the standardised input, the initial weights, the minibatch order, the
+feature augmentation and mixup draws. Their layers are stacked (``[h, in, out]``), a batched matmul gives
+all logits ``[H, B, C]``, and the H losses are summed (heads do not interact, so each head's gradient is
+its own loss's) so that one backward pass serves all.
+
+Torch does the optimisation: heads sharing a learning rate and weight decay are one parameter group of
+``torch.optim`` (AdamW by default), each loss is ``F.cross_entropy`` over the heads sharing label
+smoothing and class weights, and the schedule is :mod:`kenner.loop.schedulers`'. Early stopping is
+:class:`~kenner.loop.early_stopping.EarlyStopping` over H heads; a head that stops leaves the batch (its
+rows of the stacked tensors and of the optimiser state are dropped; a group left without heads gets no
+gradient), and its best weights are kept aside. Validation macro-F1 is ``kenner.evaluate``'s.
+
+Seeded like :class:`~kenner.heads.classifier.EmbeddingClassifier` (the contract of
+:mod:`kenner.loop.epochs`), each head ends where a separate fit with its parameters does, up to float32
+rounding (a batched matmul sums in another order than ``nn.Linear``). Heads whose knobs need per-head
+randomness or per-head batches (dropout, hard mining, cRT, SupCon, center loss, manifold mixup), an ArcFace
+head or a plateau schedule (one monitored value per step) cannot be batched: :func:`batch_key` is None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from kenner.device import resolve_device
+from kenner.errors import KennerError
+from kenner.evaluate.metrics import macro_f1_rows
+from kenner.heads.calibration import fit_temperature
+from kenner.heads.classifier import EmbeddingClassifier, as_embeddings, encode_labels, fit_standardizer
+from kenner.heads.feature_aug import FeatureAugment, mixup
+from kenner.heads.modules import build_head_net
+from kenner.heads.training import class_weights, inference_logits, resolve_monitor, schedule_of, training_shift
+from kenner.loop.early_stopping import EarlyStopping
+from kenner.loop.epochs import INFERENCE_CHUNK, make_generator, make_optimizer, minibatch_order
+from kenner.loop.history import epoch_record
+from kenner.loop.schedulers import build_scheduler, step_scheduler
+from kenner.losses.logit_adjustment import log_prior
+
+# Parameters that may differ between heads trained together.
+PER_HEAD = ("lr", "weight_decay", "label_smoothing", "class_weight", "effective_beta", "calibrate")
+OPTIMISER_GROUP = ("lr", "weight_decay")
+LOSS_GROUP = ("label_smoothing", "class_weight", "effective_beta")
+
+
+def batch_key(params: dict[str, Any]) -> tuple | None:
+    """Heads whose parameters (EmbeddingClassifier keyword arguments, defaults filled in) have equal keys
+    can train as one batched model; None when these parameters cannot be batched."""
+    p = EmbeddingClassifier(**params).settings()
+    if (
+        p["head_type"] not in ("linear", "mlp")
+        or p["dropout"] > 0
+        or p["hardmine_epochs"] > 0
+        or p["crt_epochs"] > 0
+        or p["supcon_weight"] > 0
+        or p["center_loss_weight"] > 0
+        or p["manifold_mixup"] > 0
+        or p["scheduler"] == "plateau"
+    ):
+        return None
+    ignored = ("arcface_scale", "arcface_margin", "margin_warmup_epochs", "margin_ramp_epochs")
+    if p["head_type"] == "linear":
+        ignored += ("hidden_sizes", "gelu_ln")
+    return tuple(sorted((k, v) for k, v in p.items() if k not in PER_HEAD and k not in ignored))
+
+
+class HeadStack(nn.Module):
+    """h heads as stacked layers: ``weights[i]`` [h, in, out], ``biases[i]`` [h, 1, out]; with ``gelu_ln``
+    every hidden layer is followed by a per-head LayerNorm (``norm_weights``/``norm_biases`` [h, out]) and
+    GELU, else by ReLU."""
+
+    def __init__(
+        self,
+        weights: list[torch.Tensor],
+        biases: list[torch.Tensor],
+        norm_weights: list[torch.Tensor],
+        norm_biases: list[torch.Tensor],
+    ) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList(weights)
+        self.biases = nn.ParameterList(biases)
+        self.norm_weights = nn.ParameterList(norm_weights)
+        self.norm_biases = nn.ParameterList(norm_biases)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, D] (shared by all heads) -> logits [h, B, C]."""
+        h = torch.einsum("bd,hdo->hbo", x, self.weights[0]) + self.biases[0]  # one GEMM, not h
+        for i in range(1, len(self.weights)):
+            if self.norm_weights:
+                h = F.layer_norm(h, h.shape[-1:]) * self.norm_weights[i - 1][:, None] + self.norm_biases[i - 1][:, None]
+                h = F.gelu(h)
+            else:
+                h = F.relu(h)
+            h = torch.baddbmm(self.biases[i], h, self.weights[i])
+        return h
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every stacked tensor, in :meth:`parameters` order."""
+        return [p.data for p in self.parameters()]
+
+    @classmethod
+    def from_tensors(cls, tensors: list[torch.Tensor], n_layers: int) -> HeadStack:
+        """Rebuild from :meth:`tensors` of a stack with ``n_layers`` linear layers."""
+        n_norms = (len(tensors) - 2 * n_layers) // 2
+        parts = np.cumsum([n_layers, n_layers, n_norms])
+        weights, biases, norm_weights, norm_biases = np.split(np.arange(len(tensors)), parts)
+        return cls(
+            *(
+                [nn.Parameter(tensors[i].clone()) for i in index]
+                for index in (weights, biases, norm_weights, norm_biases)
+            )
+        )
+
+
+def _initial_tensors(
+    params: dict[str, Any], dim: int, n_classes: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One head's initial weights (``build_head_net`` drawing from ``generator``) in :class:`HeadStack`'s
+    tensor order, each with a leading head axis of 1."""
+    net = build_head_net(params, dim, n_classes, generator)
+    linears = [block[0] for block in net.blocks] + [net.classifier]
+    norms = [block[1] for block in net.blocks] if params["gelu_ln"] and net.blocks else []
+    tensors = (
+        [layer.weight.T for layer in linears]
+        + [layer.bias[None] for layer in linears]
+        + [norm.weight for norm in norms]
+        + [norm.bias for norm in norms]
+    )
+    return [t.detach()[None].clone() for t in tensors]
+
+
+@dataclass
+class MultiHeadFit:
+    """H fitted heads (in the order of their parameters): the stacked net, the shared standardisation and
+    prior, a temperature, best epoch and history (:mod:`kenner.loop.history`) per head."""
+
+    params: list[dict[str, Any]]
+    classes: np.ndarray
+    net: HeadStack
+    mean: np.ndarray
+    scale: np.ndarray
+    log_prior: torch.Tensor
+    temperatures: np.ndarray
+    best_epochs: list[int]
+    history: list[list[dict[str, Any]]]
+    fit_seconds: float
+    calibration_seconds: float = 0.0
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """Inference logits [H, N, C] float32: raw logits minus ``tau * log_prior`` when ``logit_adjust``
+        is infer/both; no temperature."""
+        device = self.net.weights[0].device
+        X = as_embeddings(X, "embeddings", dim=len(self.mean))
+        X = torch.as_tensor((X - self.mean) / self.scale, device=device)
+        with torch.no_grad():
+            raw = torch.cat([self.net(chunk) for chunk in X.split(INFERENCE_CHUNK)], dim=1)
+        return inference_logits(raw, self.log_prior, self.params[0]).cpu().numpy()
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``softmax(logits / temperature)`` per head: [H, N, C] float64."""
+        logits = torch.as_tensor(self.logits(X)).double() / torch.as_tensor(self.temperatures)[:, None, None]
+        return torch.softmax(logits, dim=-1).numpy()
+
+    def calibrate(self, X_val: np.ndarray, y_val: np.ndarray) -> None:
+        """Fit a temperature on validation rows for every head whose ``calibrate`` is on (others: 1)."""
+        start = time.perf_counter()
+        logits = self.logits(X_val)
+        y_index = encode_labels(y_val, self.classes, "validation labels")
+        for h, params in enumerate(self.params):
+            self.temperatures[h] = fit_temperature(logits[h], y_index) if params["calibrate"] else 1.0
+        self.calibration_seconds = time.perf_counter() - start
+
+
+class _Groups:
+    """The active heads of a batched fit, laid out group by group: one :class:`HeadStack` and one optimiser
+    parameter group per distinct (lr, weight decay)."""
+
+    def __init__(self, members: list[list[int]], stacks: list[HeadStack], optimizer: torch.optim.Optimizer):
+        self.members, self.stacks, self.optimizer = members, stacks, optimizer
+
+    @property
+    def active(self) -> list[int]:
+        """The heads still training, in the order their logits come."""
+        return [head for members in self.members for head in members]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([stack(x) for stack, members in zip(self.stacks, self.members, strict=True) if members])
+
+    def keep(self, going: set[int]) -> None:
+        """Drop the heads not in ``going``: their rows of the stacked tensors and of the optimiser state."""
+        for g, (stack, members) in enumerate(zip(self.stacks, self.members, strict=True)):
+            rows = [i for i, head in enumerate(members) if head in going]
+            if len(rows) == len(members) or not rows:
+                self.members[g] = [members[i] for i in rows]
+                continue
+            index = torch.as_tensor(rows, device=stack.weights[0].device)
+            new_params = []
+            for plist in (stack.weights, stack.biases, stack.norm_weights, stack.norm_biases):
+                for i, old in enumerate(plist):
+                    plist[i] = nn.Parameter(old.detach()[index])
+                    state = self.optimizer.state.pop(old, {})
+                    self.optimizer.state[plist[i]] = {
+                        k: v[index] if torch.is_tensor(v) and v.dim() > 0 else v for k, v in state.items()
+                    }
+                    new_params.append(plist[i])
+            self.optimizer.param_groups[g]["params"] = new_params
+            self.members[g] = [members[i] for i in rows]
+
+
+def fit_multihead(
+    X: np.ndarray,
+    y: np.ndarray,
+    params_list: list[dict[str, Any]],
+    *,
+    classes: Any,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    device: str | torch.device | None = None,
+) -> MultiHeadFit:
+    """Train one head per parameter dict (EmbeddingClassifier keyword arguments, all with the same
+    :func:`batch_key`) as one batched model; labels ``y``/``y_val`` are members of ``classes``.
+
+    Heads with ``calibrate`` get their temperature on the validation rows right away (timed apart as
+    ``calibration_seconds``). ``device`` defaults to the parameters'.
+    """
+    start = time.perf_counter()
+    settings = [EmbeddingClassifier(**params).settings() for params in params_list]
+    keys = {batch_key(p) for p in settings}
+    if None in keys or len(keys) != 1:
+        raise KennerError(
+            "fit_multihead: the heads differ in more than lr, weight decay, label smoothing, "
+            "class weights and calibration, or use a knob that cannot be batched"
+        )
+    p = settings[0]
+    monitor = resolve_monitor(p["monitor"])
+    classes = np.asarray(classes)
+    X = as_embeddings(X, "training embeddings")
+    y_index = encode_labels(y, classes, "training labels")
+    has_val = X_val is not None and y_val is not None and len(X_val) > 0
+    if any(s["calibrate"] for s in settings) and not has_val:
+        raise KennerError("--calibrate fits the temperature on validation data; pass X_val and y_val")
+    device = torch.device(device) if device is not None else resolve_device(p["device"])
+    n_heads, n_classes = len(settings), len(classes)
+    mean, scale = fit_standardizer(X, p["standardize"])
+    counts = np.bincount(y_index, minlength=n_classes)
+    prior = log_prior(counts).to(device)
+    shift = training_shift(prior, p)
+    Xt = torch.as_tensor((X - mean) / scale, device=device)
+    yt = torch.as_tensor(y_index, device=device)
+    if has_val:
+        Xv = torch.as_tensor((as_embeddings(X_val, "validation embeddings", X.shape[1]) - mean) / scale, device=device)
+        yv_index = encode_labels(y_val, classes, "validation labels")
+        yv = torch.as_tensor(yv_index, device=device)
+    loss_groups = _loss_groups(settings, counts, device)
+    stopper = EarlyStopping(monitor, p["patience"] if has_val else 0, p["min_epochs"], n_heads=n_heads)
+    history: list[list[dict[str, Any]]] = [[] for _ in range(n_heads)]
+
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        torch.manual_seed(p["seed"])
+        generator = make_generator(p["seed"])
+        initial = _initial_tensors(p, X.shape[1], n_classes, generator)
+        best = [t.repeat(n_heads, *[1] * (t.dim() - 1)).to(device) for t in initial]
+        groups = _optimiser_groups(settings, initial, device, p)
+        scheduler = build_scheduler(groups.optimizer, epochs=p["epochs"], monitor=monitor, **schedule_of(p))
+        augment = FeatureAugment(p["feature_noise"], p["feature_scale"], p["feature_aug_p"])
+        n_layers = len(groups.stacks[0].weights)
+        for epoch in tqdm(range(1, p["epochs"] + 1), desc=f"{n_heads} heads", unit="epoch", disable=None, leave=False):
+            epoch_start = time.perf_counter()
+            active = groups.active
+            rates = {
+                head: group["lr"]
+                for members, group in zip(groups.members, groups.optimizer.param_groups, strict=True)
+                for head in members
+            }
+            position = {head: i for i, head in enumerate(active)}
+            total = torch.zeros(len(active), device=device)
+            for rows in minibatch_order(len(Xt), p["batch_size"], generator):
+                rows = rows.to(device)
+                xb, yb = augment(Xt[rows], generator), yt[rows]
+                target: torch.Tensor = yb
+                if p["mixup"] > 0:
+                    xb, target = mixup(xb, F.one_hot(yb, n_classes).float(), p["mixup"], generator)
+                logits = groups.forward(xb)
+                if shift is not None:
+                    logits = logits + shift
+                losses = _head_losses(logits, target, yb, loss_groups, position)
+                groups.optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                groups.optimizer.step()
+                total += losses.detach() * len(rows)
+            step_scheduler(scheduler, None)
+            val: dict[str, np.ndarray] = {}
+            if has_val:
+                with torch.no_grad():
+                    val_logits = inference_logits(
+                        torch.cat([groups.forward(chunk) for chunk in Xv.split(INFERENCE_CHUNK)], dim=1), prior, p
+                    )
+                val["loss"] = (
+                    F.cross_entropy(val_logits.flatten(0, 1), yv.repeat(len(active)), reduction="none")
+                    .view(len(active), -1)
+                    .mean(1)
+                    .cpu()
+                    .numpy()
+                )
+                predicted = val_logits.argmax(-1).cpu().numpy()
+                val["macro_f1"] = macro_f1_rows(yv_index, predicted, n_classes)
+                val["accuracy"] = (predicted == yv_index).mean(axis=1)
+            improved = stopper.step(epoch, val.get(monitor), val.get("loss"), heads=active)
+            live = _live_tensors(groups)
+            for i in np.flatnonzero(improved):
+                for saved, tensor in zip(best, live, strict=True):
+                    saved[active[i]] = tensor[i]
+            seconds = time.perf_counter() - epoch_start
+            train_loss = (total / len(Xt)).tolist()
+            for i, head in enumerate(active):
+                history[head].append(
+                    epoch_record(
+                        "train",
+                        epoch,
+                        train_loss=train_loss[i],
+                        lr=rates[head],
+                        seconds=seconds,
+                        val={k: v[i] for k, v in val.items()},
+                    )
+                )
+            going = {head for head in active if not stopper.stopped[head]}
+            if not going:
+                break
+            if len(going) < len(active):
+                groups.keep(going)
+    fit = MultiHeadFit(
+        params=settings,
+        classes=classes,
+        net=HeadStack.from_tensors(best, n_layers).eval(),
+        mean=mean,
+        scale=scale,
+        log_prior=prior,
+        temperatures=np.ones(n_heads),
+        best_epochs=stopper.best_epoch.tolist(),
+        history=history,
+        fit_seconds=0.0,
+    )
+    fit.fit_seconds = time.perf_counter() - start
+    if any(s["calibrate"] for s in settings):
+        fit.calibrate(X_val, y_val)
+    return fit
+
+
+def _live_tensors(groups: _Groups) -> list[torch.Tensor]:
+    """The active heads' current tensors, stacked in active order (one per HeadStack tensor slot)."""
+    parts = [stack.tensors() for stack, members in zip(groups.stacks, groups.members, strict=True) if members]
+    return [torch.cat(slot) for slot in zip(*parts, strict=True)]
+
+
+def _optimiser_groups(
+    settings: list[dict[str, Any]], initial: list[torch.Tensor], device: torch.device, p: dict[str, Any]
+) -> _Groups:
+    """One HeadStack (the initial weights repeated) and parameter group per distinct (lr, weight decay)."""
+    by_rate: dict[tuple, list[int]] = defaultdict(list)
+    for head, params in enumerate(settings):
+        by_rate[tuple(params[k] for k in OPTIMISER_GROUP)].append(head)
+    members, stacks, param_groups = [], [], []
+    for (lr, weight_decay), heads in by_rate.items():
+        tensors = [t.repeat(len(heads), *[1] * (t.dim() - 1)).to(device) for t in initial]
+        stack = HeadStack.from_tensors(tensors, _n_layers(p))
+        members.append(heads)
+        stacks.append(stack)
+        param_groups.append({"params": list(stack.parameters()), "lr": lr, "weight_decay": weight_decay})
+    optimizer = make_optimizer(param_groups, optimizer=p["optimizer"], lr=p["lr"], weight_decay=p["weight_decay"])
+    return _Groups(members, stacks, optimizer)
+
+
+def _n_layers(p: dict[str, Any]) -> int:
+    """Linear layers of a head: one, or one per hidden size plus the classifier."""
+    return 1 if p["head_type"] == "linear" else len(p["hidden_sizes"]) + 1
+
+
+@dataclasses.dataclass
+class _LossGroup:
+    heads: list[int]
+    label_smoothing: float
+    weight: torch.Tensor | None
+
+
+def _loss_groups(settings: list[dict[str, Any]], counts: np.ndarray, device: torch.device) -> list[_LossGroup]:
+    """Heads sharing label smoothing and class weights (one ``F.cross_entropy`` call per step each)."""
+    by_loss: dict[tuple, list[int]] = defaultdict(list)
+    for head, params in enumerate(settings):
+        key = tuple(params[k] for k in LOSS_GROUP)
+        by_loss[key if params["class_weight"] == "effective" else key[:2]].append(head)
+    groups = []
+    for heads in by_loss.values():
+        weights = class_weights(counts, settings[heads[0]])
+        weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
+        groups.append(_LossGroup(heads, settings[heads[0]]["label_smoothing"], weight))
+    return groups
+
+
+def _head_losses(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    labels: torch.Tensor,
+    loss_groups: list[_LossGroup],
+    position: dict[int, int],
+) -> torch.Tensor:
+    """Each active head's mean loss [H_active] on one batch: ``F.cross_entropy`` per loss group over the
+    group's heads at once (``reduction="none"``, then each head's rows reduced as ``"mean"`` would)."""
+    n_rows = logits.shape[1]
+    losses = torch.empty(len(position), device=logits.device)
+    for group in loss_groups:
+        rows = [position[head] for head in group.heads if head in position]
+        if not rows:
+            continue
+        index = torch.as_tensor(rows, device=logits.device)
+        repeated = target.repeat(len(rows), *[1] * (target.dim() - 1))
+        per_row = F.cross_entropy(
+            logits[index].flatten(0, 1),
+            repeated,
+            weight=group.weight,
+            label_smoothing=group.label_smoothing,
+            reduction="none",
+        )
+        hard_weighted = target.dim() == 1 and group.weight is not None
+        denominator = group.weight[labels].sum() if hard_weighted else n_rows
+        losses[index] = per_row.view(len(rows), n_rows).sum(1) / denominator
+    return losses
