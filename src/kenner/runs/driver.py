@@ -17,6 +17,8 @@ from typing import Any
 from kenner.config.tree import RunConfig
 from kenner.data.manifest import Dataset
 from kenner.data.splits import save_split, split_of_samples
+from kenner.encoders import check_encoder
+from kenner.encoders.views import resolve_mode
 from kenner.evaluate.outputs import write_evaluation
 from kenner.evaluate.report import write_report
 from kenner.io import atomic_write_json, atomic_write_text
@@ -83,6 +85,7 @@ def train(cfg: RunConfig, *, resume: str | None = None, fresh: bool = False,
           tracker: Tracker | None = None) -> RunResult:
     """Run ``cfg`` into ``cfg.out_dir`` (one run, or one per fold plus ``folds_summary.md``)."""
     spec = METHODS.get(cfg.method)
+    check_encoder(cfg.encoder.encoder, weights=cfg.encoder.weights)  # an unreachable hub fails before any work
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "run_config.json", cfg.to_dict(spec.all_sections))
@@ -159,7 +162,7 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
             "dataset": dataset_summary(data, source=str(run.dataset.source), excluded=run.excluded,
                                        dataset=run.dataset),
             "splits": split_table(data),
-            "encoder": {"spec": cfg.encoder.encoder, "views": cfg.encoder.views},
+            "encoder": {"spec": cfg.encoder.encoder, "views": resolve_mode(run.view_names, cfg.encoder.views)},
             "head": {"method": cfg.method, "profile": cfg.profile or "none", **changed_settings(cfg, run.spec)},
             "config": {**predictor.summary(), **timings},
             "metrics": evaluation.metrics,

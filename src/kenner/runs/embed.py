@@ -9,6 +9,7 @@ import numpy as np
 
 from kenner.config.tree import RunConfig
 from kenner.data.manifest import Exclusion, write_exclusions
+from kenner.encoders import check_encoder
 from kenner.io import atomic_write_bytes
 from kenner.runs.data import EXCLUDED, embedder_for, load_data
 
@@ -19,6 +20,7 @@ def embed_dataset(cfg: RunConfig, *, output: str | None = None) -> str:
     """Embed every view of every sample (only images missing from the cache are computed); with ``output``
     also write an ``.npz`` with ids, labels, groups and one array per view, and the images and files left out
     (``--on-bad-image skip``, unusable files of a folder) to ``excluded.csv`` beside it. Returns a summary."""
+    check_encoder(cfg.encoder.encoder, weights=cfg.encoder.weights)
     dataset, exclusions = load_data(cfg.data, cache_dir=cfg.encoder.cache_dir, min_classes=1)
     embedder = embedder_for(cfg)
     per_view = embedder.per_view([sample.paths for sample in dataset.samples], dataset.views)

@@ -20,21 +20,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kenner.heads.multihead import batch_key, fit_multihead
 from tqdm.auto import tqdm
 
 from kenner.config.compose import compose_config
 from kenner.config.profiles import PROFILES
-from kenner.config.tree import RunConfig, to_nested
+from kenner.config.tree import RunConfig, dataset_name, safe_name, to_nested
+from kenner.encoders import check_encoder
 from kenner.errors import KennerError
 from kenner.evaluate.calibration import expected_calibration_error
 from kenner.evaluate.metrics import classification_metrics
 from kenner.heads import EmbeddingClassifier, head_params
+from kenner.heads.calibration import fit_temperature
+from kenner.heads.multihead import batch_key, fit_multihead
 from kenner.io import atomic_write_text
 from kenner.methods import METHODS
 from kenner.methods.base import TaskData
 from kenner.runs.data import check_views, embedder_for, load_data, resolve_split, task_data, with_background
-from kenner.config.tree import dataset_name, safe_name
 from kenner.runs.sweep_report import (
     KNOBS,
     METRICS,
@@ -43,7 +44,7 @@ from kenner.runs.sweep_report import (
     summary_markdown,
     track_row,
 )
-from kenner.runs.tracking import Tracker, tracker_for
+from kenner.runs.tracking import NullTracker, Tracker, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +183,16 @@ def _fit_group(runs: list[SweepRun], task: _Task) -> Iterator[dict[str, Any]]:
         fit_s = fit.fit_seconds / len(runs)
         n_calibrated = max(sum(c.head.calibrate for c in configs), 1)
         calib_seconds = [fit.calibration_seconds / n_calibrated if c.head.calibrate else 0.0 for c in configs]
-    else:
-        head = EmbeddingClassifier(**params[0]).fit(task.X_train, task.y_train, X_val=task.X_val, y_val=task.y_val,
-                                                    classes=classes)
+    else:  # one head alone; its temperature is fitted apart so that its time is measured apart
+        head = EmbeddingClassifier(**{**params[0], "calibrate": False}).fit(
+            task.X_train, task.y_train, X_val=task.X_val, y_val=task.y_val, classes=classes)
         start = time.perf_counter()
-        logits = np.asarray(head.decision_function(task.X_eval))[None]
+        temperature = fit_temperature(head.logits(task.X_val), task.y_val) if params[0]["calibrate"] else 1.0
+        calib_seconds = [time.perf_counter() - start if params[0]["calibrate"] else 0.0]
+        start = time.perf_counter()
+        logits = head.logits(task.X_eval)[None]
         shared_eval = time.perf_counter() - start
-        temperatures, epochs, fit_s = [float(head.temperature_)], [head.best_epoch_], head.fit_seconds_
-        calib_seconds = [getattr(head, "calibration_seconds_", 0.0)]
+        temperatures, epochs, fit_s = [temperature], [head.best_epoch_], head.fit_seconds_
     for run, head_logits, temperature, calib_s, epoch in zip(runs, logits, temperatures, calib_seconds, epochs,
                                                              strict=True):
         start = time.perf_counter()
@@ -214,28 +217,56 @@ def _check_resumable(run: SweepRun, row: pd.Series, path: Path) -> None:
                           "use a new --out-dir or remove that file to start over")
 
 
-def run_sweep(grid: Grid, base: dict[str, Any], out_dir: str | Path, *, reference: str = "base",
-              tracker: Tracker | None = None) -> pd.DataFrame:
-    """Run every configuration of ``grid`` (``base``: the fields every run shares, by name) for every encoder
-    on one split saved in ``out_dir/splits``; returns all rows, finished earlier or now."""
+def check_grid(grid: Grid) -> None:
+    """Methods a sweep can batch and profiles that exist, or a one-line error."""
     unknown = [m for m in grid.methods if m not in HEAD_METHODS]
     if unknown:
         raise KennerError(f"kenner sweep trains heads ({', '.join(HEAD_METHODS)}); for {', '.join(unknown)} use "
                           "kenner compare")
+    for profile in grid.profiles:
+        if profile not in PROFILES:
+            raise KennerError(f"--profiles: unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
+
+
+def run_sweep(grid: Grid, base: dict[str, Any], out_dir: str | Path, *, reference: str = "base",
+              tracker: Tracker | None = None) -> pd.DataFrame:
+    """``kenner sweep``: load the dataset that ``base`` (the fields every run shares, by name) describes, save
+    one split in ``out_dir/splits``, and sweep ``grid`` for every encoder on it (:func:`sweep_tasks`)."""
+    check_grid(grid)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "results.csv"
-    results = read_results(path)
-    done = {row["name"]: row for _, row in results.iterrows()} if len(results) else {}
     probe = compose_config(dict(METHODS.items()), explicit=to_nested({**base, "encoder": grid.encoders[0]}))
-    tracker = tracker or tracker_for(probe.tracking)
+    for encoder in grid.encoders:
+        check_encoder(encoder, weights=probe.encoder.weights)
     dataset, _ = load_data(probe.data, out_dir, cache_dir=probe.encoder.cache_dir)
     check_views(dataset, probe.encoder.views)
     split = resolve_split(dataset, probe.split, out_dir)
-    skipped_all: list[tuple[str, str]] = []
+    tasks = {}
     for encoder in grid.encoders:
+        cfg = probe.replace(encoder=encoder)
+        data = task_data(dataset, split, embedder_for(cfg), cfg.encoder.views,
+                         background_class=cfg.data.background_class)
+        tasks[encoder] = with_background(data, cfg.data, seed=0)
+    return sweep_tasks(tasks, grid, base, out_dir, dataset=dataset_name(probe.data.data), bg=probe.data.bg,
+                       reference=reference, tracker=tracker or tracker_for(probe.tracking))
+
+
+def sweep_tasks(tasks: dict[str, TaskData], grid: Grid, base: dict[str, Any], out_dir: str | Path, *,
+                dataset: str, bg: int = 0, reference: str = "base", tracker: Tracker | None = None) -> pd.DataFrame:
+    """Every configuration of ``grid`` for every encoder's task data (encoder spec -> the rows of one split,
+    background rows included); results are appended to ``out_dir/results.csv`` as they finish, finished
+    configurations are skipped. Returns all rows, finished earlier or now."""
+    check_grid(grid)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = tracker or NullTracker()
+    path = out_dir / "results.csv"
+    results = read_results(path)
+    done = {row["name"]: row for _, row in results.iterrows()} if len(results) else {}
+    skipped_all: list[tuple[str, str]] = []
+    for encoder, data in tasks.items():
         runs, skipped = expand_grid(Grid((encoder,), grid.methods, grid.profiles, grid.values), base,
-                                    dataset=dataset_name(probe.data.data), bg=probe.data.bg)
+                                    dataset=dataset, bg=bg)
         skipped_all += skipped
         for run in runs:
             if run.name in done:
@@ -245,10 +276,7 @@ def run_sweep(grid: Grid, base: dict[str, Any], out_dir: str | Path, *, referenc
             log.info("%s: %d of %d configurations already finished", encoder, len(runs) - len(todo), len(runs))
         if not todo:
             continue
-        first = todo[0].config
-        data = task_data(dataset, split, embedder_for(first), first.encoder.views,
-                         background_class=first.data.background_class)
-        task = _task(with_background(data, first.data, seed=0))
+        task = _task(data)
         groups: dict[Any, list[SweepRun]] = {}
         for run in todo:
             groups.setdefault(batch_key(head_params(run.config)) or run.name, []).append(run)
