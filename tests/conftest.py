@@ -4,6 +4,7 @@
 - fixture ``grouped_folder_dataset``: a class-folder tree ``root/<class>/<ID>_<seq>.<ext>``.
 - fixture ``two_view_manifest``: a coin-style TSV manifest with obverse and reverse images.
 - ``BAD_FILES``: writers of a missing, zero-byte, non-image, truncated and corrupt image file.
+- autouse ``_kenner_cache``: ``KENNER_CACHE`` points into the session's temporary folder.
 
 Every generated image has distinct bytes (a little seeded noise), so content hashes never collide.
 """
@@ -70,6 +71,13 @@ def write_image(
         save_kwargs.setdefault("quality", 95)
     img.save(path, **save_kwargs)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _kenner_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands run without --cache-dir (kenner split hashes images too) use a cache of the test session,
+    never the user's ~/.cache/kenner."""
+    monkeypatch.setenv("KENNER_CACHE", str(tmp_path_factory.getbasetemp() / "kenner_cache"))
 
 
 @pytest.fixture

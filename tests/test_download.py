@@ -93,6 +93,18 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(TIMEOUT * 3)
             with contextlib.suppress(OSError):  # the client has given up
                 self._send(200, JPEG, "image/jpeg")
+        elif path == "/trickle.png":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client gives up half-way
+                for byte in PNG:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(TIMEOUT / 6)
+                with self.lock:
+                    self.hits["trickle finished"] += 1
         elif path == "/big-declared.jpg":
             self._send(200, BIG, "image/jpeg")
         elif path == "/big-streamed.jpg":
@@ -137,8 +149,20 @@ def _all_files(folder: Path) -> set[Path]:
 
 
 def test_every_kind_of_response(server: str, tmp_path: Path) -> None:
-    names = ["good.jpg", "good.png", "copy.jpg", "broken.jpg", "page.html", "redirect", "missing.jpg",
-             "flaky.png", "always500", "slow.jpg", "big-declared.jpg", "big-streamed.jpg"]
+    names = [
+        "good.jpg",
+        "good.png",
+        "copy.jpg",
+        "broken.jpg",
+        "page.html",
+        "redirect",
+        "missing.jpg",
+        "flaky.png",
+        "always500",
+        "slow.jpg",
+        "big-declared.jpg",
+        "big-streamed.jpg",
+    ]
     rows = [(f"{server}/{name}", "cats") for name in names]
     csv_path = _write_csv(tmp_path / "urls.csv", rows)
     root = tmp_path / "root"
@@ -146,15 +170,28 @@ def test_every_kind_of_response(server: str, tmp_path: Path) -> None:
 
     assert (summary.rows, summary.downloaded, summary.duplicates, summary.failed) == (12, 4, 1, 7)
     class_dir = root / "cats"
-    expected = {_name(JPEG, ".jpg"), _name(PNG, ".png"), _name(TARGET, ".jpg"),
-                _name(_image_bytes((1, 2, 3), "PNG"), ".png")}
+    expected = {
+        _name(JPEG, ".jpg"),
+        _name(PNG, ".png"),
+        _name(TARGET, ".jpg"),
+        _name(_image_bytes((1, 2, 3), "PNG"), ".png"),
+    }
     assert {path.name for path in class_dir.iterdir()} == expected
     assert (class_dir / _name(JPEG, ".jpg")).read_bytes() == JPEG
     assert all("_" not in name for name in expected)  # each photo is its own group
     failures = _failures(root)
-    assert set(failures) == {f"{server}/{name}" for name in ("broken.jpg", "page.html", "missing.jpg",
-                                                               "always500", "slow.jpg",
-                                                               "big-declared.jpg", "big-streamed.jpg")}
+    assert set(failures) == {
+        f"{server}/{name}"
+        for name in (
+            "broken.jpg",
+            "page.html",
+            "missing.jpg",
+            "always500",
+            "slow.jpg",
+            "big-declared.jpg",
+            "big-streamed.jpg",
+        )
+    }
     assert "not a readable image" in failures[f"{server}/broken.jpg"]["reason"]
     assert "text/html" in failures[f"{server}/page.html"]["reason"]
     assert "HTTP 404" in failures[f"{server}/missing.jpg"]["reason"]
@@ -190,23 +227,27 @@ def test_rerun_downloads_nothing_new(server: str, tmp_path: Path) -> None:
 
 
 def test_hostile_class_and_url_stay_inside_root(server: str, tmp_path: Path) -> None:
-    rows = [(f"{server}/good.jpg", "../../x"), (f"{server}/img/..%2f..%2fescape.png", "/etc/passwd"),
-            (f"{server}/../../escape2.png", "..")]
+    rows = [
+        (f"{server}/good.jpg", "../../x"),
+        (f"{server}/img/..%2f..%2fescape.png", "/etc/passwd"),
+        (f"{server}/../../escape2.png", ".."),
+    ]
     csv_path = _write_csv(tmp_path / "urls.csv", rows[:2])
     root = tmp_path / "root"
     summary = download_images(csv_path, root, **FAST)
     assert summary.downloaded == 2
     assert _all_files(tmp_path) - {csv_path} == {p for p in _all_files(root)}
-    assert {path.name for path in root.iterdir() if path.is_dir()} == {".sources", "-.-x", "-etc-passwd"}
-    assert (root / "-.-x" / _name(JPEG, ".jpg")).exists()
+    assert {path.name for path in root.iterdir() if path.is_dir()} == {".sources", "x", "etc-passwd"}
+    assert (root / "x" / _name(JPEG, ".jpg")).exists()
     with pytest.raises(DataError, match="row 1"):
         download_images(_write_csv(tmp_path / "dots.csv", rows[2:]), root, **FAST)
 
 
 @pytest.mark.parametrize("mode", ["hard", "symlink", "copy"])
 def test_link_modes(server: str, tmp_path: Path, mode: str) -> None:
-    csv_path = _write_csv(tmp_path / "urls.csv", [(f"{server}/good.png", "a", "aurita")],
-                          header=("url", "class", "source"))
+    csv_path = _write_csv(
+        tmp_path / "urls.csv", [(f"{server}/good.png", "a", "aurita")], header=("url", "class", "source")
+    )
     root = tmp_path / "root"
     download_images(csv_path, root, link_mode=mode, sources_dir=tmp_path / "raw_sources", **FAST)
     source_file = tmp_path / "raw_sources" / "aurita" / "a" / _name(PNG, ".png")
@@ -289,23 +330,97 @@ def test_cli(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     csv_path = _write_csv(tmp_path / "urls.csv", [(f"{server}/good.png", "a"), (f"{server}/nothing", "a")])
-    base = ["download", "--csv", str(csv_path), "--out-dir", str(tmp_path / "root"), "--timeout", "0.3",
-            "--retries", "0", "--link-mode", "copy"]
+    base = [
+        "download",
+        "--csv",
+        str(csv_path),
+        "--out-dir",
+        str(tmp_path / "root"),
+        "--timeout",
+        "0.3",
+        "--retries",
+        "0",
+        "--link-mode",
+        "copy",
+    ]
     args = parser.parse_args(base)
-    assert args.func(args) == 0
-    assert "1 downloaded" in capsys.readouterr().out
+    assert args.func(args) == 1  # one URL failed
+    out, err = capsys.readouterr()
+    assert "1 downloaded" in out
+    assert (
+        err == f"kenner: 1 of 2 rows failed (listed in {tmp_path / 'root' / 'download_failures.csv'}); fix them "
+        "or rerun to retry\n"
+    )
     assert (tmp_path / "root" / "a" / _name(PNG, ".png")).read_bytes() == PNG
-    only_bad = _write_csv(tmp_path / "bad.csv", [(f"{server}/nothing", "a")])
-    args = parser.parse_args([*base[:2], str(only_bad), *base[3:]])
-    assert args.func(args) == 1
+    only_good = _write_csv(tmp_path / "good.csv", [(f"{server}/good.png", "../yellow star")])
+    args = parser.parse_args([*base[:2], str(only_good), *base[3:]])
+    assert args.func(args) == 0 and capsys.readouterr().err == ""
+    assert (tmp_path / "root" / "yellow star" / _name(PNG, ".png")).read_bytes() == PNG
 
 
 def test_safe_name() -> None:
     assert safe_name("Callithrix aurita") == "Callithrix aurita"
-    assert safe_name("../../x") == "-.-x"
+    assert safe_name("../../x") == "x"
+    assert safe_name("../yellow star") == "yellow star"
+    assert safe_name("a/../b") == "a-.-b"
     assert safe_name(".hidden") == "hidden"
     assert safe_name("a\\b:c") == "a-b-c"
     assert safe_name("Cafe\u0301") == "Caf\u00e9"
     assert len(safe_name("é" * 200).encode()) <= 120
     with pytest.raises(KennerError):
         safe_name("..")
+
+
+def test_a_trickling_body_meets_the_deadline(server: str, tmp_path: Path) -> None:
+    csv_path = _write_csv(tmp_path / "urls.csv", [(f"{server}/trickle.png", "a")])
+    summary = download_images(csv_path, tmp_path / "root", **{**FAST, "deadline": TIMEOUT * 2})
+    assert summary.failed == 1 and _Handler.hits["trickle finished"] == 0  # every read came within --timeout
+    reason = summary.failures[0].reason
+    assert reason.startswith(f"too slow: not finished within --deadline {TIMEOUT * 2:g} s (")
+    assert summary.failures[0].attempts == 1  # a trickle is not retried
+
+
+@pytest.mark.parametrize("mode", ["hard", "symlink", "copy"])
+def test_a_relabelled_url_moves_to_its_new_class(server: str, tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "root"
+    first = _write_csv(tmp_path / "urls.csv", [(f"{server}/good.png", "a"), (f"{server}/target.jpg", "a")])
+    download_images(first, root, link_mode=mode, **FAST)
+    before = Counter(_Handler.hits)
+    second = _write_csv(tmp_path / "urls.csv", [(f"{server}/good.png", "b"), (f"{server}/target.jpg", "a")])
+    summary = download_images(second, root, link_mode=mode, **FAST)
+    assert (summary.moved, summary.skipped, summary.downloaded, summary.failed) == (1, 1, 0, 0)
+    assert _Handler.hits["/good.png"] == before["/good.png"]  # moved, not downloaded again
+    assert (root / "b" / _name(PNG, ".png")).read_bytes() == PNG and not (root / "a" / _name(PNG, ".png")).exists()
+    assert not (root / ".sources" / "default" / "a" / _name(PNG, ".png")).exists()
+    dataset, _ = load_dataset(root)
+    assert dict(zip(dataset.groups, dataset.labels, strict=True)) == {_name(PNG, ""): "b", _name(TARGET, ""): "a"}
+    again = download_images(second, root, link_mode=mode, **FAST)
+    assert (again.moved, again.skipped, again.downloaded) == (0, 2, 0)
+
+
+def test_one_url_under_two_classes_names_both_rows(tmp_path: Path) -> None:
+    rows = [("http://x/a.jpg", "a"), ("http://x/b.jpg", "a"), ("http://x/a.jpg", "b")]
+    path = _write_csv(tmp_path / "urls.csv", rows)
+    with pytest.raises(DataError) as caught:
+        read_url_csv(path)
+    assert str(caught.value) == (
+        f"{path}, row 3: http://x/a.jpg is listed twice, as class 'a' (source 'default') in "
+        "row 1 and as class 'b' (source 'default'); keep one of the rows"
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "what"),
+    [
+        (("url", "class"), ("Download_Failures.CSV",), "class"),
+        (("url", "class", "source"), ("a", "download_state.jsonl"), "source"),
+    ],
+)
+def test_kenner_file_names_are_not_class_or_source_names(server: str, tmp_path: Path, header, row, what) -> None:
+    csv_path = _write_csv(
+        tmp_path / "urls.csv", [(f"{server}/good.png", "a"), (f"{server}/nothing", *row)], header=header
+    )
+    root = tmp_path / "root"
+    with pytest.raises(DataError, match=f"row 2: {what} '{row[-1]}' has the name of a file kenner keeps"):
+        download_images(csv_path, root, **FAST)
+    assert not root.exists()

@@ -218,7 +218,9 @@ def test_skip_mode_reports_every_bad_image(two_view_manifest: Path, tmp_path: Pa
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["sample_id", "row", "view", "path", "reason"]
     assert [(r["sample_id"], r["row"], r["view"]) for r in rows] == [
-        ("c2", "2", "obverse"), ("c5", "5", "obverse"), ("c5", "5", "reverse")
+        ("c2", "2", "obverse"),
+        ("c5", "5", "obverse"),
+        ("c5", "5", "reverse"),
     ]
     assert rows[1]["path"] == str(images / "c5_obv.jpg")
     assert rows[2]["reason"].startswith("not an image")
@@ -249,3 +251,152 @@ def test_subset_keeps_order_and_sizes(two_view_manifest: Path) -> None:
     assert set(part.image_sizes) == {p for s in part.samples for p in s.paths.values()}
     with pytest.raises(KennerError, match="'zz'"):
         dataset.subset(["c1", "zz"])
+
+
+# ------------------------------------------------------------------ left out, grouping, columns
+
+
+def test_folder_lists_files_it_cannot_use(grouped_folder_dataset: Path, make_image) -> None:
+    root = grouped_folder_dataset
+    (root / "alpha" / "A9_1.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (root / "beta" / "gone_1.jpg").symlink_to(root / "beta" / "nowhere.jpg")
+    (root / "gamma" / "loop_1.jpg").symlink_to(root / "gamma" / "loop_2.jpg")
+    (root / "gamma" / "loop_2.jpg").symlink_to(root / "gamma" / "loop_1.jpg")
+    make_image(root / "stray_1.jpg")
+    dataset, left_out = load_dataset(root, workers=1)
+    assert len(dataset) == 12
+    reasons = {item.path.name: item.reason for item in left_out}
+    assert set(reasons) == {"A9_1.HEIC", "gone_1.jpg", "loop_1.jpg", "loop_2.jpg", "stray_1.jpg"}
+    assert "unsupported file type" in reasons["A9_1.HEIC"] and ".heic" in reasons["A9_1.HEIC"]
+    assert "dangling symbolic link" in reasons["gone_1.jpg"]
+    assert reasons["loop_1.jpg"] == "symbolic link loop"
+    assert "not inside a class folder" in reasons["stray_1.jpg"]
+    assert {item.sample_id for item in left_out if item.path.name == "A9_1.HEIC"} == {"alpha/A9_1"}
+
+
+def test_fail_mode_lists_every_bad_image(grouped_folder_dataset: Path, two_view_manifest: Path) -> None:
+    bad = [grouped_folder_dataset / "beta" / f"Z{i}_1.jpg" for i in range(25)]
+    for path in bad:
+        path.write_bytes(b"")
+    with pytest.raises(ImageError) as caught:
+        load_dataset(grouped_folder_dataset, workers=2)
+    message = str(caught.value)
+    assert message.startswith(f"{grouped_folder_dataset}: 25 bad images: ") and "\n" not in message
+    assert sum(str(path) in message for path in bad) == 20 and "and 5 more" in message
+
+    images = two_view_manifest.parent / "images"
+    (images / "c2_obv.jpg").unlink()
+    (images / "c5_rev.jpg").write_text("text")
+    with pytest.raises(ImageError) as caught:
+        load_dataset(two_view_manifest)
+    assert str(caught.value).startswith(
+        f"{two_view_manifest}: 2 bad images: row 2 obverse image {images / 'c2_obv.jpg'}: file not found; "
+        f"row 5 reverse image {images / 'c5_rev.jpg'}: not an image"
+    )
+
+
+def _camera_folder(root: Path, make_image, classes: dict[str, int]) -> Path:
+    seed = 0
+    for label, count in classes.items():
+        for i in range(count):
+            make_image(root / label / f"IMG_{i:04d}.png", noise=20, seed=seed)
+            seed += 1
+    return root
+
+
+def test_camera_style_names_explain_the_group_rule(tmp_path: Path, make_image) -> None:
+    root = _camera_folder(tmp_path / "photos", make_image, {"cat": 3, "dog": 3})
+    with pytest.raises(DataError) as caught:
+        load_dataset(root)
+    message = str(caught.value)
+    assert "group 'IMG' has two labels" in message
+    assert "the part of the file name before the last '_'" in message and "--group-by file" in message
+
+    dataset, _ = load_dataset(root, group_by="file")
+    assert sorted(dataset.groups) == sorted(dataset.ids) and len(set(dataset.groups)) == 6
+    with pytest.raises(DataError, match=r"6 file name\(s\) do not match --group-regex 'x\(\\d\)'"):
+        load_dataset(root, group_regex=r"x(\d)")
+    with pytest.raises(KennerError, match="not a regular expression"):
+        load_dataset(root, group_regex="(")
+
+
+def test_group_regex_takes_its_first_group_or_the_match(tmp_path: Path, make_image) -> None:
+    for seed, name in enumerate(["cat/tom left.png", "cat/tom right.png", "cat/kit left.png", "dog/rex left.png"]):
+        make_image(tmp_path / "pets" / name, seed=seed, noise=20)
+    dataset, _ = load_dataset(tmp_path / "pets", group_regex=r"^(\w+) ")
+    assert dict(zip(dataset.ids, dataset.groups, strict=True)) == {
+        "cat/kit left": "kit",
+        "cat/tom left": "tom",
+        "cat/tom right": "tom",
+        "dog/rex left": "rex",
+    }
+    dataset, _ = load_dataset(tmp_path / "pets", group_regex=r"^\w+")
+    assert sorted(set(dataset.groups)) == ["kit", "rex", "tom"]
+
+
+def test_one_group_holding_most_of_a_class_is_reported(
+    tmp_path: Path, make_image, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _camera_folder(tmp_path / "photos", make_image, {"cat": 4})
+    make_image(root / "dog" / "d1_1.png", seed=50)
+    make_image(root / "dog" / "d2_1.png", seed=51)
+    make_image(root / "dog" / "d3_1.png", seed=52)
+    with caplog.at_level("WARNING"):
+        load_dataset(root)
+    assert [record.getMessage() for record in caplog.records if "holds" in record.getMessage()] == [
+        "class 'cat': group 'IMG' holds 4 of its 4 images and a group never crosses splits (the group is the part "
+        "of the file name before the last '_' (IMG_0001.jpg -> IMG)); if these are not photos of one object, use "
+        "--group-by file (every photo its own object) or --group-regex REGEX"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_dataset(root, group_by="file")
+    assert not caplog.records
+
+
+def test_grouping_options_are_for_folders(two_view_manifest: Path) -> None:
+    with pytest.raises(DataError, match="apply to folder datasets"):
+        load_dataset(two_view_manifest, group_by="file")
+
+
+def _add_column(manifest: Path, name: str, values: list[str]) -> None:
+    lines = manifest.read_text().splitlines()
+    lines = [f"{line}\t{cell}" for line, cell in zip(lines, [name, *values], strict=True)]
+    manifest.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "intended"),
+    [
+        ("obverse_path", "obverse_pth", "obverse_path"),
+        ("obverse_path", "obverse-paths", "obverse_path"),
+        ("reverse_condition", "reverse_conditon", "reverse_condition"),
+        ("group", "gruop", "group"),
+    ],
+)
+def test_misspelled_view_column_is_an_error(two_view_manifest: Path, old: str, new: str, intended: str) -> None:
+    text = two_view_manifest.read_text()
+    two_view_manifest.write_text(text.replace(old, new, 1))
+    with pytest.raises(DataError) as caught:
+        load_dataset(two_view_manifest, check_images=False)
+    assert str(caught.value).startswith(f"{two_view_manifest}: column {new!r} looks like a misspelling of {intended!r}")
+
+
+def test_undeclared_column_of_image_paths_is_an_error(two_view_manifest: Path) -> None:
+    _add_column(two_view_manifest, "edge", [f"images/c{i}_edge.JPG" for i in range(1, 7)])
+    with pytest.raises(
+        DataError,
+        match=r"column 'edge' holds image paths \(first: 'images/c1_edge.JPG'\) but is "
+        r"not a view; name it edge_path",
+    ):
+        load_dataset(two_view_manifest, check_images=False)
+
+
+def test_other_columns_are_metadata(two_view_manifest: Path) -> None:
+    _add_column(two_view_manifest, "Mint", ["Rome", "Rome", "", "Lyon", "Lyon", "Rome"])
+    _add_column(two_view_manifest, "source_url", [f"https://example.org/c{i}.jpg" for i in range(1, 7)])
+    dataset, _ = load_dataset(two_view_manifest)
+    assert dataset.metadata_columns == ["mint", "source_url"]
+    assert dataset.samples[0].metadata == {"mint": "Rome", "source_url": "https://example.org/c1.jpg"}
+    assert dataset.samples[2].metadata["mint"] == ""
+    assert dataset.subset(["c4"]).samples[0].metadata["mint"] == "Lyon"

@@ -13,6 +13,7 @@ from kenner.encoders.store import (
     EmbeddingStore,
     HashCache,
     MissingEmbeddingsError,
+    ShardQuarantinedError,
 )
 from kenner.errors import KennerError
 from kenner.paths import default_cache_dir
@@ -107,12 +108,48 @@ def test_half_written_shard_is_ignored(tmp_path: Path) -> None:
     np.testing.assert_allclose(reopened.get(keys(2)), vectors(2), atol=1e-2)
 
 
-def test_corrupt_shard_names_the_file(tmp_path: Path) -> None:
-    EmbeddingStore(tmp_path, FP, DIM)
-    bad = tmp_path / FP / "shards" / "broken.npz"
-    bad.write_bytes(b"not a zip file")
-    with pytest.raises(KennerError, match=r"broken\.npz"):
-        EmbeddingStore(tmp_path, FP, DIM)
+@pytest.mark.parametrize("damage", ["not a zip", "truncated"])
+def test_unreadable_shard_is_moved_aside(tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = EmbeddingStore(tmp_path, FP, DIM)
+    store.write(keys(2), vectors(2))
+    bad = store.write(keys(3, prefix="g"), vectors(3))
+    bad.write_bytes(b"not a zip file" if damage == "not a zip" else bad.read_bytes()[:100])
+    (tmp_path / FP / "index.npz").unlink(missing_ok=True)  # a fresh process reads every shard's keys
+    with caplog.at_level("WARNING"):
+        reopened = EmbeddingStore(tmp_path, FP, DIM)
+    assert len(reopened) == 2 and reopened.missing(keys(3, prefix="g")) == keys(3, prefix="g")
+    assert not bad.exists() and (tmp_path / FP / "quarantine" / bad.name).is_file()
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert message.startswith(f"{bad}: unreadable embedding shard (") and "computed again" in message
+    assert "\n" not in message
+
+
+def test_shard_damaged_after_indexing_is_quarantined_when_read(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path, FP, DIM)
+    store.write(keys(2), vectors(2))
+    bad = store.write(keys(3, prefix="g"), vectors(3))
+    store.save_index()
+    bad.write_bytes(bad.read_bytes()[:-40])
+    reopened = EmbeddingStore(tmp_path, FP, DIM)  # the index still lists the shard
+    assert len(reopened) == 5
+    with pytest.raises(ShardQuarantinedError) as caught:
+        reopened.get([*keys(2), *keys(3, prefix="g")])
+    assert isinstance(caught.value, KennerError)
+    assert len(reopened) == 2 and (tmp_path / FP / "quarantine" / bad.name).is_file()
+    np.testing.assert_allclose(reopened.get(keys(2)), vectors(2), atol=1e-2)
+    assert len(EmbeddingStore(tmp_path, FP, DIM)) == 2  # the rewritten index forgot the shard
+
+
+def test_unreadable_index_is_rebuilt(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path, FP, DIM)
+    store.write(keys(4), vectors(4))
+    store.save_index()
+    index = tmp_path / FP / "index.npz"
+    index.write_bytes(index.read_bytes()[:50])
+    reopened = EmbeddingStore(tmp_path, FP, DIM)
+    np.testing.assert_allclose(reopened.get(keys(4)), vectors(4), atol=1e-2)
+    with np.load(index) as data:
+        assert len(data["keys"]) == 4
 
 
 @pytest.mark.parametrize(
@@ -123,8 +160,7 @@ def test_corrupt_shard_names_the_file(tmp_path: Path) -> None:
         (DIM, "float16", "other", "fingerprint"),
     ],
 )
-def test_mismatched_store_settings_raise(tmp_path: Path, dim: int, dtype: str, edit: str | None,
-                                         field: str) -> None:
+def test_mismatched_store_settings_raise(tmp_path: Path, dim: int, dtype: str, edit: str | None, field: str) -> None:
     EmbeddingStore(tmp_path, FP, DIM, encoder_name="tiny")
     meta_path = tmp_path / FP / "meta.json"
     meta = json.loads(meta_path.read_text())
@@ -176,3 +212,22 @@ def test_hash_cache_reuses_only_unchanged_files(tmp_path: Path) -> None:
     assert other.lookup({path: image.stat()}) == {}
     other.remember([(path, image.stat(), "d2")])
     assert cache.lookup({path: image.stat(), str(tmp_path / "none"): image.stat()}) == {path: "d2"}
+
+
+@pytest.mark.parametrize("damage", ["not a database", "truncated"])
+def test_corrupt_hash_cache_is_moved_aside(tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "hashes.sqlite"
+    files = [tmp_path / f"f{i}" for i in range(300)]
+    for i, file in enumerate(files):
+        file.write_text(str(i))
+    stats = {str(file): file.stat() for file in files}
+    HashCache(path).remember((name, stat, "ab" * 32) for name, stat in stats.items())
+    path.write_bytes(b"garbage " * 100 if damage == "not a database" else path.read_bytes()[:5000])
+    with caplog.at_level("WARNING"):
+        cache = HashCache(path)
+        assert cache.lookup(stats) == {}
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert message.startswith(f"{path}: corrupt hash cache (") and "computed again" in message
+    assert len(list(tmp_path.glob("hashes.sqlite.corrupt-*"))) == 1
+    cache.remember([(str(files[0]), stats[str(files[0])], "cd" * 32)])
+    assert HashCache(path).lookup(stats) == {str(files[0]): "cd" * 32}

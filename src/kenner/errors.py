@@ -27,3 +27,19 @@ class ImageError(DataError):
 class InvalidInput(KennerError, ValueError):
     """Bad arrays passed to an estimator (shape, NaN, unknown labels): a KennerError the CLI prints, and a
     ValueError as scikit-learn expects of its estimators."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM from a scheduler or ``timeout``) handled like Ctrl-C: finished work is kept."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupt_on_signal(signum: int, frame: object) -> None:
+    """A signal handler that raises ``Interrupted`` once; a second signal gets the default action (exit)."""
+    import signal
+
+    signal.signal(signum, signal.SIG_DFL)
+    raise Interrupted(signum)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from kenner import __version__
-from kenner.errors import KennerError
+from kenner.errors import Interrupted, KennerError, interrupt_on_signal
 
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = signal.signal(signal.SIGTERM, interrupt_on_signal)  # schedulers and `timeout` stop a run like ^C
     try:
         return int(args.func(args) or 0)
     except KennerError as error:
@@ -58,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"kenner: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("kenner: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
-        return 130
+        return 128 + (interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,15 @@ class DataConfig:
     """Where the images are and which of them to use."""
 
     data: str = knob("", "image folder (root/<class>/<ID>_<seq>.jpg) or TSV/CSV manifest", metavar="PATH")
-    on_bad_image: str = knob("fail", "stop at a bad image, or leave its sample out (listed in excluded.csv)",
-                             ("fail", "skip"))
+    on_bad_image: str = knob("fail", "fail: stop with every bad image listed; skip: leave their samples out, "
+                                     "listed in excluded.csv", ("fail", "skip"))
+    group_by: str = knob("prefix", "folder datasets: a group (one object) is the file name's part before the last "
+                                   "'_' with prefix, each file with file", ("prefix", "file"))
+    group_regex: str | None = knob(None, "folder datasets: the group is this regex's first group (or match) in the "
+                                         "file name without extension", metavar="REGEX")
+    duplicates: str = knob("merge", "byte-identical images under different ids or groups: put them in one group "
+                                    "(merge, listed in duplicates.csv), stop naming them (refuse), or ignore",
+                           ("merge", "refuse", "ignore"))
     omit_classes: tuple[str, ...] = knob((), "classes to leave out, comma-separated", metavar="A,B")
     min_condition: float | None = knob(None, "keep samples whose mean condition rating is >= X (unrated ones "
                                              "are kept)", ge=0)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import re
 import warnings
 import zlib
@@ -22,8 +21,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from kenner.errors import KennerError
 from kenner.io import atomic_write_json, atomic_write_text, read_json
-
-log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -48,8 +45,7 @@ def assert_no_group_leak(split: Split) -> None:
         for group in split.ids(name):
             if group in seen:
                 raise KennerError(
-                    f"group {group!r} is in both {seen[group]} and {name}: the split leaks; "
-                    "make the split again"
+                    f"group {group!r} is in both {seen[group]} and {name}: the split leaks; make the split again"
                 )
             seen[group] = name
 
@@ -73,12 +69,12 @@ def make_split(
 
 def make_folds(
     groups: Sequence, labels: Sequence, *, k: int, seed: int = 0, val_fraction: float = 0.15
-) -> list[Split]:
+) -> tuple[list[Split], list[str]]:
     """K group-aware stratified folds; the test sets are disjoint and together cover every group.
 
     Fold i's test set is the i-th fold of sklearn's StratifiedGroupKFold; the other groups are split
     into train and val (``val_fraction`` of the whole dataset) like ``make_split``. Small classes
-    are logged as warnings.
+    are reported in the returned warnings (``fold i: ...``).
     """
     if k < 2:
         raise KennerError(f"k-fold needs k >= 2, got {k}")
@@ -94,17 +90,16 @@ def make_folds(
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         split_iter = folder.split(np.zeros(len(pairs)), [lab for _, lab in pairs], [grp for grp, _ in pairs])
         fold_indices = [test for _, test in split_iter]
-    folds = []
+    folds, messages = [], []
     for fold, test_idx in enumerate(fold_indices):
         test_groups = {pairs[i][0] for i in test_idx}
         rest = [pair for pair in pairs if pair[0] not in test_groups]
-        inner, messages = _assign(rest, (1 - val_ratio, val_ratio, 0.0), (seed, fold))
-        for message in messages:
-            log.warning("fold %d: %s", fold, message)
+        inner, inner_messages = _assign(rest, (1 - val_ratio, val_ratio, 0.0), (seed, fold))
+        messages += [f"fold {fold}: {message}" for message in inner_messages]
         split = Split(train=inner.train, val=inner.val, test=sorted(test_groups))
         assert_no_group_leak(split)
         folds.append(split)
-    return folds
+    return folds, messages
 
 
 def split_of_samples(split: Split, groups: Sequence) -> list[str]:
@@ -128,10 +123,16 @@ def column_summary(split_column: Sequence[str], groups: Sequence, labels: Sequen
     """:func:`split_summary` from a per-sample split column (rows added after splitting count too)."""
     summary = {}
     for name in SPLIT_NAMES:
-        rows = [(group, str(label)) for group, label, where in zip(groups, labels, split_column, strict=True)
-                if where == name]
-        summary[name] = {"groups": len({group for group, _ in rows}), "samples": len(rows),
-                         "classes": len({label for _, label in rows})}
+        rows = [
+            (group, str(label))
+            for group, label, where in zip(groups, labels, split_column, strict=True)
+            if where == name
+        ]
+        summary[name] = {
+            "groups": len({group for group, _ in rows}),
+            "samples": len(rows),
+            "classes": len({label for _, label in rows}),
+        }
     return summary
 
 
@@ -195,16 +196,16 @@ def load_folds(directory: str | Path) -> list[Split]:
     if not found:
         raise KennerError(f"{directory} holds no fold_<i>/ folders; make the folds again")
     if sorted(found) != list(range(len(found))):
-        raise KennerError(f"{directory}: fold folders are not numbered 0..{len(found) - 1}; "
-                          "make the folds again")
+        raise KennerError(f"{directory}: fold folders are not numbered 0..{len(found) - 1}; make the folds again")
     return [load_split(found[index]) for index in range(len(found))]
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(r) for r in ratios)
     if len(values) != 3 or min(values) < 0 or values[0] <= 0 or abs(sum(values) - 1) > 1e-6:
-        raise KennerError(f"split ratios must be three non-negative numbers summing to 1 with train > 0, "
-                          f"got {tuple(ratios)}")
+        raise KennerError(
+            f"split ratios must be three non-negative numbers summing to 1 with train > 0, got {tuple(ratios)}"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -250,7 +251,7 @@ def _assign(
             filled[target] += size
             assigned[SPLIT_NAMES[target]].append(group)
         if len(order) < len(active):
-            lacking = " or ".join(SPLIT_NAMES[i] for i in active[len(order):])
+            lacking = " or ".join(SPLIT_NAMES[i] for i in active[len(order) :])
             noun = "group" if len(order) == 1 else "groups"
             messages.append(f"class {label!r} has {len(order)} {noun}: no {lacking} sample")
     split = Split(**{name: sorted(ids) for name, ids in assigned.items()})

@@ -4,13 +4,19 @@ Images are hashed (with a ``HashCache`` so unchanged files are not read again), 
 content, and only those missing from the store go through the encoder. A pool of threads decodes and
 transforms whole batches ahead of the model (PIL, torch and ONNX Runtime release the GIL while they
 work); on 2 CPU cores this was as fast as a torch ``DataLoader`` with 2 worker processes, without
-pickling the transform or moving tensors between processes. A shard is written every ``shard_size``
-images, so a run killed at any point keeps all finished shards and the next run computes only the rest.
+pickling the transform or moving tensors between processes.
+
+Finished work is written early and often: the first shard after one batch, each next one twice as large up to
+``shard_size`` images, and whatever is pending once ``flush_seconds`` have passed since the last shard. A run
+killed at any point (even with ``kill -9``) keeps every shard written, an interrupted one (Ctrl-C, or SIGTERM,
+which the CLI turns into the same interruption) also what it had computed, and the next run computes only the
+rest.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,10 +28,12 @@ from tqdm import tqdm
 
 from kenner.data.images import file_sha256, load_image
 from kenner.encoders.base import Encoder
-from kenner.encoders.store import EmbeddingStore, HashCache
+from kenner.encoders.store import EmbeddingStore, HashCache, ShardQuarantinedError
 from kenner.errors import ImageError, KennerError
 
 HASH_CACHE_NAME = "hashes.sqlite"
+FLUSH_SECONDS = 10.0  # longest stretch of computed embeddings held only in memory
+_REPAIRS = 3  # rounds of recomputing what unreadable shards held before giving up
 
 
 def hash_images(
@@ -48,8 +56,15 @@ def hash_images(
     todo = [path for path in stats if path not in known]
     if todo:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            digests = list(tqdm(pool.map(file_sha256, todo), total=len(todo), desc="hashing images",
-                                unit="img", disable=None if progress else True))
+            digests = list(
+                tqdm(
+                    pool.map(file_sha256, todo),
+                    total=len(todo),
+                    desc="hashing images",
+                    unit="img",
+                    disable=None if progress else True,
+                )
+            )
         known.update(zip(todo, digests, strict=True))
         if cache is not None:
             cache.remember((path, stats[path], known[path]) for path in todo)
@@ -64,6 +79,7 @@ def extract_embeddings(
     batch_size: int = 64,
     num_workers: int = 2,
     shard_size: int = 1024,
+    flush_seconds: float = FLUSH_SECONDS,
     background: tuple[int, int, int] = (255, 255, 255),
     progress: bool = True,
 ) -> np.ndarray:
@@ -78,20 +94,38 @@ def extract_embeddings(
             f"the store {store.path} belongs to encoder fingerprint {store.fingerprint}, "
             f"not {encoder.fingerprint} ({encoder.name}); open the encoder's own store"
         )
-    if batch_size < 1 or shard_size < 1:
-        raise KennerError(f"batch_size and shard_size must be at least 1 (got {batch_size}, {shard_size})")
-    hashes = hash_images(paths, HashCache(store.cache_root / HASH_CACHE_NAME),
-                         workers=max(1, num_workers) * 2, progress=progress)
+    if batch_size < 1 or shard_size < 1 or flush_seconds <= 0:
+        raise KennerError(
+            f"batch_size and shard_size must be at least 1 and flush_seconds positive (got "
+            f"{batch_size}, {shard_size}, {flush_seconds})"
+        )
+    hashes = hash_images(
+        paths, HashCache(store.cache_root / HASH_CACHE_NAME), workers=max(1, num_workers) * 2, progress=progress
+    )
     first_path: dict[str, Path] = {}
     for key, path in zip(hashes, paths, strict=True):
         first_path.setdefault(key, Path(path))
-    todo = store.missing(dict.fromkeys(hashes))
-    if todo:
-        _encode_into_store(encoder, [first_path[key] for key in todo], todo, store, batch_size=batch_size,
-                           num_workers=num_workers, shard_size=shard_size, background=background,
-                           progress=progress)
-        store.save_index()
-    return store.get(hashes)
+    for _ in range(_REPAIRS):
+        todo = store.missing(dict.fromkeys(hashes))
+        if todo:
+            _encode_into_store(
+                encoder,
+                [first_path[key] for key in todo],
+                todo,
+                store,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                shard_size=shard_size,
+                flush_seconds=flush_seconds,
+                background=background,
+                progress=progress,
+            )
+            store.save_index()
+        try:
+            return store.get(hashes)
+        except ShardQuarantinedError:
+            continue  # an unreadable shard was moved aside: compute what it held
+    raise KennerError(f"{store.path}: shards keep turning out unreadable; check the disk, or use another --cache-dir")
 
 
 def _encode_into_store(
@@ -103,10 +137,12 @@ def _encode_into_store(
     batch_size: int,
     num_workers: int,
     shard_size: int,
+    flush_seconds: float,
     background: tuple[int, int, int],
     progress: bool,
 ) -> None:
-    """Encode ``paths`` batch by batch, writing a shard of ``keys`` every ``shard_size`` images."""
+    """Encode ``paths`` batch by batch, writing shards of ``keys`` that grow from one batch to ``shard_size``
+    images, and a shard of what is pending whenever ``flush_seconds`` have passed since the last one."""
     preprocessing = encoder.preprocessing
     transform = preprocessing.transform()
     max_side = preprocessing.resize  # JPEGs decode downscaled (draft mode), never below the resize
@@ -123,26 +159,31 @@ def _encode_into_store(
 
     pending_keys: list[str] = []
     pending_vectors: list[np.ndarray] = []
+    target = min(batch_size, shard_size)  # the size of the next shard: one batch first, doubling to shard_size
+    last_flush = time.monotonic()
 
     def flush(count: int) -> None:
         """Write the first ``count`` pending embeddings as one shard."""
+        nonlocal target, last_flush
         shard_keys, shard_vectors = pending_keys[:count], np.concatenate(pending_vectors)
         del pending_keys[:count]
         pending_vectors[:] = [shard_vectors[count:]] if count < len(shard_vectors) else []
         store.write(shard_keys, shard_vectors[:count])
+        target, last_flush = min(2 * target, shard_size), time.monotonic()
 
     starts = range(0, len(paths), batch_size)
-    batches = [paths[start:start + batch_size] for start in starts]
-    bar = tqdm(total=len(paths), desc=f"embedding with {encoder.name}", unit="img",
-               disable=None if progress else True)
+    batches = [paths[start : start + batch_size] for start in starts]
+    bar = tqdm(total=len(paths), desc=f"embedding with {encoder.name}", unit="img", disable=None if progress else True)
     try:
         with torch.inference_mode():
             for start, batch in zip(starts, _prefetch(prepare, batches, num_workers), strict=True):
                 vectors = encoder.embed(batch).cpu().numpy()
-                pending_keys.extend(keys[start:start + len(vectors)])
+                pending_keys.extend(keys[start : start + len(vectors)])
                 pending_vectors.append(vectors)
-                while len(pending_keys) >= shard_size:
-                    flush(shard_size)
+                while len(pending_keys) >= target:
+                    flush(target)
+                if pending_keys and time.monotonic() - last_flush >= flush_seconds:
+                    flush(len(pending_keys))
                 bar.update(len(vectors))
     finally:
         bar.close()
@@ -168,4 +209,3 @@ def _prefetch(
             yield future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-

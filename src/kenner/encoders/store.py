@@ -14,19 +14,28 @@ processes (or machines sharing a disk) can fill one store without colliding and 
 (``.<id>.npz.tmp-<pid>``) is never read. The index file is only a cache: opening a store lists the
 shard folder, reads the keys of shards the index does not know yet, drops shards that have gone and
 rewrites the index; any process may do so, and the last write wins with a correct view.
+
+Damage is repaired, not fatal: an unreadable shard (truncated, not a zip, wrong shape) is moved to
+``<root>/<fingerprint>/quarantine/`` with a one-line warning and its embeddings count as missing, so
+extraction computes them again; an unreadable index is rebuilt from the shards; a corrupt ``hashes.sqlite``
+is moved aside (``hashes.sqlite.corrupt-<time>``) and the hashes are computed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -37,9 +46,15 @@ from kenner.paths import default_cache_dir
 if TYPE_CHECKING:
     from kenner.encoders.base import Encoder
 
+log = logging.getLogger(__name__)
+
 DTYPES = ("float16", "float32")
+QUARANTINE = "quarantine"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SQLITE_TIMEOUT_S = 60.0
+# What reading a damaged .npz raises: a truncated or foreign file, a member cut short, a missing member.
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+_T = TypeVar("_T")
 
 
 class MissingEmbeddingsError(KennerError, KeyError):
@@ -47,6 +62,10 @@ class MissingEmbeddingsError(KennerError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class ShardQuarantinedError(MissingEmbeddingsError):
+    """A shard turned out unreadable while reading embeddings; it was moved aside, its keys are now missing."""
 
 
 class EmbeddingStore:
@@ -87,8 +106,13 @@ class EmbeddingStore:
         cls, encoder: Encoder, root: str | os.PathLike | None = None, dtype: str = "float16"
     ) -> EmbeddingStore:
         """The store of ``encoder`` under ``root`` (default: ``default_cache_dir()``)."""
-        return cls(root if root is not None else default_cache_dir(), encoder.fingerprint, encoder.dim,
-                   dtype, encoder_name=encoder.name)
+        return cls(
+            root if root is not None else default_cache_dir(),
+            encoder.fingerprint,
+            encoder.dim,
+            dtype,
+            encoder_name=encoder.name,
+        )
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -126,7 +150,14 @@ class EmbeddingStore:
             positions.append(position)
             rows.append(row)
         for shard, (positions, rows) in by_shard.items():
-            out[positions] = self._read_vectors(self._shards[shard])[rows]
+            name = self._shards[shard]
+            try:
+                out[positions] = self._read_vectors(name)[rows]
+            except _Damaged as damage:
+                self._quarantine(name, str(damage))
+                raise ShardQuarantinedError(
+                    f"{self.shard_dir / name} was unreadable and moved aside; extract its images again"
+                ) from None
         return out
 
     def write(self, keys: Sequence[str], vectors: np.ndarray) -> Path:
@@ -192,7 +223,8 @@ class EmbeddingStore:
 
     def _shard_names(self) -> list[str]:
         return sorted(
-            entry.name for entry in os.scandir(self.shard_dir)
+            entry.name
+            for entry in os.scandir(self.shard_dir)
             if entry.name.endswith(".npz") and not entry.name.startswith(".")
         )
 
@@ -204,33 +236,53 @@ class EmbeddingStore:
             self._where.setdefault(key, (shard, row))
 
     def _sync(self) -> bool:
-        """Read the keys of shards on disk not yet known; True if anything changed."""
+        """Read the keys of shards on disk not yet known (moving unreadable ones aside); True if anything
+        changed."""
         known = set(self._shards)
         new = [name for name in self._shard_names() if name not in known]
         for name in new:
-            self._add_shard(name, self._read_keys(name))
+            try:
+                keys = self._read_keys(name)
+            except _Damaged as damage:
+                self._quarantine(name, str(damage))
+                continue
+            self._add_shard(name, keys)
         return bool(new)
 
     def _read_keys(self, name: str) -> list[str]:
-        path = self.shard_dir / name
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with np.load(self.shard_dir / name, allow_pickle=False) as data:
                 return [key.decode("ascii") for key in data["keys"]]
-        except (OSError, ValueError, KeyError) as error:
-            raise KennerError(f"{path}: unreadable embedding shard ({error}); delete it and rerun") from error
+        except FileNotFoundError:
+            return []  # moved aside by another process meanwhile
+        except (*_UNREADABLE, UnicodeDecodeError) as error:
+            raise _Damaged(_describe(error)) from error
 
     def _read_vectors(self, name: str) -> np.ndarray:
-        path = self.shard_dir / name
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with np.load(self.shard_dir / name, allow_pickle=False) as data:
                 vectors = data["vectors"]
-        except (OSError, ValueError, KeyError) as error:
-            raise KennerError(f"{path}: unreadable embedding shard ({error}); delete it and rerun") from error
+        except _UNREADABLE as error:
+            raise _Damaged(_describe(error)) from error
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise KennerError(
-                f"{path}: shard holds vectors of shape {vectors.shape}, expected [N, {self.dim}]; delete it"
-            )
+            raise _Damaged(f"vectors of shape {vectors.shape}, expected [N, {self.dim}]")
         return vectors
+
+    def _quarantine(self, name: str, reason: str) -> None:
+        """Move an unreadable shard to ``quarantine/`` and forget what it held (it is computed again)."""
+        target = self.path / QUARANTINE / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # another process moved it first
+            os.replace(self.shard_dir / name, target)
+        log.warning(
+            "%s: unreadable embedding shard (%s); moved to %s, its embeddings are computed again",
+            self.shard_dir / name,
+            reason,
+            target,
+        )
+        self._shards, self._where = [], {}
+        self._sync()
+        self._dirty = True
 
     def _load_index(self) -> bool:
         """Start from the cached index, keeping only shards that still exist; True if any had gone."""
@@ -238,8 +290,8 @@ class EmbeddingStore:
             with np.load(self.index_path, allow_pickle=False) as data:
                 shards = [str(name) for name in data["shards"]]
                 keys, shard_of, rows = data["keys"], data["shard"], data["row"]
-        except (OSError, ValueError, KeyError):
-            return False  # no index yet, or an unreadable one: rebuilt from the shards
+        except _UNREADABLE:
+            return self.index_path.exists()  # no index yet, or an unreadable one: rebuilt from the shards
         present = set(self._shard_names())
         remap: dict[int, int] = {}
         for old, name in enumerate(shards):
@@ -252,59 +304,98 @@ class EmbeddingStore:
         return len(remap) < len(shards)
 
 
+class _Damaged(Exception):
+    """A shard that cannot be read; the message says why."""
+
+
+def _describe(error: BaseException) -> str:
+    """Why a shard cannot be read, in a few words."""
+    if isinstance(error, ValueError) and "pickle" in str(error):
+        return "not an .npz file"  # numpy's guess for bytes that are no zip archive
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
 class HashCache:
     """Remembers each file's sha256 by (absolute path, size, mtime_ns) in a SQLite file.
 
     SQLite serialises concurrent writers, so several processes can share one cache; an entry is
-    reused only while the file's size and modification time are unchanged.
+    reused only while the file's size and modification time are unchanged. A corrupt file is moved aside
+    (``<name>.corrupt-<time>``, with its journal) and started afresh: the hashes are only computed again.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = self._connect()
-        try:
-            with db:
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS hashes "
-                    "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
-                )
-        finally:
-            db.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            return sqlite3.connect(self.path, timeout=_SQLITE_TIMEOUT_S)
-        except sqlite3.Error as error:
-            raise KennerError(f"{self.path}: cannot open the hash cache ({error})") from error
+        self._use(
+            lambda db: db.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
+            )
+        )
 
     def lookup(self, stats: dict[str, os.stat_result]) -> dict[str, str]:
         """Cached hashes of the files (absolute path -> stat) whose size and mtime still match."""
-        found: dict[str, str] = {}
         paths = list(stats)
-        db = self._connect()
-        try:
+
+        def read(db: sqlite3.Connection) -> dict[str, str]:
+            found: dict[str, str] = {}
             for start in range(0, len(paths), 900):
-                chunk = paths[start:start + 900]
+                chunk = paths[start : start + 900]
                 marks = ",".join("?" * len(chunk))
                 query = f"SELECT path, size, mtime_ns, sha256 FROM hashes WHERE path IN ({marks})"
-                rows = db.execute(query, chunk)
-                for path, size, mtime_ns, digest in rows:
+                for path, size, mtime_ns, digest in db.execute(query, chunk):
                     stat = stats[path]
                     if stat.st_size == size and stat.st_mtime_ns == mtime_ns:
                         found[path] = digest
-        finally:
-            db.close()
-        return found
+            return found
+
+        return self._use(read)
 
     def remember(self, entries: Iterable[tuple[str, os.stat_result, str]]) -> None:
         """Store (absolute path, stat, sha256) entries in one transaction."""
-        db = self._connect()
+        rows = [(path, stat.st_size, stat.st_mtime_ns, digest) for path, stat, digest in entries]
+        self._use(
+            lambda db: db.executemany(
+                "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)", rows
+            )
+        )
+
+    def _use(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` in one transaction; a corrupt file is moved aside and ``work`` runs on a fresh one."""
+        try:
+            return self._transaction(work)
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError):  # locked, unwritable: not damage
+                raise KennerError(f"{self.path}: cannot use the hash cache ({error})") from error
+            self._quarantine(error)
+        try:
+            self._transaction(
+                lambda db: db.execute(
+                    "CREATE TABLE IF NOT EXISTS hashes "
+                    "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
+                )
+            )
+            return self._transaction(work)
+        except sqlite3.Error as error:
+            raise KennerError(f"{self.path}: cannot use the hash cache ({error})") from error
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        try:
+            db = sqlite3.connect(self.path, timeout=_SQLITE_TIMEOUT_S)
+        except sqlite3.Error as error:
+            raise KennerError(f"{self.path}: cannot open the hash cache ({error})") from error
         try:
             with db:
-                db.executemany(
-                    "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
-                    [(path, stat.st_size, stat.st_mtime_ns, digest) for path, stat, digest in entries],
-                )
+                return work(db)
         finally:
             db.close()
+
+    def _quarantine(self, error: sqlite3.Error) -> None:
+        """Move the corrupt database (and its journal files) aside."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
+        log.warning(
+            "%s: corrupt hash cache (%s); moved to %s, image hashes are computed again", self.path, error, target
+        )

@@ -36,10 +36,13 @@ def top_k(proba: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_predictions(path: Path, *, sample_ids: list[str], split: np.ndarray, y_true: np.ndarray | None,
                       proba: np.ndarray, class_names: list[str], k: int = 5,
-                      predicted: np.ndarray | None = None, accepted: np.ndarray | None = None) -> Path:
+                      predicted: np.ndarray | None = None, accepted: np.ndarray | None = None,
+                      metadata: dict[str, list[str | None]] | None = None) -> Path:
     """predictions.parquet: sample id, split, true, predicted, top-k labels and scores.
 
     With a reject rule's ``accepted`` mask, rejected rows have ``predicted`` null ("unclassifiable").
+    ``metadata`` (column -> one value per row, e.g. a manifest's extra columns) is appended as string columns;
+    a name that is already a column gets the prefix ``meta_``.
     """
     order, scores = top_k(proba, k)
     predicted = order[:, 0] if predicted is None else predicted
@@ -58,6 +61,8 @@ def write_predictions(path: Path, *, sample_ids: list[str], split: np.ndarray, y
     }
     if accepted is not None:
         columns["accepted"] = pa.array(np.asarray(accepted, dtype=bool))
+    for name, values in (metadata or {}).items():
+        columns[f"meta_{name}" if name in columns else name] = pa.array(values, pa.string())
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), sink)
     return atomic_write_bytes(path, sink.getvalue().to_pybytes())
@@ -75,12 +80,14 @@ class Evaluation:
 def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: np.ndarray,
                      class_names: list[str], sample_ids: list[str], background_class: str | None = None,
                      predicted: np.ndarray | None = None, accepted: np.ndarray | None = None,
-                     extra_metrics: dict[str, dict[str, float]] | None = None) -> Evaluation:
+                     extra_metrics: dict[str, dict[str, float]] | None = None,
+                     metadata: dict[str, list[str | None]] | None = None) -> Evaluation:
     """Metrics per split plus predictions, per-class table and confusion matrix of the report split.
 
     ``predicted`` overrides the argmax of ``proba`` (e.g. a retrieval vote). Metrics score every
     prediction; ``accepted`` (a reject rule's mask) only marks rejected rows in predictions.parquet —
-    the reject option's own figures are in reject.json. ``extra_metrics`` (per split) join metrics.json.
+    the reject option's own figures are in reject.json. ``extra_metrics`` (per split) join metrics.json;
+    ``metadata`` columns join predictions.parquet.
     """
     predicted = proba.argmax(axis=1) if predicted is None else predicted
     metrics: dict[str, dict[str, float]] = {}
@@ -92,7 +99,8 @@ def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: 
             metrics[name].update((extra_metrics or {}).get(name, {}))
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_predictions(out_dir / "predictions.parquet", sample_ids=sample_ids, split=split, y_true=y,
-                      proba=proba, class_names=class_names, predicted=predicted, accepted=accepted)
+                      proba=proba, class_names=class_names, predicted=predicted, accepted=accepted,
+                      metadata=metadata)
     focus_name = report_split(split)
     focus = split == focus_name
     table = per_class_table(y[focus], predicted[focus], class_names)

@@ -32,7 +32,9 @@ LINKED_FILES = {
     "predictions.parquet": "predictions (sample id, split, true, predicted, top-k, scores)",
     "metrics.json": "all metrics",
     "run_config.json": "run configuration (repeat with `--config`)",
-    "excluded.csv": "excluded samples and why",
+    "excluded.csv": "excluded samples and files, and why",
+    "duplicates.csv": "identical images found in more than one group (their groups were merged)",
+    "split_warnings.txt": "every split warning (classes too small for every split)",
 }
 WORST_CLASSES = 10
 

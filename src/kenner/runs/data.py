@@ -13,6 +13,7 @@ import numpy as np
 from kenner.config.sections import DataConfig, SplitConfig
 from kenner.config.tree import RunConfig
 from kenner.data.background import background_images, background_label, draw_background
+from kenner.data.duplicates import merge_duplicates, write_duplicates
 from kenner.data.filters import apply_filters
 from kenner.data.manifest import Dataset, Exclusion, load_dataset, write_exclusions
 from kenner.data.splits import (
@@ -26,32 +27,86 @@ from kenner.data.splits import (
     split_of_samples,
 )
 from kenner.encoders.embedder import Embedder
+from kenner.encoders.extract import HASH_CACHE_NAME, hash_images
+from kenner.encoders.store import HashCache
 from kenner.encoders.views import resolve_mode
 from kenner.errors import DataError, KennerError
+from kenner.io import atomic_write_text
 from kenner.methods.base import Samples, TaskData, concat_samples
+from kenner.paths import default_cache_dir
 
 log = logging.getLogger(__name__)
 
+EXCLUDED = "excluded.csv"
+DUPLICATES = "duplicates.csv"
+SPLIT_WARNINGS = "split_warnings.txt"
+WARNINGS_SHOWN = 5
 
-def load_data(cfg: DataConfig, out_dir: Path | None = None) -> tuple[Dataset, list[Exclusion]]:
-    """Load, validate and filter a dataset; what was left out goes to ``out_dir/excluded.csv``."""
+
+def load_data(cfg: DataConfig, out_dir: Path | None = None, *, cache_dir: str | None = None,
+              min_classes: int = 2) -> tuple[Dataset, list[Exclusion]]:
+    """Load, validate and filter a dataset and merge the groups of identical images (``--duplicates``);
+    what was left out goes to ``out_dir/excluded.csv``, the merged copies to ``out_dir/duplicates.csv``.
+
+    ``cache_dir``: the embedding cache whose hash cache remembers the images' content hashes. A dataset with
+    fewer than ``min_classes`` classes is refused (training needs two; evaluating and embedding do not).
+    """
     if not cfg.data:
         raise KennerError("no dataset given: pass --data FOLDER_OR_MANIFEST")
-    dataset, exclusions = load_dataset(cfg.data, on_bad_image=cfg.on_bad_image)
+    dataset, exclusions = load_dataset(cfg.data, on_bad_image=cfg.on_bad_image, group_by=cfg.group_by,
+                                       group_regex=cfg.group_regex)
     dataset, filtered = apply_filters(
         dataset, omit_classes=cfg.omit_classes, min_condition=cfg.min_condition,
         min_samples_per_class=cfg.min_samples_per_class, min_size=cfg.min_size,
     )
     exclusions = [*exclusions, *filtered]
+    if out_dir is not None and exclusions:
+        write_exclusions(exclusions, out_dir / EXCLUDED)
+        log.info("%d image(s)/sample(s)/file(s) left out; see %s", len(exclusions), out_dir / EXCLUDED)
     if not dataset.samples:
         raise KennerError(f"{cfg.data}: no samples left after validation and filters")
+    if len(dataset.classes) < min_classes:
+        shown = ", ".join(repr(name) for name in dataset.classes)
+        raise KennerError(f"{cfg.data}: {len(dataset.classes)} class ({shown}) after validation and filters; "
+                          f"a classifier needs at least {min_classes} classes")
     if cfg.background_class and cfg.background_class not in dataset.classes:
         raise KennerError(f"--background-class {cfg.background_class!r} is not a class of {cfg.data}; "
                           f"classes: {', '.join(dataset.classes[:20])}")
-    if out_dir is not None and exclusions:
-        write_exclusions(exclusions, out_dir / "excluded.csv")
-        log.info("%d image(s)/sample(s) left out; see %s", len(exclusions), out_dir / "excluded.csv")
+    if cfg.duplicates != "ignore":
+        dataset, copies = merge_duplicates(dataset, _content_hashes(dataset, cache_dir), cfg.duplicates)
+        if copies:
+            where = ""
+            if out_dir is not None:
+                where = f"; listed in {write_duplicates(copies, out_dir / DUPLICATES)}"
+            log.warning("%d image(s) appear in more than one group: their groups are merged into %d so that no copy "
+                        "crosses splits (--duplicates refuse stops instead)%s", len(copies),
+                        len({c.group for c in copies}), where)
     return dataset, exclusions
+
+
+def _content_hashes(dataset: Dataset, cache_dir: str | None) -> dict[Path, str]:
+    """The SHA-256 of every image of ``dataset``, through the embedding cache's hash cache (without it when the
+    cache folder cannot be written: the hashes are then computed and not kept)."""
+    paths = list(dict.fromkeys(path for sample in dataset.samples for path in sample.paths.values()))
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    try:
+        cache = HashCache(root / HASH_CACHE_NAME)
+    except (OSError, KennerError) as error:
+        log.debug("no hash cache in %s (%s)", root, error)
+        cache = None
+    return dict(zip(paths, hash_images(paths, cache), strict=True))
+
+
+def report_split_warnings(messages: list[str], out_dir: Path) -> None:
+    """Log the first few split warnings and how many there are; all of them go to ``out_dir/split_warnings.txt``."""
+    if not messages:
+        return
+    path = atomic_write_text(out_dir / SPLIT_WARNINGS, "\n".join(messages) + "\n")
+    for message in messages[:WARNINGS_SHOWN]:
+        log.warning("split: %s", message)
+    if len(messages) > WARNINGS_SHOWN:
+        log.warning("split: ... and %d more warnings (%d in all, listed in %s)", len(messages) - WARNINGS_SHOWN,
+                    len(messages), path)
 
 
 def check_views(dataset: Dataset, mode: str) -> None:
@@ -75,8 +130,7 @@ def resolve_split(dataset: Dataset, cfg: SplitConfig, out_dir: Path) -> Split:
     if cfg.splits:
         raise KennerError(f"--splits {cfg.splits}: no train_ids.json there; make one with 'kenner split'")
     split, warnings = make_split(dataset.groups, dataset.labels, ratios=cfg.split_ratios, seed=cfg.split_seed)
-    for warning in warnings:
-        log.warning("split: %s", warning)
+    report_split_warnings(warnings, out_dir)
     save_split(split, target, groups=dataset.groups, labels=dataset.labels)
     return split
 
@@ -95,8 +149,9 @@ def resolve_folds(dataset: Dataset, cfg: SplitConfig, out_dir: Path) -> list[Spl
     if cfg.splits:
         raise KennerError(f"--splits {cfg.splits}: no fold_0/train_ids.json there; "
                           f"make folds with 'kenner split --folds {cfg.folds}'")
-    folds = make_folds(dataset.groups, dataset.labels, k=cfg.folds, seed=cfg.split_seed,
-                       val_fraction=cfg.split_ratios[1])
+    folds, warnings = make_folds(dataset.groups, dataset.labels, k=cfg.folds, seed=cfg.split_seed,
+                                 val_fraction=cfg.split_ratios[1])
+    report_split_warnings(warnings, out_dir)
     save_folds(folds, target, groups=dataset.groups, labels=dataset.labels)
     return folds
 
@@ -149,12 +204,12 @@ def split_dataset(data: DataConfig, cfg: SplitConfig, out_dir: str | Path) -> st
     out_dir = Path(out_dir)
     dataset, _ = load_data(data, out_dir)
     if cfg.folds:
-        folds = make_folds(dataset.groups, dataset.labels, k=cfg.folds, seed=cfg.split_seed,
-                           val_fraction=cfg.split_ratios[1])
+        folds, warnings = make_folds(dataset.groups, dataset.labels, k=cfg.folds, seed=cfg.split_seed,
+                                     val_fraction=cfg.split_ratios[1])
+        report_split_warnings(warnings, out_dir)
         save_folds(folds, out_dir, groups=dataset.groups, labels=dataset.labels)
         return f"{len(folds)} folds of {len(set(dataset.groups))} groups written to {out_dir}"
     split, warnings = make_split(dataset.groups, dataset.labels, ratios=cfg.split_ratios, seed=cfg.split_seed)
-    for warning in warnings:
-        log.warning("split: %s", warning)
+    report_split_warnings(warnings, out_dir)
     save_split(split, out_dir, groups=dataset.groups, labels=dataset.labels)
     return f"train/val/test groups: {len(split.train)}/{len(split.val)}/{len(split.test)} -> {out_dir}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kenner.config.tree import RunConfig
+from kenner.data.manifest import Dataset
 from kenner.data.splits import save_split, split_of_samples
 from kenner.encoders import check_encoder
 from kenner.encoders.views import resolve_mode
@@ -38,6 +39,7 @@ from kenner.runs.folder import (
     MODEL_DIR,
     changed_settings,
     dataset_summary,
+    metadata_of,
     split_table,
     write_model_info,
 )
@@ -72,7 +74,7 @@ class _Run:
     spec: MethodSpec
     method: Method
     tracker: Tracker
-    source: str
+    dataset: Dataset
     excluded: int
     view_names: list[str]
     resume: str | None
@@ -87,9 +89,9 @@ def train(cfg: RunConfig, *, resume: str | None = None, fresh: bool = False,
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "run_config.json", cfg.to_dict(spec.all_sections))
-    dataset, exclusions = load_data(cfg.data, out_dir)
+    dataset, exclusions = load_data(cfg.data, out_dir, cache_dir=cfg.encoder.cache_dir)
     check_views(dataset, cfg.encoder.views)
-    run = _Run(cfg, spec, spec.load()(), tracker or tracker_for(cfg.tracking), str(dataset.source), len(exclusions),
+    run = _Run(cfg, spec, spec.load()(), tracker or tracker_for(cfg.tracking), dataset, len(exclusions),
                list(dataset.views), resume, fresh)
     embedder = embedder_for(cfg)
     if not cfg.split.folds:
@@ -144,7 +146,8 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
         evaluation = write_evaluation(out_dir, y=data.y, split=data.split, proba=prediction.scores,
                                       class_names=data.class_names, sample_ids=data.samples.ids,
                                       background_class=data.background_class, predicted=decisions.predicted,
-                                      accepted=decisions.accepted, extra_metrics=extra_metrics)
+                                      accepted=decisions.accepted, extra_metrics=extra_metrics,
+                                      metadata=metadata_of(run.dataset, data.samples.ids))
         predictor.save(out_dir / MODEL_DIR)
         write_model_info(out_dir / MODEL_DIR, cfg, data, predictor, view_names=run.view_names,
                          decision=decisions.decider.to_dict())
@@ -156,7 +159,8 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
             sections.append(("Training history", history_markdown(predictor.history)))
         write_report(out_dir, {
             "title": f"kenner {cfg.method} run {out_dir.name}",
-            "dataset": dataset_summary(data, source=run.source, excluded=run.excluded),
+            "dataset": dataset_summary(data, source=str(run.dataset.source), excluded=run.excluded,
+                                       dataset=run.dataset),
             "splits": split_table(data),
             "encoder": {"spec": cfg.encoder.encoder, "views": resolve_mode(run.view_names, cfg.encoder.views)},
             "head": {"method": cfg.method, "profile": cfg.profile or "none", **changed_settings(cfg, run.spec)},

@@ -16,7 +16,7 @@ from kenner.methods.base import TaskData
 from kenner.runs.data import load_data, task_data
 from kenner.runs.decide import measured_reject
 from kenner.runs.driver import RunResult
-from kenner.runs.folder import dataset_summary, split_table
+from kenner.runs.folder import dataset_summary, metadata_of, split_table
 from kenner.runs.load import load_predictor
 
 
@@ -34,7 +34,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, out_dir: str |
                                    background_class=background_class or cfg.data.background_class)
     target = Path(out_dir) if out_dir else run_dir / "eval"
     target.mkdir(parents=True, exist_ok=True)
-    dataset, exclusions = load_data(data_cfg, target)
+    dataset, exclusions = load_data(data_cfg, target, cache_dir=cache_dir, min_classes=1)
     if dataset.views != model.info["view_names"]:
         raise KennerError(f"{data_cfg.data}: views {', '.join(dataset.views)} differ from the run's "
                           f"{', '.join(model.info['view_names'])}")
@@ -51,10 +51,11 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, out_dir: str |
         accepted=answers.accepted if model.decider.reject is not None else None,
         extra_metrics={name: {f"reject_{key}": value for key, value in values.items()}
                        for name, values in figures.items()},
+        metadata=metadata_of(dataset, task.samples.ids),
     )
     report = write_report(target, {
         "title": f"kenner evaluation of {run_dir.name} on {Path(data_cfg.data).name}",
-        "dataset": dataset_summary(task, source=str(dataset.source), excluded=len(exclusions)),
+        "dataset": dataset_summary(task, source=str(dataset.source), excluded=len(exclusions), dataset=dataset),
         "splits": split_table(task),
         "encoder": {"spec": model.info["encoder"], "views": model.info["views"]},
         "head": {"method": model.info["method"], "run": str(run_dir)},

@@ -15,6 +15,7 @@ from typing import Any
 
 from kenner import __version__
 from kenner.config.tree import RunConfig
+from kenner.data.manifest import Dataset
 from kenner.data.splits import column_summary
 from kenner.errors import KennerError
 from kenner.io import atomic_write_json, read_json
@@ -71,9 +72,21 @@ def read_model_info(run_dir: Path) -> dict[str, Any]:
     return info
 
 
-def dataset_summary(data: TaskData, *, source: str, excluded: int) -> dict[str, Any]:
-    return {"source": source, "samples": len(data.y), "classes": data.n_classes, "groups": len(set(data.groups)),
-            "views": ", ".join(data.samples.view_names), "excluded": excluded}
+def dataset_summary(data: TaskData, *, source: str, excluded: int, dataset: Dataset | None = None) -> dict[str, Any]:
+    """The report's dataset facts; with the loaded ``dataset``, also its metadata columns and merged groups."""
+    summary = {"source": source, "samples": len(data.y), "classes": data.n_classes, "groups": len(set(data.groups)),
+               "views": ", ".join(data.samples.view_names), "excluded": excluded}
+    if dataset is not None and dataset.metadata_columns:
+        summary["metadata columns (in predictions.parquet)"] = ", ".join(dataset.metadata_columns)
+    if dataset is not None and dataset.merged_groups:
+        summary["groups merged for identical images (duplicates.csv)"] = len(dataset.merged_groups)
+    return summary
+
+
+def metadata_of(dataset: Dataset, ids: list[str]) -> dict[str, list[str | None]]:
+    """The dataset's metadata columns for rows ``ids`` (None where a row is not one of its samples)."""
+    by_id = {sample.id: sample.metadata for sample in dataset.samples}
+    return {name: [by_id[i][name] if i in by_id else None for i in ids] for name in dataset.metadata_columns}
 
 
 def split_table(data: TaskData) -> dict[str, dict[str, int]]:

@@ -238,7 +238,7 @@ def run_sweep(grid: Grid, base: dict[str, Any], out_dir: str | Path, *, referenc
     probe = compose_config(dict(METHODS.items()), explicit=to_nested({**base, "encoder": grid.encoders[0]}))
     for encoder in grid.encoders:
         check_encoder(encoder, weights=probe.encoder.weights)
-    dataset, _ = load_data(probe.data, out_dir)
+    dataset, _ = load_data(probe.data, out_dir, cache_dir=probe.encoder.cache_dir)
     check_views(dataset, probe.encoder.views)
     split = resolve_split(dataset, probe.split, out_dir)
     tasks = {}
