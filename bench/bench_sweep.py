@@ -5,8 +5,8 @@ default encoder (EfficientNet-Lite0, 1,280 dims; cached in the embedding store, 
 pays for it), splits them 70/15/15 (stratified), then sweeps learning rate x weight decay x label
 smoothing:
 
-* kenner: every configuration as one head of :func:`kenner.train.multihead.fit_multihead`
-  (standardised input, AdamW, early stopping on validation macro-F1);
+* kenner: every configuration as one head of :func:`kenner.heads.multihead.fit_multihead`
+  (standardised input, torch's AdamW, early stopping on validation macro-F1);
 * scikit-learn: ``LogisticRegression`` (lbfgs, standardised input) fitted once per configuration, with
   ``C = 1 / (weight_decay * n_train)`` (the L2 strength that matches decay on the mean loss; no
   penalty for weight decay 0). It has no learning rate or label smoothing, so configurations sharing a
@@ -37,8 +37,7 @@ from kenner.data import fashion_mnist
 from kenner.encoders import create_encoder
 from kenner.encoders.extract import extract_embeddings
 from kenner.encoders.store import EmbeddingStore, kenner_cache_root
-from kenner.heads.config import HeadConfig
-from kenner.train.multihead import fit_multihead
+from kenner.heads.multihead import fit_multihead
 
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -67,32 +66,52 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch and BLAS threads for both sides")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--sklearn-distinct-c", action="store_true",
-                        help="fit sklearn once per distinct C instead of once per configuration (faster; "
-                             "configurations sharing a weight decay give the same LogisticRegression)")
-    parser.add_argument("--cache-dir", type=Path, default=kenner_cache_root(),
-                        help="kenner cache root (default: $KENNER_CACHE or ~/.cache/kenner)")
+    parser.add_argument(
+        "--sklearn-distinct-c",
+        action="store_true",
+        help="fit sklearn once per distinct C instead of once per configuration (faster; "
+        "configurations sharing a weight decay give the same LogisticRegression)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=kenner_cache_root(),
+        help="kenner cache root (default: $KENNER_CACHE or ~/.cache/kenner)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
     X, y, what = load_embeddings(args.per_class, args.cache_dir)
-    data_line = (f"{len(X)} x {X.shape[1]} embeddings from {what}, {len(np.unique(y))} classes "
-                 f"({time.perf_counter() - start:.0f} s to load/embed)")
+    data_line = (
+        f"{len(X)} x {X.shape[1]} embeddings from {what}, {len(np.unique(y))} classes "
+        f"({time.perf_counter() - start:.0f} s to load/embed)"
+    )
     X_train, X_rest, y_train, y_rest = train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
-    X_val, X_test, y_val, y_test = train_test_split(X_rest, y_rest, test_size=0.5, stratify=y_rest,
-                                                    random_state=0)
+    X_val, X_test, y_val, y_test = train_test_split(X_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=0)
     grid = list(itertools.product(LRS, WEIGHT_DECAYS, LABEL_SMOOTHINGS))
-    sweep_line = (f"{len(grid)} linear-head configurations (lr × weight decay × label smoothing), "
-                  f"train {len(X_train)} / val {len(X_val)} / test {len(X_test)}, {args.threads} threads")
+    sweep_line = (
+        f"{len(grid)} linear-head configurations (lr × weight decay × label smoothing), "
+        f"train {len(X_train)} / val {len(X_val)} / test {len(X_test)}, {args.threads} threads"
+    )
 
-    configs = [HeadConfig(lr=lr, weight_decay=wd, label_smoothing=ls, standardize="standardize",
-                          epochs=args.epochs, batch_size=args.batch_size, early_stopping_patience=5,
-                          device="cpu") for lr, wd, ls in grid]
+    heads = [
+        dict(
+            lr=lr,
+            weight_decay=wd,
+            label_smoothing=ls,
+            standardize="standardize",
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            patience=5,
+            device="cpu",
+        )
+        for lr, wd, ls in grid
+    ]
     start = time.perf_counter()
-    fit = fit_multihead(X_train, y_train, configs, n_classes=10, X_val=X_val, y_val=y_val)
-    val_pred = fit.logits(X_val).argmax(-1).cpu().numpy()
-    test_pred = fit.logits(X_test).argmax(-1).cpu().numpy()
+    fit = fit_multihead(X_train, y_train, heads, classes=np.arange(10), X_val=X_val, y_val=y_val)
+    val_pred = fit.logits(X_val).argmax(-1)
+    test_pred = fit.logits(X_test).argmax(-1)
     kenner_seconds = time.perf_counter() - start
     kenner_val = [macro_f1(y_val, p) for p in val_pred]
     kenner_test = [macro_f1(y_test, p) for p in test_pred]
@@ -119,17 +138,25 @@ def main() -> None:
     best = int(np.argmax(kenner_val))
     fitted = f"{len(fit_seconds)} fits" + (", one per distinct C" if args.sklearn_distinct_c else "")
     print("### Sweep of linear heads vs scikit-learn (`bench/bench_sweep.py`)\n")
-    print(f"{data_line}; {sweep_line}. scikit-learn: `LogisticRegression` on standardised embeddings, "
-          f"C = 1 / (weight decay · n_train), {fitted}.\n")
+    print(
+        f"{data_line}; {sweep_line}. scikit-learn: `LogisticRegression` on standardised embeddings, "
+        f"C = 1 / (weight decay · n_train), {fitted}.\n"
+    )
     print("| | seconds per configuration | test macro-F1 of the configuration picked on val | best test macro-F1 |")
     print("|---|---:|---:|---:|")
-    print(f"| kenner batched multi-head ({kenner_seconds:.1f} s for {len(grid)}) | {per_config:.3f} | "
-          f"{kenner_test[best]:.4f} | {max(kenner_test):.4f} |")
-    print(f"| scikit-learn LogisticRegression | {sk_seconds:.2f} | {sk_best[2]:.4f} | "
-          f"{max(f[2] for f in fits.values()):.4f} |")
-    print(f"\nSpeed-up per configuration: **{sk_seconds / per_config:.1f}×** (target ≥ 20×). Picked on val, "
-          f"kenner's test macro-F1 differs from scikit-learn's by {100 * (kenner_test[best] - sk_best[2]):+.2f} "
-          f"points (target: within 1 point); kenner's pick: lr, weight decay, label smoothing = {grid[best]}.")
+    print(
+        f"| kenner batched multi-head ({kenner_seconds:.1f} s for {len(grid)}) | {per_config:.3f} | "
+        f"{kenner_test[best]:.4f} | {max(kenner_test):.4f} |"
+    )
+    print(
+        f"| scikit-learn LogisticRegression | {sk_seconds:.2f} | {sk_best[2]:.4f} | "
+        f"{max(f[2] for f in fits.values()):.4f} |"
+    )
+    print(
+        f"\nSpeed-up per configuration: **{sk_seconds / per_config:.1f}×** (target ≥ 20×). Picked on val, "
+        f"kenner's test macro-F1 differs from scikit-learn's by {100 * (kenner_test[best] - sk_best[2]):+.2f} "
+        f"points (target: within 1 point); kenner's pick: lr, weight decay, label smoothing = {grid[best]}."
+    )
 
 
 if __name__ == "__main__":

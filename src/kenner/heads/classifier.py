@@ -226,7 +226,8 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         return torch.softmax(logits, dim=1).numpy()
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[self.logits(X).argmax(axis=1)]
+        index = self.logits(X).argmax(axis=1)
+        return self.classes_[index]
 
     def embed(self, X: Any) -> np.ndarray:
         """Penultimate features [N, F] (the standardised input for a linear head)."""
