@@ -171,7 +171,7 @@ class MultiHeadFit:
         """Fit a temperature on validation rows for every head whose ``calibrate`` is on (others: 1)."""
         start = time.perf_counter()
         logits = self.logits(X_val)
-        y_index = encode_labels(y_val, self.classes, "validation labels")
+        y_index = encode_labels(y_val, self.classes, "validation labels", rows=len(logits[0]))
         for h, params in enumerate(self.params):
             self.temperatures[h] = fit_temperature(logits[h], y_index) if params["calibrate"] else 1.0
         self.calibration_seconds = time.perf_counter() - start
@@ -247,7 +247,7 @@ def fit_multihead(
     monitor = resolve_monitor(p["monitor"])
     classes = np.asarray(classes)
     X = as_embeddings(X, "training embeddings")
-    y_index = encode_labels(y, classes, "training labels")
+    y_index = encode_labels(y, classes, "training labels", rows=len(X))
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
     if any(s["calibrate"] for s in settings) and not has_val:
         raise KennerError("--calibrate fits the temperature on validation data; pass X_val and y_val")
@@ -261,8 +261,7 @@ def fit_multihead(
     yt = torch.as_tensor(y_index, device=device)
     if has_val:
         Xv = torch.as_tensor((as_embeddings(X_val, "validation embeddings", X.shape[1]) - mean) / scale, device=device)
-        yv_index = encode_labels(y_val, classes, "validation labels")
-        yv = torch.as_tensor(yv_index, device=device)
+        yv_index = encode_labels(y_val, classes, "validation labels", rows=len(Xv))
     loss_groups = _loss_groups(settings, counts, device)
     stopper = EarlyStopping(monitor, p["patience"] if has_val else 0, p["min_epochs"], n_heads=n_heads)
     history: list[list[dict[str, Any]]] = [[] for _ in range(n_heads)]
@@ -284,7 +283,7 @@ def fit_multihead(
                 for members, group in zip(groups.members, groups.optimizer.param_groups, strict=True)
                 for head in members
             }
-            position = {head: i for i, head in enumerate(active)}
+            plan = _LossPlan(loss_groups, active, device)
             total = torch.zeros(len(active), device=device)
             for rows in minibatch_order(len(Xt), p["batch_size"], generator):
                 rows = rows.to(device)
@@ -295,33 +294,15 @@ def fit_multihead(
                 logits = groups.forward(xb)
                 if shift is not None:
                     logits = logits + shift
-                losses = _head_losses(logits, target, yb, loss_groups, position)
+                losses = plan.losses(logits, target, yb)
                 groups.optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 groups.optimizer.step()
-                total += losses.detach() * len(rows)
+                total.index_add_(0, plan.order, losses.detach() * len(rows))
             step_scheduler(scheduler, None)
-            val: dict[str, np.ndarray] = {}
-            if has_val:
-                with torch.no_grad():
-                    val_logits = inference_logits(
-                        torch.cat([groups.forward(chunk) for chunk in Xv.split(INFERENCE_CHUNK)], dim=1), prior, p
-                    )
-                val["loss"] = (
-                    F.cross_entropy(val_logits.flatten(0, 1), yv.repeat(len(active)), reduction="none")
-                    .view(len(active), -1)
-                    .mean(1)
-                    .cpu()
-                    .numpy()
-                )
-                predicted = val_logits.argmax(-1).cpu().numpy()
-                val["macro_f1"] = macro_f1_rows(yv_index, predicted, n_classes)
-                val["accuracy"] = (predicted == yv_index).mean(axis=1)
+            val = _validate(groups, Xv, yv_index, prior, p, n_classes) if has_val else {}
             improved = stopper.step(epoch, val.get(monitor), val.get("loss"), heads=active)
-            with torch.no_grad():
-                for slot, (saved, tensor) in enumerate(zip(best, groups.slots(), strict=True)):
-                    for i in np.flatnonzero(improved):
-                        saved.select(head_axis(slot), active[i]).copy_(tensor.select(head_axis(slot), i))
+            _keep_best(best, groups, [active[i] for i in np.flatnonzero(improved)])
             seconds = time.perf_counter() - epoch_start
             train_loss = (total / len(Xt)).tolist()
             for i, head in enumerate(active):
@@ -356,6 +337,34 @@ def fit_multihead(
     if any(s["calibrate"] for s in settings):
         fit.calibrate(X_val, y_val)
     return fit
+
+
+def _validate(
+    groups: _Groups, Xv: torch.Tensor, y_index: np.ndarray, prior: torch.Tensor, p: dict[str, Any], n_classes: int
+) -> dict[str, np.ndarray]:
+    """Per active head: validation loss, macro-F1 (``kenner.evaluate``'s) and accuracy of the inference
+    logits."""
+    with torch.no_grad():
+        raw = torch.cat([groups.forward(chunk) for chunk in Xv.split(INFERENCE_CHUNK)], dim=1)
+        logits = inference_logits(raw, prior, p)
+        target = torch.as_tensor(y_index, device=logits.device).repeat(len(logits))
+        loss = F.cross_entropy(logits.flatten(0, 1), target, reduction="none").view(len(logits), -1).mean(1)
+    predicted = logits.argmax(-1).cpu().numpy()
+    return {
+        "loss": loss.cpu().numpy(),
+        "macro_f1": macro_f1_rows(y_index, predicted, n_classes),
+        "accuracy": (predicted == y_index).mean(axis=1),
+    }
+
+
+@torch.no_grad()
+def _keep_best(best: list[torch.Tensor], groups: _Groups, heads: list[int]) -> None:
+    """Copy the current weights of ``heads`` (that just had their best epoch) into ``best`` (all H heads)."""
+    position = {head: i for i, head in enumerate(groups.active)}
+    for slot, (saved, live) in enumerate(zip(best, groups.slots(), strict=True)):
+        axis = head_axis(slot)
+        for head in heads:
+            saved.select(axis, head).copy_(live.select(axis, position[head]))
 
 
 def _optimiser_groups(
@@ -401,31 +410,35 @@ def _loss_groups(settings: list[dict[str, Any]], counts: np.ndarray, device: tor
     return groups
 
 
-def _head_losses(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    labels: torch.Tensor,
-    loss_groups: list[_LossGroup],
-    position: dict[int, int],
-) -> torch.Tensor:
-    """Each active head's mean loss [H_active] on one batch: ``F.cross_entropy`` per loss group over the
-    group's heads at once (``reduction="none"``, then each head's rows reduced as ``"mean"`` would)."""
-    n_rows = logits.shape[1]
-    losses = torch.empty(len(position), device=logits.device)
-    for group in loss_groups:
-        rows = [position[head] for head in group.heads if head in position]
-        if not rows:
-            continue
-        index = torch.as_tensor(rows, device=logits.device)
-        repeated = target.repeat(len(rows), *[1] * (target.dim() - 1))
-        per_row = F.cross_entropy(
-            logits[index].flatten(0, 1),
-            repeated,
-            weight=group.weight,
-            label_smoothing=group.label_smoothing,
-            reduction="none",
-        )
-        hard_weighted = target.dim() == 1 and group.weight is not None
-        denominator = group.weight[labels].sum() if hard_weighted else n_rows
-        losses[index] = per_row.view(len(rows), n_rows).sum(1) / denominator
-    return losses
+class _LossPlan:
+    """The active heads ordered by loss group: one gather of the logits per step, then one
+    ``F.cross_entropy`` per group of heads sharing label smoothing and class weights."""
+
+    def __init__(self, loss_groups: list[_LossGroup], active: list[int], device: torch.device) -> None:
+        position = {head: i for i, head in enumerate(active)}
+        parts = [(group, [position[head] for head in group.heads if head in position]) for group in loss_groups]
+        self.parts = [(group, rows) for group, rows in parts if rows]
+        order = [i for _, rows in self.parts for i in rows]
+        self.order = torch.as_tensor(order, device=device)  # loss order -> active position
+        self.in_order = order == list(range(len(active)))
+        self.sizes = [len(rows) for _, rows in self.parts]
+
+    def losses(self, logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each active head's mean loss on one batch, in loss order (``reduction="none"``, then each head's
+        rows reduced as ``"mean"`` would)."""
+        ordered = logits if self.in_order else logits.index_select(0, self.order)
+        n_rows = logits.shape[1]
+        losses = []
+        for (group, _), part in zip(self.parts, ordered.split(self.sizes), strict=True):
+            repeated = target.repeat(len(part), *[1] * (target.dim() - 1))
+            per_row = F.cross_entropy(
+                part.flatten(0, 1),
+                repeated,
+                weight=group.weight,
+                label_smoothing=group.label_smoothing,
+                reduction="none",
+            )
+            hard_weighted = target.dim() == 1 and group.weight is not None
+            denominator = group.weight[labels].sum() if hard_weighted else n_rows
+            losses.append(per_row.view(len(part), n_rows).sum(1) / denominator)
+        return torch.cat(losses)
