@@ -1,23 +1,14 @@
-"""Temperature scaling on a deliberately over-confident toy head."""
+"""Temperature scaling on a deliberately over-confident toy head, and the report's calibration summary."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from kenner.train.calibrate import (
-    MAX_TEMPERATURE,
-    MIN_TEMPERATURE,
-    apply_temperature,
-    calibration_markdown,
-    calibration_summary,
-    fit_temperature,
-    head_calibration,
-)
 
-from kenner.evaluate.calibration import expected_calibration_error
+from kenner.evaluate.calibration import calibration_markdown, calibration_summary, expected_calibration_error
 from kenner.heads import EmbeddingClassifier
+from kenner.heads.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, fit_temperature
 from synthetic import blobs
 
 
@@ -36,7 +27,7 @@ def test_temperature_reduces_nll_and_ece_without_changing_argmax():
     test_logits, test_y = _overconfident_logits(2000, seed=1)
     T = fit_temperature(val_logits, val_y)
     assert abs(T - 5.0) < 0.75
-    scaled = apply_temperature(test_logits, T)
+    scaled = test_logits / T
     assert float(F.cross_entropy(scaled, test_y)) < float(F.cross_entropy(test_logits, test_y))
     ece_before = expected_calibration_error(test_logits.softmax(1).numpy(), test_y.numpy(), n_bins=15)
     ece_after = expected_calibration_error(scaled.softmax(1).numpy(), test_y.numpy(), n_bins=15)
@@ -44,19 +35,10 @@ def test_temperature_reduces_nll_and_ece_without_changing_argmax():
     assert torch.equal(scaled.argmax(1), test_logits.argmax(1))
 
 
-def test_temperature_accepts_numpy_and_keeps_type():
-    logits, y = _overconfident_logits(500, seed=2)
-    T = fit_temperature(logits.numpy(), y.numpy())
-    scaled = apply_temperature(logits.numpy(), T)
-    assert isinstance(scaled, np.ndarray)
-    np.testing.assert_array_equal(scaled.argmax(1), logits.numpy().argmax(1))
-
-
-def test_underconfident_logits_get_temperature_below_one():
+def test_temperature_accepts_numpy_and_underconfidence_gives_t_below_one():
     logits, y = _overconfident_logits(1000, seed=3)
+    assert fit_temperature(logits.numpy(), y.numpy()) == pytest.approx(fit_temperature(logits, y))
     assert fit_temperature(logits / 25.0, y) < 1.0  # 1/5 of the honest scale
-    with pytest.raises(ValueError):
-        apply_temperature(logits, 0.0)
 
 
 def test_separable_validation_keeps_temperature_one_and_extremes_are_clamped(caplog):
@@ -75,28 +57,37 @@ def test_separable_validation_keeps_temperature_one_and_extremes_are_clamped(cap
 def test_calibration_summary_reports_ece_and_nll_before_and_after():
     logits, y = _overconfident_logits(1000, seed=5)
     T = fit_temperature(logits, y)
-    summary = calibration_summary(logits, y, T)
+    summary = calibration_summary(logits.numpy(), y.numpy(), T)
     assert summary["temperature"] == T and summary["n"] == 1000
     assert summary["ece_before"] == pytest.approx(expected_calibration_error(logits.softmax(1).numpy(), y.numpy()))
     assert summary["ece_after"] < summary["ece_before"] and summary["nll_after"] < summary["nll_before"]
     assert summary["nll_before"] == pytest.approx(float(F.cross_entropy(logits.double(), y)))
-    unchanged = calibration_summary(logits, y, 1.0)
+    unchanged = calibration_summary(logits.numpy(), y.numpy(), 1.0)
     assert unchanged["ece_before"] == unchanged["ece_after"]
     table = calibration_markdown({"test": summary})
     assert f"T = {T:.4g}" in table and f"| test | 1000 | {summary['ece_before']:.4f} |" in table
+    assert "No validation or test rows" in calibration_markdown({})
 
 
-def test_head_calibration_measures_a_fitted_head_per_split():
+def test_calibration_summary_of_a_fitted_head():
     torch.set_num_threads(1)
     (X_tr, y_tr), (X_va, y_va), (X_te, y_te) = (blobs([40, 40, 40], sep=0.7, draw=d) for d in range(3))
-    head = EmbeddingClassifier(head_type="mlp", hidden_sizes=(64,), epochs=60, batch_size=16, lr=0.02,
-                               weight_decay=0.0, early_stopping_patience=0, calibrate=True, device="cpu")
+    head = EmbeddingClassifier(
+        "mlp",
+        hidden_sizes=(64,),
+        epochs=60,
+        batch_size=16,
+        lr=0.02,
+        weight_decay=0.0,
+        patience=0,
+        calibrate=True,
+        device="cpu",
+    )
     head.fit(X_tr, y_tr, X_val=X_va, y_val=y_va)
-    X, y = np.concatenate([X_tr, X_va, X_te]), np.concatenate([y_tr, y_va, y_te])
-    split = np.repeat(["train", "val", "test"], [len(y_tr), len(y_va), len(y_te)])
-    summaries = head_calibration(head, X, y, split)
-    assert list(summaries) == ["val", "test"]
-    after = expected_calibration_error(head.predict_proba(X_te), y_te)
-    assert summaries["test"]["ece_after"] == pytest.approx(after)
-    assert summaries["test"]["ece_after"] < summaries["test"]["ece_before"]
-    assert summaries["val"]["nll_after"] < summaries["val"]["nll_before"]
+    summary = calibration_summary(head.logits(X_te), y_te, head.temperature_)
+    assert summary["ece_after"] == pytest.approx(expected_calibration_error(head.predict_proba(X_te), y_te))
+    assert summary["ece_after"] < summary["ece_before"]
+    assert (
+        calibration_summary(head.logits(X_va), y_va, head.temperature_)["nll_after"]
+        < calibration_summary(head.logits(X_va), y_va, 1.0)["nll_after"]
+    )

@@ -8,6 +8,7 @@ import pytest
 from kenner.errors import KennerError
 from kenner.evaluate.calibration import calibration_bins, expected_calibration_error
 from kenner.evaluate.metrics import classification_metrics, per_class_table
+from kenner.evaluate.neighbours import recall_at_1
 
 CLASSES = ["bg", "a", "b", "c", "d", "e"]
 
@@ -93,3 +94,15 @@ def test_per_class_table_lists_every_class() -> None:
     assert table.loc[2, "precision"] == pytest.approx(2 / 3)
     assert table.loc[1, "f1"] == pytest.approx(0.5)
     assert table.loc[5, "f1"] == 0
+
+
+def test_recall_at_1_of_embeddings_against_a_gallery_and_leave_one_out():
+    rng = np.random.default_rng(0)
+    features, y = rng.normal(size=(30, 5)), rng.integers(0, 3, 30)
+    z = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = z @ z.T - 10 * np.eye(30)
+    assert recall_at_1(features, y) == pytest.approx(np.mean(y[similarity.argmax(axis=1)] == y))
+    queries, labels = rng.normal(size=(12, 5)), rng.integers(0, 3, 12)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    assert recall_at_1(queries, labels, features, y) == pytest.approx(np.mean(y[(q @ z.T).argmax(axis=1)] == labels))
+    assert np.isnan(recall_at_1(features[:1], y[:1]))

@@ -92,3 +92,39 @@ def test_leave_one_out_map_at_r_agrees_with_pytorch_metric_learning():
     assert map_at_r(loo.labels, gl, gl) < expected  # counting the query itself in R understates mAP@R
     metrics = retrieval_metrics(loo.labels, gl, gl, query_in_gallery=in_gallery)
     assert metrics["map_at_r"] == pytest.approx(expected, abs=1e-6)
+
+
+def _old_map_at_r(neighbour_labels, query_labels, gallery_labels, query_in_gallery=None):
+    """kenner 0.1's hand-written mAP@R, kept as the reference pml's AccuracyCalculator must reproduce."""
+    classes, counts = np.unique(np.asarray(gallery_labels), return_counts=True)
+    r = np.zeros(len(query_labels), dtype=np.int64)
+    known = np.isin(query_labels, classes)
+    r[known] = counts[np.searchsorted(classes, query_labels[known])]
+    if query_in_gallery is not None:
+        r -= np.asarray(query_in_gallery, dtype=bool) & known
+    present = r > 0
+    if not present.any():
+        return float("nan")
+    rank = np.arange(1, neighbour_labels.shape[1] + 1)
+    relevant = (neighbour_labels == query_labels[:, None]) & (rank[None, :] <= r[:, None])
+    precision_at_rank = np.cumsum(relevant, axis=1) / rank[None, :]
+    return float(((precision_at_rank * relevant).sum(axis=1)[present] / r[present]).mean())
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [3, 25, 119])
+def test_pml_metrics_equal_the_hand_written_ones(seed, k):
+    """Random neighbour lists, classes missing from the gallery, a mix of leave-one-out and other queries,
+    lists shorter than R: precision@1 and mAP@R from pytorch-metric-learning equal kenner 0.1's numbers."""
+    rng = np.random.default_rng(seed)
+    gallery = rng.integers(0, 8, 120)
+    queries = rng.integers(0, 10, 60)  # classes 8 and 9 have no gallery item
+    neighbours = gallery[np.argsort(rng.random((60, 120)), axis=1)[:, :k]]
+    neighbours[:, 0] = np.where(rng.random(60) < 0.5, queries, neighbours[:, 0])
+    in_gallery = rng.random(60) < 0.4
+    for mask in (None, in_gallery, np.ones(60, bool)):
+        assert map_at_r(neighbours, queries, gallery, mask) == pytest.approx(
+            _old_map_at_r(neighbours, queries, gallery, mask), abs=1e-12
+        )
+    assert precision_at_1(neighbours, queries) == pytest.approx(np.mean(neighbours[:, 0] == queries), abs=1e-12)
+    assert np.isnan(map_at_r(neighbours[:3], np.array([9, 9, 8]), gallery))

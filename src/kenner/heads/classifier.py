@@ -157,7 +157,7 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         early stopping and temperature calibration."""
         start = time.perf_counter()
         params = self.settings()
-        resolve_monitor(params["monitor"])
+        resolve_monitor(params["monitor"])  # a KennerError now rather than after the first epoch
         X, y = _checked("training data", lambda: validate_data(self, X, y, dtype=np.float32, ensure_all_finite=False))
         _check_finite(X, "training embeddings")
         _checked("training labels", lambda: check_classification_targets(y))
@@ -173,7 +173,7 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         has_val = X_val is not None and y_val is not None and len(X_val) > 0
         if has_val:
             X_val = self._check_X(X_val, "validation embeddings")
-            y_val_index = encode_labels(y_val, self.classes_, "validation labels")
+            y_val_index = encode_labels(y_val, self.classes_, "validation labels", rows=len(X_val))
         if params["calibrate"] and not has_val:
             raise KennerError("--calibrate fits the temperature on validation data; pass X_val and y_val")
         device = resolve_device(params["device"])
@@ -226,7 +226,8 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         return torch.softmax(logits, dim=1).numpy()
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[self.logits(X).argmax(axis=1)]
+        index = self.logits(X).argmax(axis=1)
+        return self.classes_[index]
 
     def embed(self, X: Any) -> np.ndarray:
         """Penultimate features [N, F] (the standardised input for a linear head)."""
@@ -273,10 +274,15 @@ def fit_standardizer(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
-def encode_labels(labels: Any, classes: np.ndarray, what: str) -> np.ndarray:
-    """Indices of ``labels`` in ``classes``; an InvalidInput names the first row with an unknown label."""
+def encode_labels(labels: Any, classes: np.ndarray, what: str, *, rows: int | None = None) -> np.ndarray:
+    """Indices of ``labels`` (one per embedding row when ``rows`` is given) in ``classes``; an InvalidInput
+    names the first row with an unknown label."""
     lookup = {label: index for index, label in enumerate(np.asarray(classes).tolist())}
+    if len(lookup) != len(classes):
+        raise InvalidInput(f"classes: {len(classes)} given, but only {len(lookup)} distinct")
     values = np.asarray(labels).ravel().tolist()
+    if rows is not None and len(values) != rows:
+        raise InvalidInput(f"{what}: {len(values)} labels for {rows} rows of embeddings")
     index = np.fromiter((lookup.get(value, -1) for value in values), dtype=np.int64, count=len(values))
     bad = np.flatnonzero(index < 0)
     if len(bad):

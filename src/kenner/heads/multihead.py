@@ -75,69 +75,64 @@ def batch_key(params: dict[str, Any]) -> tuple | None:
     return tuple(sorted((k, v) for k, v in p.items() if k not in PER_HEAD and k not in ignored))
 
 
-class HeadStack(nn.Module):
-    """h heads as stacked layers: ``weights[i]`` [h, in, out], ``biases[i]`` [h, 1, out]; with ``gelu_ln``
-    every hidden layer is followed by a per-head LayerNorm (``norm_weights``/``norm_biases`` [h, out]) and
-    GELU, else by ReLU."""
+def head_axis(slot: int) -> int:
+    """The axis of the heads in tensor ``slot`` of a stack: 1 for the first layer's weight [D, h, out] (so
+    one GEMM serves all heads), 0 for every other tensor."""
+    return 1 if slot == 0 else 0
 
-    def __init__(
-        self,
-        weights: list[torch.Tensor],
-        biases: list[torch.Tensor],
-        norm_weights: list[torch.Tensor],
-        norm_biases: list[torch.Tensor],
-    ) -> None:
+
+def stacked_logits(x: torch.Tensor, slots: list[torch.Tensor], n_layers: int) -> torch.Tensor:
+    """Logits [h, B, C] of h stacked heads for ``x`` [B, D] (shared by all heads).
+
+    ``slots``: the weights of the ``n_layers`` linear layers (the first [D, h, out], then [h, in, out]), their
+    biases [h, 1, out], and with ``gelu_ln`` the LayerNorm weights and biases [h, out] of each hidden layer
+    (followed by GELU; without them ReLU)."""
+    weights, biases, norms = slots[:n_layers], slots[n_layers : 2 * n_layers], slots[2 * n_layers :]
+    dim, n_heads, width = weights[0].shape
+    h = (x @ weights[0].reshape(dim, n_heads * width)).view(len(x), n_heads, width).transpose(0, 1) + biases[0]
+    for i in range(1, n_layers):
+        if norms:
+            norm_weight, norm_bias = norms[i - 1], norms[n_layers - 1 + i - 1]
+            h = F.gelu(F.layer_norm(h, h.shape[-1:]) * norm_weight[:, None] + norm_bias[:, None])
+        else:
+            h = F.relu(h)
+        h = torch.baddbmm(biases[i], h, weights[i])
+    return h
+
+
+class HeadStack(nn.Module):
+    """h same-shape heads as stacked tensors (see :func:`stacked_logits`)."""
+
+    def __init__(self, slots: list[torch.Tensor], n_layers: int) -> None:
         super().__init__()
-        self.weights = nn.ParameterList(weights)
-        self.biases = nn.ParameterList(biases)
-        self.norm_weights = nn.ParameterList(norm_weights)
-        self.norm_biases = nn.ParameterList(norm_biases)
+        self.slots = nn.ParameterList([nn.Parameter(t) for t in slots])
+        self.n_layers = n_layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [B, D] (shared by all heads) -> logits [h, B, C]."""
-        h = torch.einsum("bd,hdo->hbo", x, self.weights[0]) + self.biases[0]  # one GEMM, not h
-        for i in range(1, len(self.weights)):
-            if self.norm_weights:
-                h = F.layer_norm(h, h.shape[-1:]) * self.norm_weights[i - 1][:, None] + self.norm_biases[i - 1][:, None]
-                h = F.gelu(h)
-            else:
-                h = F.relu(h)
-            h = torch.baddbmm(self.biases[i], h, self.weights[i])
-        return h
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every stacked tensor, in :meth:`parameters` order."""
-        return [p.data for p in self.parameters()]
-
-    @classmethod
-    def from_tensors(cls, tensors: list[torch.Tensor], n_layers: int) -> HeadStack:
-        """Rebuild from :meth:`tensors` of a stack with ``n_layers`` linear layers."""
-        n_norms = (len(tensors) - 2 * n_layers) // 2
-        parts = np.cumsum([n_layers, n_layers, n_norms])
-        weights, biases, norm_weights, norm_biases = np.split(np.arange(len(tensors)), parts)
-        return cls(
-            *(
-                [nn.Parameter(tensors[i].clone()) for i in index]
-                for index in (weights, biases, norm_weights, norm_biases)
-            )
-        )
+        return stacked_logits(x, list(self.slots), self.n_layers)
 
 
 def _initial_tensors(
     params: dict[str, Any], dim: int, n_classes: int, generator: torch.Generator
 ) -> list[torch.Tensor]:
-    """One head's initial weights (``build_head_net`` drawing from ``generator``) in :class:`HeadStack`'s
-    tensor order, each with a leading head axis of 1."""
+    """One head's initial weights (``build_head_net`` drawing from ``generator``) as the slots of a stack of
+    one head."""
     net = build_head_net(params, dim, n_classes, generator)
     linears = [block[0] for block in net.blocks] + [net.classifier]
     norms = [block[1] for block in net.blocks] if params["gelu_ln"] and net.blocks else []
     tensors = (
-        [layer.weight.T for layer in linears]
-        + [layer.bias[None] for layer in linears]
-        + [norm.weight for norm in norms]
-        + [norm.bias for norm in norms]
+        [linears[0].weight.T[:, None]]
+        + [layer.weight.T[None] for layer in linears[1:]]
+        + [layer.bias[None, None] for layer in linears]
+        + [norm.weight[None] for norm in norms]
+        + [norm.bias[None] for norm in norms]
     )
-    return [t.detach()[None].clone() for t in tensors]
+    return [t.detach().clone() for t in tensors]
+
+
+def _repeat(tensor: torch.Tensor, slot: int, n_heads: int) -> torch.Tensor:
+    """``tensor`` (one head) repeated for ``n_heads`` heads along the slot's head axis."""
+    return tensor.repeat_interleave(n_heads, dim=head_axis(slot)).contiguous()
 
 
 @dataclass
@@ -160,7 +155,7 @@ class MultiHeadFit:
     def logits(self, X: np.ndarray) -> np.ndarray:
         """Inference logits [H, N, C] float32: raw logits minus ``tau * log_prior`` when ``logit_adjust``
         is infer/both; no temperature."""
-        device = self.net.weights[0].device
+        device = self.net.slots[0].device
         X = as_embeddings(X, "embeddings", dim=len(self.mean))
         X = torch.as_tensor((X - self.mean) / self.scale, device=device)
         with torch.no_grad():
@@ -176,15 +171,15 @@ class MultiHeadFit:
         """Fit a temperature on validation rows for every head whose ``calibrate`` is on (others: 1)."""
         start = time.perf_counter()
         logits = self.logits(X_val)
-        y_index = encode_labels(y_val, self.classes, "validation labels")
+        y_index = encode_labels(y_val, self.classes, "validation labels", rows=len(logits[0]))
         for h, params in enumerate(self.params):
             self.temperatures[h] = fit_temperature(logits[h], y_index) if params["calibrate"] else 1.0
         self.calibration_seconds = time.perf_counter() - start
 
 
 class _Groups:
-    """The active heads of a batched fit, laid out group by group: one :class:`HeadStack` and one optimiser
-    parameter group per distinct (lr, weight decay)."""
+    """The active heads of a batched fit: one :class:`HeadStack` and one optimiser parameter group per
+    distinct (lr, weight decay); their logits come group by group."""
 
     def __init__(self, members: list[list[int]], stacks: list[HeadStack], optimizer: torch.optim.Optimizer):
         self.members, self.stacks, self.optimizer = members, stacks, optimizer
@@ -194,27 +189,33 @@ class _Groups:
         """The heads still training, in the order their logits come."""
         return [head for members in self.members for head in members]
 
+    def slots(self) -> list[torch.Tensor]:
+        """The active heads' tensors, each slot concatenated over the groups."""
+        stacks = [stack for stack, members in zip(self.stacks, self.members, strict=True) if members]
+        if len(stacks) == 1:
+            return list(stacks[0].slots)
+        grouped = zip(*(stack.slots for stack in stacks), strict=True)
+        return [torch.cat(parts, dim=head_axis(slot)) for slot, parts in enumerate(grouped)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([stack(x) for stack, members in zip(self.stacks, self.members, strict=True) if members])
+        return stacked_logits(x, self.slots(), self.stacks[0].n_layers)
 
     def keep(self, going: set[int]) -> None:
-        """Drop the heads not in ``going``: their rows of the stacked tensors and of the optimiser state."""
+        """Drop the heads not in ``going``: their rows of the stacked tensors and of the optimiser state. A
+        group left without heads keeps its tensors but gets no more gradients."""
         for g, (stack, members) in enumerate(zip(self.stacks, self.members, strict=True)):
             rows = [i for i, head in enumerate(members) if head in going]
-            if len(rows) == len(members) or not rows:
-                self.members[g] = [members[i] for i in rows]
-                continue
-            index = torch.as_tensor(rows, device=stack.weights[0].device)
-            new_params = []
-            for plist in (stack.weights, stack.biases, stack.norm_weights, stack.norm_biases):
-                for i, old in enumerate(plist):
-                    plist[i] = nn.Parameter(old.detach()[index])
+            if 0 < len(rows) < len(members):
+                index = torch.as_tensor(rows, device=stack.slots[0].device)
+                for slot, old in enumerate(stack.slots):
+                    new = nn.Parameter(old.detach().index_select(head_axis(slot), index))
                     state = self.optimizer.state.pop(old, {})
-                    self.optimizer.state[plist[i]] = {
-                        k: v[index] if torch.is_tensor(v) and v.dim() > 0 else v for k, v in state.items()
+                    self.optimizer.state[new] = {
+                        k: v.index_select(head_axis(slot), index) if torch.is_tensor(v) and v.dim() > 0 else v
+                        for k, v in state.items()
                     }
-                    new_params.append(plist[i])
-            self.optimizer.param_groups[g]["params"] = new_params
+                    stack.slots[slot] = new
+                self.optimizer.param_groups[g]["params"] = list(stack.slots)
             self.members[g] = [members[i] for i in rows]
 
 
@@ -246,7 +247,7 @@ def fit_multihead(
     monitor = resolve_monitor(p["monitor"])
     classes = np.asarray(classes)
     X = as_embeddings(X, "training embeddings")
-    y_index = encode_labels(y, classes, "training labels")
+    y_index = encode_labels(y, classes, "training labels", rows=len(X))
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
     if any(s["calibrate"] for s in settings) and not has_val:
         raise KennerError("--calibrate fits the temperature on validation data; pass X_val and y_val")
@@ -260,8 +261,7 @@ def fit_multihead(
     yt = torch.as_tensor(y_index, device=device)
     if has_val:
         Xv = torch.as_tensor((as_embeddings(X_val, "validation embeddings", X.shape[1]) - mean) / scale, device=device)
-        yv_index = encode_labels(y_val, classes, "validation labels")
-        yv = torch.as_tensor(yv_index, device=device)
+        yv_index = encode_labels(y_val, classes, "validation labels", rows=len(Xv))
     loss_groups = _loss_groups(settings, counts, device)
     stopper = EarlyStopping(monitor, p["patience"] if has_val else 0, p["min_epochs"], n_heads=n_heads)
     history: list[list[dict[str, Any]]] = [[] for _ in range(n_heads)]
@@ -271,11 +271,10 @@ def fit_multihead(
         torch.manual_seed(p["seed"])
         generator = make_generator(p["seed"])
         initial = _initial_tensors(p, X.shape[1], n_classes, generator)
-        best = [t.repeat(n_heads, *[1] * (t.dim() - 1)).to(device) for t in initial]
+        best = [_repeat(t, slot, n_heads).to(device) for slot, t in enumerate(initial)]
         groups = _optimiser_groups(settings, initial, device, p)
         scheduler = build_scheduler(groups.optimizer, epochs=p["epochs"], monitor=monitor, **schedule_of(p))
         augment = FeatureAugment(p["feature_noise"], p["feature_scale"], p["feature_aug_p"])
-        n_layers = len(groups.stacks[0].weights)
         for epoch in tqdm(range(1, p["epochs"] + 1), desc=f"{n_heads} heads", unit="epoch", disable=None, leave=False):
             epoch_start = time.perf_counter()
             active = groups.active
@@ -284,7 +283,7 @@ def fit_multihead(
                 for members, group in zip(groups.members, groups.optimizer.param_groups, strict=True)
                 for head in members
             }
-            position = {head: i for i, head in enumerate(active)}
+            plan = _LossPlan(loss_groups, active, device)
             total = torch.zeros(len(active), device=device)
             for rows in minibatch_order(len(Xt), p["batch_size"], generator):
                 rows = rows.to(device)
@@ -295,33 +294,15 @@ def fit_multihead(
                 logits = groups.forward(xb)
                 if shift is not None:
                     logits = logits + shift
-                losses = _head_losses(logits, target, yb, loss_groups, position)
+                losses = plan.losses(logits, target, yb)
                 groups.optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 groups.optimizer.step()
-                total += losses.detach() * len(rows)
+                total.index_add_(0, plan.order, losses.detach() * len(rows))
             step_scheduler(scheduler, None)
-            val: dict[str, np.ndarray] = {}
-            if has_val:
-                with torch.no_grad():
-                    val_logits = inference_logits(
-                        torch.cat([groups.forward(chunk) for chunk in Xv.split(INFERENCE_CHUNK)], dim=1), prior, p
-                    )
-                val["loss"] = (
-                    F.cross_entropy(val_logits.flatten(0, 1), yv.repeat(len(active)), reduction="none")
-                    .view(len(active), -1)
-                    .mean(1)
-                    .cpu()
-                    .numpy()
-                )
-                predicted = val_logits.argmax(-1).cpu().numpy()
-                val["macro_f1"] = macro_f1_rows(yv_index, predicted, n_classes)
-                val["accuracy"] = (predicted == yv_index).mean(axis=1)
+            val = _validate(groups, Xv, yv_index, prior, p, n_classes) if has_val else {}
             improved = stopper.step(epoch, val.get(monitor), val.get("loss"), heads=active)
-            live = _live_tensors(groups)
-            for i in np.flatnonzero(improved):
-                for saved, tensor in zip(best, live, strict=True):
-                    saved[active[i]] = tensor[i]
+            _keep_best(best, groups, [active[i] for i in np.flatnonzero(improved)])
             seconds = time.perf_counter() - epoch_start
             train_loss = (total / len(Xt)).tolist()
             for i, head in enumerate(active):
@@ -343,7 +324,7 @@ def fit_multihead(
     fit = MultiHeadFit(
         params=settings,
         classes=classes,
-        net=HeadStack.from_tensors(best, n_layers).eval(),
+        net=HeadStack(best, _n_layers(p)).eval(),
         mean=mean,
         scale=scale,
         log_prior=prior,
@@ -358,10 +339,32 @@ def fit_multihead(
     return fit
 
 
-def _live_tensors(groups: _Groups) -> list[torch.Tensor]:
-    """The active heads' current tensors, stacked in active order (one per HeadStack tensor slot)."""
-    parts = [stack.tensors() for stack, members in zip(groups.stacks, groups.members, strict=True) if members]
-    return [torch.cat(slot) for slot in zip(*parts, strict=True)]
+def _validate(
+    groups: _Groups, Xv: torch.Tensor, y_index: np.ndarray, prior: torch.Tensor, p: dict[str, Any], n_classes: int
+) -> dict[str, np.ndarray]:
+    """Per active head: validation loss, macro-F1 (``kenner.evaluate``'s) and accuracy of the inference
+    logits."""
+    with torch.no_grad():
+        raw = torch.cat([groups.forward(chunk) for chunk in Xv.split(INFERENCE_CHUNK)], dim=1)
+        logits = inference_logits(raw, prior, p)
+        target = torch.as_tensor(y_index, device=logits.device).repeat(len(logits))
+        loss = F.cross_entropy(logits.flatten(0, 1), target, reduction="none").view(len(logits), -1).mean(1)
+    predicted = logits.argmax(-1).cpu().numpy()
+    return {
+        "loss": loss.cpu().numpy(),
+        "macro_f1": macro_f1_rows(y_index, predicted, n_classes),
+        "accuracy": (predicted == y_index).mean(axis=1),
+    }
+
+
+@torch.no_grad()
+def _keep_best(best: list[torch.Tensor], groups: _Groups, heads: list[int]) -> None:
+    """Copy the current weights of ``heads`` (that just had their best epoch) into ``best`` (all H heads)."""
+    position = {head: i for i, head in enumerate(groups.active)}
+    for slot, (saved, live) in enumerate(zip(best, groups.slots(), strict=True)):
+        axis = head_axis(slot)
+        for head in heads:
+            saved.select(axis, head).copy_(live.select(axis, position[head]))
 
 
 def _optimiser_groups(
@@ -373,11 +376,10 @@ def _optimiser_groups(
         by_rate[tuple(params[k] for k in OPTIMISER_GROUP)].append(head)
     members, stacks, param_groups = [], [], []
     for (lr, weight_decay), heads in by_rate.items():
-        tensors = [t.repeat(len(heads), *[1] * (t.dim() - 1)).to(device) for t in initial]
-        stack = HeadStack.from_tensors(tensors, _n_layers(p))
+        stack = HeadStack([_repeat(t, slot, len(heads)).to(device) for slot, t in enumerate(initial)], _n_layers(p))
         members.append(heads)
         stacks.append(stack)
-        param_groups.append({"params": list(stack.parameters()), "lr": lr, "weight_decay": weight_decay})
+        param_groups.append({"params": list(stack.slots), "lr": lr, "weight_decay": weight_decay})
     optimizer = make_optimizer(param_groups, optimizer=p["optimizer"], lr=p["lr"], weight_decay=p["weight_decay"])
     return _Groups(members, stacks, optimizer)
 
@@ -408,31 +410,35 @@ def _loss_groups(settings: list[dict[str, Any]], counts: np.ndarray, device: tor
     return groups
 
 
-def _head_losses(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    labels: torch.Tensor,
-    loss_groups: list[_LossGroup],
-    position: dict[int, int],
-) -> torch.Tensor:
-    """Each active head's mean loss [H_active] on one batch: ``F.cross_entropy`` per loss group over the
-    group's heads at once (``reduction="none"``, then each head's rows reduced as ``"mean"`` would)."""
-    n_rows = logits.shape[1]
-    losses = torch.empty(len(position), device=logits.device)
-    for group in loss_groups:
-        rows = [position[head] for head in group.heads if head in position]
-        if not rows:
-            continue
-        index = torch.as_tensor(rows, device=logits.device)
-        repeated = target.repeat(len(rows), *[1] * (target.dim() - 1))
-        per_row = F.cross_entropy(
-            logits[index].flatten(0, 1),
-            repeated,
-            weight=group.weight,
-            label_smoothing=group.label_smoothing,
-            reduction="none",
-        )
-        hard_weighted = target.dim() == 1 and group.weight is not None
-        denominator = group.weight[labels].sum() if hard_weighted else n_rows
-        losses[index] = per_row.view(len(rows), n_rows).sum(1) / denominator
-    return losses
+class _LossPlan:
+    """The active heads ordered by loss group: one gather of the logits per step, then one
+    ``F.cross_entropy`` per group of heads sharing label smoothing and class weights."""
+
+    def __init__(self, loss_groups: list[_LossGroup], active: list[int], device: torch.device) -> None:
+        position = {head: i for i, head in enumerate(active)}
+        parts = [(group, [position[head] for head in group.heads if head in position]) for group in loss_groups]
+        self.parts = [(group, rows) for group, rows in parts if rows]
+        order = [i for _, rows in self.parts for i in rows]
+        self.order = torch.as_tensor(order, device=device)  # loss order -> active position
+        self.in_order = order == list(range(len(active)))
+        self.sizes = [len(rows) for _, rows in self.parts]
+
+    def losses(self, logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each active head's mean loss on one batch, in loss order (``reduction="none"``, then each head's
+        rows reduced as ``"mean"`` would)."""
+        ordered = logits if self.in_order else logits.index_select(0, self.order)
+        n_rows = logits.shape[1]
+        losses = []
+        for (group, _), part in zip(self.parts, ordered.split(self.sizes), strict=True):
+            repeated = target.repeat(len(part), *[1] * (target.dim() - 1))
+            per_row = F.cross_entropy(
+                part.flatten(0, 1),
+                repeated,
+                weight=group.weight,
+                label_smoothing=group.label_smoothing,
+                reduction="none",
+            )
+            hard_weighted = target.dim() == 1 and group.weight is not None
+            denominator = group.weight[labels].sum() if hard_weighted else n_rows
+            losses.append(per_row.view(len(part), n_rows).sum(1) / denominator)
+        return torch.cat(losses)

@@ -1,6 +1,7 @@
 """The one history schema: a list of per-epoch records, the same for every loop.
 
-Each record is a dict with ``phase`` (str), ``epoch`` (int, 1-based within its phase), ``train_loss``
+Each record is a dict with ``phase`` (str: ``train``, ``crt``, ``frozen``), ``epoch`` (int, 1-based; a head
+counts each phase from 1, fine-tuning counts its frozen and unfrozen epochs together), ``train_loss``
 (float), ``val_loss`` (float, or None without validation), ``val_<metric>`` floats (``val_macro_f1``,
 ``val_recall_at_1``, ...; absent without validation), ``lr`` (float) and ``seconds`` (float). Extra keys are
 allowed (``ema_val_accuracy``, ``margin``, ...) if they are JSON scalars.

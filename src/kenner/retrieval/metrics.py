@@ -1,11 +1,14 @@
 """Retrieval metrics from each query's ranked neighbour labels.
 
-- Recall@K (class level): a hit when any of the top K neighbours has the query's class.
-- precision@1: the top-1 neighbour has the query's class (equals class-level Recall@1).
-- mAP@R (Musgrave et al., "A Metric Learning Reality Check"): R = number of gallery items of the
-  query's class; AP over the first R neighbours, divided by R. Neighbours beyond those retrieved
-  count as misses, so search with k >= the largest class size for the exact value. A query that is
-  itself a gallery item searched leave-one-out has R - 1 relevant items (``query_in_gallery``).
+- Recall@K (class level): a hit when any of the top K neighbours has the query's class (written here:
+  pytorch-metric-learning has no class-level Recall@K for K > 1).
+- precision@1: the top-1 neighbour has the query's class (equals class-level Recall@1); pml's
+  ``precision_at_k`` over every query.
+- mAP@R (Musgrave et al., "A Metric Learning Reality Check"): pml's ``AccuracyCalculator`` on the given
+  neighbours. R = number of gallery items of the query's class; AP over the first R neighbours, divided by R.
+  Neighbours beyond those retrieved count as misses, so search with k >= the largest class size for the
+  exact value. A query that is itself a gallery item searched leave-one-out has R - 1 relevant items
+  (``query_in_gallery``, pml's ``ref_includes_query``); queries with no relevant item are skipped.
 - kNN accuracy and macro-F1 of voted predictions (scikit-learn).
 """
 
@@ -14,9 +17,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+from pytorch_metric_learning.utils.accuracy_calculator import (
+    EQUALITY,
+    AccuracyCalculator,
+    get_label_match_counts,
+    get_lone_query_labels,
+    precision_at_k,
+)
 from sklearn.metrics import accuracy_score, f1_score
 
 from kenner.errors import KennerError
+
+MAP_AT_R = "mean_average_precision_at_r"
 
 
 def recall_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, k: int) -> float:
@@ -30,32 +43,40 @@ def recall_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, k: int) 
 def precision_at_1(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> float:
     """Fraction of queries whose nearest neighbour has their class."""
     neighbour_labels, query_labels = _check(neighbour_labels, query_labels)
-    return float((neighbour_labels[:, 0] == query_labels).mean())
+    knn, queries = torch.as_tensor(neighbour_labels), torch.as_tensor(query_labels)
+    return float(precision_at_k(knn, queries[:, None], 1, False, False, EQUALITY))
 
 
-def map_at_r(neighbour_labels: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
-             query_in_gallery: np.ndarray | None = None) -> float:
-    """Mean average precision at R; queries with no other gallery item of their class are skipped.
-
-    ``query_in_gallery`` (bool per query) marks queries searched leave-one-out: their R excludes themselves.
-    """
+def map_at_r(
+    neighbour_labels: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    query_in_gallery: np.ndarray | None = None,
+) -> float:
+    """Mean average precision at R; queries with no other gallery item of their class are skipped (NaN when
+    none is left). ``query_in_gallery`` (bool per query) marks queries searched leave-one-out."""
     neighbour_labels, query_labels = _check(neighbour_labels, query_labels)
-    classes, counts = np.unique(np.asarray(gallery_labels), return_counts=True)
-    r = np.zeros(len(query_labels), dtype=np.int64)
-    known = np.isin(query_labels, classes)
-    r[known] = counts[np.searchsorted(classes, query_labels[known])]
-    if query_in_gallery is not None:
-        r -= np.asarray(query_in_gallery, dtype=bool) & known
-    present = r > 0
-    if not present.any():
-        return float("nan")
-    k = neighbour_labels.shape[1]
-    rank = np.arange(1, k + 1)
-    within_r = rank[None, :] <= r[:, None]
-    relevant = (neighbour_labels == query_labels[:, None]) & within_r
-    precision_at_rank = np.cumsum(relevant, axis=1) / rank[None, :]
-    average_precision = (precision_at_rank * relevant).sum(axis=1)[present] / r[present]
-    return float(average_precision.mean())
+    in_gallery = np.zeros(len(query_labels), bool) if query_in_gallery is None else np.asarray(query_in_gallery, bool)
+    calculator = AccuracyCalculator(include=(MAP_AT_R,), device=torch.device("cpu"))
+    gallery = torch.as_tensor(np.asarray(gallery_labels))
+    total, counted = 0.0, 0
+    for leave_one_out in (False, True):  # pml takes one ref_includes_query for all queries
+        part = in_gallery == leave_one_out
+        if not part.any():
+            continue
+        knn, queries = torch.as_tensor(neighbour_labels[part]), torch.as_tensor(query_labels[part])
+        counts = get_label_match_counts(queries, gallery, EQUALITY)
+        _, relevant = get_lone_query_labels(queries, counts, leave_one_out, EQUALITY)
+        if relevant.any():
+            value = calculator.calculate_mean_average_precision_at_r(
+                knn_labels=knn,
+                query_labels=queries,
+                not_lone_query_mask=relevant,
+                label_counts=counts,
+                ref_includes_query=leave_one_out,
+            )
+            total, counted = total + value * int(relevant.sum()), counted + int(relevant.sum())
+    return total / counted if counted else float("nan")
 
 
 def knn_classification(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -91,7 +112,6 @@ def _check(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> tuple[np.n
     query_labels = np.asarray(query_labels)
     if neighbour_labels.ndim != 2 or len(neighbour_labels) != len(query_labels) or len(query_labels) == 0:
         raise KennerError(
-            f"need [Q, K] neighbour labels for Q query labels; "
-            f"got {neighbour_labels.shape} and {query_labels.shape}"
+            f"need [Q, K] neighbour labels for Q query labels; got {neighbour_labels.shape} and {query_labels.shape}"
         )
     return neighbour_labels, query_labels

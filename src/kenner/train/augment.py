@@ -36,8 +36,14 @@ def eval_preprocessing(encoder_pre: Preprocessing, img_size: int | None) -> Prep
     if img_size is None or img_size == encoder_pre.size:
         return encoder_pre
     resize = max(img_size, round(img_size * encoder_pre.resize / encoder_pre.size))
-    return Preprocessing(size=img_size, resize=resize, mean=encoder_pre.mean, std=encoder_pre.std,
-                         interpolation=encoder_pre.interpolation, crop=encoder_pre.crop)
+    return Preprocessing(
+        size=img_size,
+        resize=resize,
+        mean=encoder_pre.mean,
+        std=encoder_pre.std,
+        interpolation=encoder_pre.interpolation,
+        crop=encoder_pre.crop,
+    )
 
 
 def train_transform(pre: Preprocessing, preset: str, backend: str = "torchvision") -> Transform:
@@ -57,14 +63,12 @@ def train_transform(pre: Preprocessing, preset: str, backend: str = "torchvision
 def _torchvision(pre: Preprocessing, *, strong: bool) -> Transform:
     interpolation = INTERPOLATIONS[pre.interpolation]
     steps: list[Callable] = [
-        T.RandomResizedCrop(pre.size, scale=(0.6 if strong else 0.8, 1.0), interpolation=interpolation,
-                            antialias=True),
+        T.RandomResizedCrop(pre.size, scale=(0.6 if strong else 0.8, 1.0), interpolation=interpolation, antialias=True),
         T.RandomHorizontalFlip(),
     ]
     if strong:
         steps += [
-            T.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5,
-                           interpolation=interpolation),
+            T.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5, interpolation=interpolation),
             T.RandomPerspective(distortion_scale=0.2, p=0.3),
             T.ColorJitter(*STRONG_JITTER),
             T.RandomEqualize(p=0.2),
@@ -89,12 +93,10 @@ class AlbumentationsTransform:
         from albumentations.pytorch import ToTensorV2
 
         size = (pre.size, pre.size)
-        steps: list = [A.RandomResizedCrop(size=size, scale=(0.6 if strong else 0.8, 1.0)),
-                       A.HorizontalFlip()]
+        steps: list = [A.RandomResizedCrop(size=size, scale=(0.6 if strong else 0.8, 1.0)), A.HorizontalFlip()]
         if strong:
             steps += [
-                A.Affine(rotate=(-15, 15), translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), shear=(-5, 5),
-                         p=0.5),
+                A.Affine(rotate=(-15, 15), translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), shear=(-5, 5), p=0.5),
                 A.Perspective(scale=(0.02, 0.06), p=0.3),
                 A.ColorJitter(*STRONG_JITTER, p=0.8),
                 A.CLAHE(clip_limit=2.0, p=0.2),

@@ -35,8 +35,13 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": random.getstate(),
     }
 
@@ -47,15 +52,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     saved = state["numpy"]
-    np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"],
-                         saved["has_gauss"], saved["cached"]))
+    np.random.set_state(
+        (saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"], saved["cached"])
+    )
     random.setstate(state["python"])
 
 
 def fp32_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """``module``'s state dict on the CPU, floating-point tensors as float32."""
-    return {key: (value.detach().float() if value.is_floating_point() else value.detach()).cpu().clone()
-            for key, value in module.state_dict().items()}
+    return {
+        key: (value.detach().float() if value.is_floating_point() else value.detach()).cpu().clone()
+        for key, value in module.state_dict().items()
+    }
 
 
 def save_checkpoint(state: dict[str, Any], *paths: str | Path) -> None:

@@ -59,8 +59,10 @@ class TrainSettings:
         return self.precision == "fp16"
 
     def describe(self) -> str:
-        return (f"device {self.device}, precision {self.precision}{' + TF32' if self.tf32 else ''}, "
-                f"{self.num_workers} worker(s), {self.accum_steps} accumulation step(s)")
+        return (
+            f"device {self.device}, precision {self.precision}{' + TF32' if self.tf32 else ''}, "
+            f"{self.num_workers} worker(s), {self.accum_steps} accumulation step(s)"
+        )
 
 
 def detect_device(device: str = "auto") -> DeviceInfo:
@@ -70,15 +72,21 @@ def detect_device(device: str = "auto") -> DeviceInfo:
     device = str(resolved)
     if resolved.type == "cuda":
         props = torch.cuda.get_device_properties(resolved)
-        return DeviceInfo(device=device, name=props.name, capability=(props.major, props.minor),
-                          memory_gb=props.total_memory / 1024**3, cpu_count=cpus)
+        return DeviceInfo(
+            device=device,
+            name=props.name,
+            capability=(props.major, props.minor),
+            memory_gb=props.total_memory / 1024**3,
+            cpu_count=cpus,
+        )
     if device != "cpu":
         raise KennerError(f"--device {device}: use auto, cpu, cuda or cuda:N")
     return DeviceInfo(device="cpu", cpu_count=cpus)
 
 
-def auto_settings(info: DeviceInfo, *, precision: str = "auto", num_workers: int | None = None,
-                  accum_steps: int | None = None) -> TrainSettings:
+def auto_settings(
+    info: DeviceInfo, *, precision: str = "auto", num_workers: int | None = None, accum_steps: int | None = None
+) -> TrainSettings:
     """Apply the table to ``info``; explicit arguments win over it."""
     ampere = info.is_cuda and info.capability >= BF16_CAPABILITY
     if info.is_cuda:
@@ -91,11 +99,17 @@ def auto_settings(info: DeviceInfo, *, precision: str = "auto", num_workers: int
     if chosen == "fp16" and not info.is_cuda:
         raise KennerError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     if chosen == "bf16" and info.is_cuda and not ampere:
-        raise KennerError(f"--precision bf16 needs compute capability >= 8.0; {info.name} has "
-                          f"{info.capability[0]}.{info.capability[1]}: use fp16 or fp32")
-    return TrainSettings(device=info.device, precision=chosen, tf32=ampere,
-                         num_workers=workers if num_workers is None else num_workers,
-                         accum_steps=accum if accum_steps is None else accum_steps)
+        raise KennerError(
+            f"--precision bf16 needs compute capability >= 8.0; {info.name} has "
+            f"{info.capability[0]}.{info.capability[1]}: use fp16 or fp32"
+        )
+    return TrainSettings(
+        device=info.device,
+        precision=chosen,
+        tf32=ampere,
+        num_workers=workers if num_workers is None else num_workers,
+        accum_steps=accum if accum_steps is None else accum_steps,
+    )
 
 
 def apply_backend_flags(settings: TrainSettings, *, deterministic: bool) -> None:
