@@ -39,8 +39,8 @@ from kenner.data import fashion_mnist
 from kenner.encoders import create_encoder
 from kenner.encoders.extract import extract_embeddings
 from kenner.encoders.store import EmbeddingStore
-from kenner.paths import kenner_cache_root
 from kenner.heads.multihead import fit_multihead
+from kenner.paths import kenner_cache_root
 
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)

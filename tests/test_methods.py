@@ -24,7 +24,7 @@ FAST = {
     "knn": [],
     "metric": ["--epochs", "8", "--pk-p", "4", "--pk-k", "2", "--embedding-dim", "32"],
     "side": ["--epochs", "30"],
-    "finetune": ["--epochs", "2", "--img-size", "32", "--batch-size", "8"],
+    "finetune": ["--epochs", "4", "--freeze-epochs", "3", "--lr", "0.01", "--img-size", "64", "--batch-size", "8"],
 }
 
 
