@@ -128,14 +128,3 @@ def test_user_errors():
     head = ProjectionHead(epochs=1, pk_p=2, pk_k=2, device="cpu").fit(X, y)
     with pytest.raises(InvalidInput, match="X has 3 features"):
         head.transform(X[:, :3])
-
-
-def test_retrieval_config_rejects_bad_values():
-    from kenner.retrieval.config import RetrievalConfig
-
-    with pytest.raises(KennerError, match="--vote"):
-        RetrievalConfig(vote="borda")
-    with pytest.raises(KennerError, match="not both"):
-        RetrievalConfig(target_precision=0.9, target_coverage=0.5)
-    with pytest.raises(KennerError, match="--k must be at least 2"):
-        RetrievalConfig(k=1)

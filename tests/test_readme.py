@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,12 +41,13 @@ def readme_commands() -> list[str]:
     return commands
 
 
-def write_folder(root: Path, classes: dict[str, tuple[int, int, int]], groups: int, seed: int = 0) -> Path:
-    """``root/<class>/<class><g>_<i>.png``: ``groups`` objects per class, one or two photos each."""
+def write_folder(root: Path, classes: dict[str, tuple[int, int, int]], groups: int, seed: int = 0,
+                 photos: int = 1) -> Path:
+    """``root/<class>/<class><g>_<i>.png``: ``groups`` objects per class, ``photos`` photos of each."""
     rng = np.random.default_rng(seed)
     for label, colour in classes.items():
         for g in range(groups):
-            for i in range(1 + g % 2):
+            for i in range(photos):
                 pixels = np.clip(np.array(colour) + rng.integers(-25, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
                 path = root / label / f"{label}{g}_{i}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +122,9 @@ def test_readme_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, im
              "other_labelled.tsv": "other_data/coins.tsv", **tiny_encoders(tmp_path / "models")}
 
     for command in commands:
-        argv = [names.get(token, token) for token in shlex.split(command)[1:]]
+        argv = [",".join(names.get(part, part) for part in token.split(",")) for token in shlex.split(command)[1:]]
+        started = time.perf_counter()
         assert main(argv) == 0, command
+        print(f"{time.perf_counter() - started:6.1f} s  {command}")
     assert (tmp_path / "cmp" / "plants" / "comparison.md").is_file()
     assert (tmp_path / "sweeps" / "coins" / "summary.md").is_file()
