@@ -28,6 +28,7 @@ demo: setup $(FMNIST)
 
 test: setup $(FMNIST)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
@@ -35,6 +36,7 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The benchmarks' real images come from Debian packages (Tux Paint stamps, Fashion-MNIST).
 bench: setup $(FMNIST)

@@ -33,21 +33,38 @@ def main() -> None:
     parser.add_argument("--methods", default=METHODS, help=f"methods (default: {METHODS})")
     parser.add_argument("--img-size", type=int, default=64, help="fine-tuning input size (default: 64)")
     args = parser.parse_args()
-    data = fashion_mnist.export_folder(kenner_cache_root() / f"fashion_mnist_compare_{args.per_class}",
-                                       per_class=args.per_class, seed=0)
+    data = fashion_mnist.export_folder(
+        kenner_cache_root() / f"fashion_mnist_compare_{args.per_class}", per_class=args.per_class, seed=0
+    )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "compare"
-        code = kenner(["compare", "--data", str(data), "--methods", args.methods, "--folds", str(args.folds),
-                       "--img-size", str(args.img_size), "--out-dir", str(out), "--no-track"])
+        code = kenner(
+            [
+                "compare",
+                "--data",
+                str(data),
+                "--methods",
+                args.methods,
+                "--folds",
+                str(args.folds),
+                "--img-size",
+                str(args.img_size),
+                "--out-dir",
+                str(out),
+                "--no-track",
+            ]
+        )
         if code != 0:
             sys.exit(code)
         lines = (out / "comparison.md").read_text(encoding="utf-8").splitlines()[2:]
         table = "\n".join(line for line in lines if not line.startswith("!["))
     print("### Every method on one set of folds (`bench/bench_compare.py`)\n")
-    print(f"Fashion-MNIST, {args.per_class} images per class ({10 * args.per_class} images, one image per group), "
-          f"{args.folds} group-aware folds, default encoder (EfficientNet-Lite0); fine-tuning at "
-          f"{args.img_size} px. Command: `kenner compare --data fashion_mnist/ --methods {args.methods} "
-          f"--folds {args.folds} --img-size {args.img_size}`.\n")
+    print(
+        f"Fashion-MNIST, {args.per_class} images per class ({10 * args.per_class} images, one image per group), "
+        f"{args.folds} group-aware folds, default encoder (EfficientNet-Lite0); fine-tuning at "
+        f"{args.img_size} px. Command: `kenner compare --data fashion_mnist/ --methods {args.methods} "
+        f"--folds {args.folds} --img-size {args.img_size}`.\n"
+    )
     print(table.strip())
 
 

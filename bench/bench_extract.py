@@ -100,8 +100,9 @@ def main() -> None:
 
         def kenner_run(store_dir: Path) -> np.ndarray:
             store = EmbeddingStore.for_encoder(encoder, store_dir)  # its hash cache lives there too
-            return extract_embeddings(encoder, paths, store, batch_size=args.batch_size,
-                                      num_workers=args.workers, progress=False)
+            return extract_embeddings(
+                encoder, paths, store, batch_size=args.batch_size, num_workers=args.workers, progress=False
+            )
 
         torch_encoder = create_encoder("default", backend="torch")
 
@@ -110,9 +111,8 @@ def main() -> None:
                 with Image.open(path) as image:
                     model.embed(transform(image.convert("RGB")).unsqueeze(0))
 
-        batches = [paths[i:i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
-        ready = [torch.stack([transform(Image.open(path).convert("RGB")) for path in batch])
-                 for batch in batches]
+        batches = [paths[i : i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
+        ready = [torch.stack([transform(Image.open(path).convert("RGB")) for path in batch]) for batch in batches]
 
         def model_only() -> None:
             for batch in ready:
@@ -120,8 +120,7 @@ def main() -> None:
 
         seconds = {  # (c) right before (a): the two figures compared most closely see the same load
             "c": timed("(c) model only", model_only, args.repeats),
-            "a": timed("(a) kenner, fresh store", lambda: kenner_run(tmp_dir / f"store-{next(fresh)}"),
-                       args.repeats),
+            "a": timed("(a) kenner, fresh store", lambda: kenner_run(tmp_dir / f"store-{next(fresh)}"), args.repeats),
             "d": timed("(d) kenner, cached re-run", lambda: kenner_run(tmp_dir / "store-0"), args.repeats),
             "b": timed("(b) naive loop", naive_run, args.repeats),
             "t": timed("(b') naive loop, torch model", lambda: naive_run(torch_encoder), args.repeats),
@@ -146,12 +145,16 @@ def main() -> None:
     print("|---|---:|---:|")
     for key, label in rows:
         print(f"| {label} | {rate[key]:.1f} | {seconds[key]:.2f} |")
-    print(f"\n(a)/(b) = {rate['a'] / rate['b']:.2f} and (a)/(b') = {rate['a'] / rate['t']:.2f} (target ≥ 3); "
-          f"(a)/(c) = {rate['a'] / rate['c']:.2f} (target ≥ 0.8); cached re-run (d)/(a) = "
-          f"{rate['d'] / rate['a']:.0f}×.")
-    print(f"\nOn a CPU the model and the decoding share the same {os.cpu_count()} cores, so (a) cannot reach (c): "
-          "decoding's CPU time is added to the model's. (a)/(b) is bounded by (c)/(b) = "
-          f"{rate['c'] / rate['b']:.2f}, since ONNX Runtime at batch 1 is nearly as fast per image as batched.")
+    print(
+        f"\n(a)/(b) = {rate['a'] / rate['b']:.2f} and (a)/(b') = {rate['a'] / rate['t']:.2f} (target ≥ 3); "
+        f"(a)/(c) = {rate['a'] / rate['c']:.2f} (target ≥ 0.8); cached re-run (d)/(a) = "
+        f"{rate['d'] / rate['a']:.0f}×."
+    )
+    print(
+        f"\nOn a CPU the model and the decoding share the same {os.cpu_count()} cores, so (a) cannot reach (c): "
+        "decoding's CPU time is added to the model's. (a)/(b) is bounded by (c)/(b) = "
+        f"{rate['c'] / rate['b']:.2f}, since ONNX Runtime at batch 1 is nearly as fast per image as batched."
+    )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import torch
+from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig, SplitConfig
+from kenner.heads.config import HeadConfig
+from kenner.train.finetune_config import FinetuneConfig, FinetuneRun
 from kenner.train.run import train_classifier
 
-from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig, SplitConfig
 from kenner.data.fashion_mnist import export_folder
-from kenner.heads.config import HeadConfig
 from kenner.train.finetune import finetune
-from kenner.train.finetune_config import FinetuneConfig, FinetuneRun
 
 
 def main() -> None:
@@ -56,17 +56,26 @@ def main() -> None:
 
         started = time.perf_counter()
         ft_run = FinetuneRun(
-            out_dir=str(root / "finetune"), data=data_cfg, split=SplitConfig(split_seed=0),
+            out_dir=str(root / "finetune"),
+            data=data_cfg,
+            split=SplitConfig(split_seed=0),
             encoder=EncoderConfig(encoder="default"),
-            finetune=FinetuneConfig(epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size,
-                                    lr=args.lr, warmup_epochs=0, aug_preset="light"),
+            finetune=FinetuneConfig(
+                epochs=args.epochs,
+                img_size=args.img_size,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                warmup_epochs=0,
+                aug_preset="light",
+            ),
         )
         ft_metrics = finetune(ft_run)
         ft_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
         mlp_cfg = RunConfig(
-            out_dir=str(root / "mlp"), data=data_cfg,
+            out_dir=str(root / "mlp"),
+            data=data_cfg,
             split=SplitConfig(splits=str(root / "finetune" / "splits")),
             encoder=EncoderConfig(encoder="default", cache_dir=str(root / "cache")),
             head=HeadConfig(head_type="mlp"),
@@ -75,16 +84,21 @@ def main() -> None:
         mlp_seconds = time.perf_counter() - started
 
     n_test = int(ft_metrics["test"]["n"])
-    print(f"### Fine-tuning vs frozen embeddings + MLP (Fashion-MNIST, {args.per_class}/class, "
-          f"{n_test} test images)\n")
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"### Fine-tuning vs frozen embeddings + MLP (Fashion-MNIST, {args.per_class}/class, {n_test} test images)\n")
+    print(
+        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
     print("| method | test macro-F1 | test accuracy | wall time (s) |")
     print("|---|---|---|---|")
-    print(f"| finetune default, {args.epochs} epochs at {args.img_size} px | "
-          f"{ft_metrics['test']['macro_f1']:.4f} | {ft_metrics['test']['accuracy']:.4f} | {ft_seconds:.1f} |")
-    print(f"| frozen default (224 px) + MLP head | {mlp_metrics['test']['macro_f1']:.4f} | "
-          f"{mlp_metrics['test']['accuracy']:.4f} | {mlp_seconds:.1f} |")
+    print(
+        f"| finetune default, {args.epochs} epochs at {args.img_size} px | "
+        f"{ft_metrics['test']['macro_f1']:.4f} | {ft_metrics['test']['accuracy']:.4f} | {ft_seconds:.1f} |"
+    )
+    print(
+        f"| frozen default (224 px) + MLP head | {mlp_metrics['test']['macro_f1']:.4f} | "
+        f"{mlp_metrics['test']['accuracy']:.4f} | {mlp_seconds:.1f} |"
+    )
     print(f"\nwall-time ratio finetune / (embed + MLP): {ft_seconds / mlp_seconds:.1f}x")
 
 

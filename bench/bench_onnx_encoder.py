@@ -41,9 +41,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         exported = to_onnx(torch_encoder, cache_dir=cache)
         print("### Default encoder: torch vs ONNX Runtime on CPU (`bench/bench_onnx_encoder.py`)\n")
-        print(f"Fingerprint `{torch_encoder.fingerprint}`, batch {args.batch}, {size} px, best of {args.repeats}; "
-              f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}. `--backend auto` picks ONNX "
-              "Runtime for the default encoder on CPU.\n")
+        print(
+            f"Fingerprint `{torch_encoder.fingerprint}`, batch {args.batch}, {size} px, best of {args.repeats}; "
+            f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}. `--backend auto` picks ONNX "
+            "Runtime for the default encoder on CPU.\n"
+        )
         print("| threads | torch images/s | ONNX Runtime images/s | ONNX / torch |")
         print("|---:|---:|---:|---:|")
         for threads in args.threads:

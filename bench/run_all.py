@@ -33,17 +33,18 @@ def machine() -> str:
     import numpy
     import torch
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
-            f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
+        f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}"
+    )
 
 
 def run(name: str) -> None:
     script = ROOT / "bench" / f"bench_{name}.py"
     print(f"== {script.name}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            check=False)
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{script.name} failed with exit code {result.returncode}")
     OUT.mkdir(parents=True, exist_ok=True)

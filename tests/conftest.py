@@ -29,8 +29,7 @@ FOLDER_LAYOUT = {
 }
 FOLDER_IMAGE_SIZE = (40, 32)  # (width, height)
 
-MANIFEST_COLUMNS = ["id", "label", "group", "obverse_path", "reverse_path", "obverse_condition",
-                    "reverse_condition"]
+MANIFEST_COLUMNS = ["id", "label", "group", "obverse_path", "reverse_path", "obverse_condition", "reverse_condition"]
 # two_view_manifest rows: (id, label, group, obverse_condition, reverse_condition); "" = not rated.
 MANIFEST_ROWS = [
     ("c1", "aureus", "g1", "2", "1.5"),

@@ -38,9 +38,17 @@ def write_two_view_dataset(root: Path, groups_per_class: int = 6, photos_per_gro
                     path = root / view / f"{sample_id}.png"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(pixels).save(path)
-                rows.append({"id": sample_id, "label": label, "group": group,
-                             "obverse_path": f"obverse/{sample_id}.png", "reverse_path": f"reverse/{sample_id}.png",
-                             "obverse_condition": 2, "reverse_condition": 1.5})
+                rows.append(
+                    {
+                        "id": sample_id,
+                        "label": label,
+                        "group": group,
+                        "obverse_path": f"obverse/{sample_id}.png",
+                        "reverse_path": f"reverse/{sample_id}.png",
+                        "obverse_condition": 2,
+                        "reverse_condition": 1.5,
+                    }
+                )
     manifest = root / "coins.tsv"
     pd.DataFrame(rows).to_csv(manifest, sep="\t", index=False)
     return manifest

@@ -22,19 +22,53 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     root = tmp_path_factory.mktemp("e2e")
     manifest = write_two_view_dataset(root / "data")
     run, cache = root / "run", root / "cache"
-    code = main(["train", "--data", str(manifest), "--out-dir", str(run), "--cache-dir", str(cache),
-                 "--views", "both_concat", "--head-type", "mlp", "--hidden-sizes", "32", "--epochs", "40",
-                 "--lr", "0.01", "--standardize", "standardize", "--embed-batch-size", "8", "--num-workers", "0",
-                 "--no-track"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(manifest),
+            "--out-dir",
+            str(run),
+            "--cache-dir",
+            str(cache),
+            "--views",
+            "both_concat",
+            "--head-type",
+            "mlp",
+            "--hidden-sizes",
+            "32",
+            "--epochs",
+            "40",
+            "--lr",
+            "0.01",
+            "--standardize",
+            "standardize",
+            "--embed-batch-size",
+            "8",
+            "--num-workers",
+            "0",
+            "--no-track",
+        ]
+    )
     assert code == 0
     return manifest, run, cache
 
 
 def test_train_writes_the_run_folder(trained_run: tuple[Path, Path, Path]) -> None:
     _, run, _ = trained_run
-    for name in ("run_config.json", "class_to_idx.json", "metrics.json", "per_class.csv", "confusion_matrix.png",
-                 "predictions.parquet", "report.md", "splits/train_ids.json", "splits/val_ids.json",
-                 "splits/test_ids.json", "model/model_info.json"):
+    for name in (
+        "run_config.json",
+        "class_to_idx.json",
+        "metrics.json",
+        "per_class.csv",
+        "confusion_matrix.png",
+        "predictions.parquet",
+        "report.md",
+        "splits/train_ids.json",
+        "splits/val_ids.json",
+        "splits/test_ids.json",
+        "model/model_info.json",
+    ):
         assert (run / name).exists(), name
     assert json.loads((run / "class_to_idx.json").read_text()) == {"aureus": 0, "denarius": 1, "sestertius": 2}
     metrics = json.loads((run / "metrics.json").read_text())
@@ -48,16 +82,16 @@ def test_groups_never_cross_splits(trained_run: tuple[Path, Path, Path]) -> None
     predictions = pd.read_parquet(run / "predictions.parquet")
     predictions["group"] = predictions["sample_id"].str.rsplit("_", n=1).str[0]
     assert predictions.groupby("group")["split"].nunique().max() == 1
-    splits = {name: set(json.loads((run / "splits" / f"{name}_ids.json").read_text()))
-              for name in ("train", "val", "test")}
+    splits = {
+        name: set(json.loads((run / "splits" / f"{name}_ids.json").read_text())) for name in ("train", "val", "test")
+    }
     assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"])
 
 
 def test_predict_on_a_manifest_matches_the_run(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
     manifest, run, cache = trained_run
     out = tmp_path / "predictions.json"
-    assert main(["predict", str(run), str(manifest), "-k", "2", "--output", str(out),
-                 "--cache-dir", str(cache)]) == 0
+    assert main(["predict", str(run), str(manifest), "-k", "2", "--output", str(out), "--cache-dir", str(cache)]) == 0
     results = json.loads(out.read_text())
     assert len(results) == 36 and len(results[0]["predictions"]) == 2
     stored = pd.read_parquet(run / "predictions.parquet").set_index("sample_id")
@@ -65,8 +99,9 @@ def test_predict_on_a_manifest_matches_the_run(trained_run: tuple[Path, Path, Pa
         assert result["predictions"][0]["label"] == stored.loc[result["id"], "predicted"]
 
 
-def test_predict_refuses_single_files_for_a_two_view_run(trained_run: tuple[Path, Path, Path],
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_predict_refuses_single_files_for_a_two_view_run(
+    trained_run: tuple[Path, Path, Path], capsys: pytest.CaptureFixture
+) -> None:
     manifest, run, cache = trained_run
     image = manifest.parent / "obverse" / "aur00_0.png"
     assert main(["predict", str(run), str(image), "--cache-dir", str(cache)]) == 2
@@ -76,8 +111,23 @@ def test_predict_refuses_single_files_for_a_two_view_run(trained_run: tuple[Path
 def test_repeat_from_run_config_reuses_the_split(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, run, cache = trained_run
     again = tmp_path / "again"
-    assert main(["train", "--config", str(run / "run_config.json"), "--out-dir", str(again),
-                 "--splits", str(run / "splits"), "--cache-dir", str(cache), "--no-track"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(run / "run_config.json"),
+                "--out-dir",
+                str(again),
+                "--splits",
+                str(run / "splits"),
+                "--cache-dir",
+                str(cache),
+                "--no-track",
+            ]
+        )
+        == 0
+    )
     for name in ("train_ids.json", "val_ids.json", "test_ids.json"):
         assert (again / "splits" / name).read_bytes() == (run / "splits" / name).read_bytes()
     assert json.loads((again / "run_config.json").read_text())["head"]["hidden_sizes"] == [32]
@@ -109,15 +159,34 @@ def test_bad_manifest_row_is_one_clear_error(tmp_path: Path, capsys: pytest.Capt
     assert "row 3" in err and "missing/" in err and "Traceback" not in err
 
 
-def test_train_logs_to_mlflow_in_the_working_folder(trained_run: tuple[Path, Path, Path], tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_logs_to_mlflow_in_the_working_folder(
+    trained_run: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow.tracking import MlflowClient
 
     manifest, _, cache = trained_run
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["train", "--data", str(manifest), "--out-dir", "tracked", "--cache-dir", str(cache),
-                 "--epochs", "5", "--early-stopping-patience", "0", "--experiment", "coins"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(manifest),
+                "--out-dir",
+                "tracked",
+                "--cache-dir",
+                str(cache),
+                "--epochs",
+                "5",
+                "--early-stopping-patience",
+                "0",
+                "--experiment",
+                "coins",
+            ]
+        )
+        == 0
+    )
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("coins").experiment_id])
     assert run.info.status == "FINISHED"
@@ -128,8 +197,9 @@ def test_train_logs_to_mlflow_in_the_working_folder(trained_run: tuple[Path, Pat
     assert {"report.md", "metrics.json", "confusion_matrix.png"} <= artifacts
 
 
-def test_embed_fills_the_cache_and_exports(trained_run: tuple[Path, Path, Path], tmp_path: Path,
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_embed_fills_the_cache_and_exports(
+    trained_run: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     manifest, _, cache = trained_run
     out = tmp_path / "emb.npz"
     assert main(["embed", "--data", str(manifest), "--cache-dir", str(cache), "--output", str(out)]) == 0
@@ -154,8 +224,25 @@ def test_reject_option_on_a_classifier_run(trained_run: tuple[Path, Path, Path],
     manifest, run, cache = trained_run
     out = tmp_path / "reject"
     # A target coverage of 0.5 forces the rule to refuse about half of val, whatever the accuracy.
-    assert main(["train", "--config", str(run / "run_config.json"), "--out-dir", str(out), "--splits",
-                 str(run / "splits"), "--cache-dir", str(cache), "--target-coverage", "0.5", "--no-track"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(run / "run_config.json"),
+                "--out-dir",
+                str(out),
+                "--splits",
+                str(run / "splits"),
+                "--cache-dir",
+                str(cache),
+                "--target-coverage",
+                "0.5",
+                "--no-track",
+            ]
+        )
+        == 0
+    )
     reject = json.loads((out / "reject.json").read_text())
     assert reject["val_operating_point"]["coverage"] == pytest.approx(0.5, abs=0.2)
     assert set(reject["splits"]) == {"train", "val", "test"}  # measured on test too, not assumed
@@ -167,16 +254,58 @@ def test_reject_option_on_a_classifier_run(trained_run: tuple[Path, Path, Path],
     assert 0 < len(refused) < len(results)
 
 
-def test_metric_mode_run_and_retrieval_predict(trained_run: tuple[Path, Path, Path], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_metric_mode_run_and_retrieval_predict(
+    trained_run: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     manifest, run, cache = trained_run
     out = tmp_path / "metric"
-    assert main(["train", "--mode", "metric", "--data", str(manifest), "--out-dir", str(out), "--splits",
-                 str(run / "splits"), "--cache-dir", str(cache), "--views", "both_concat", "--proj-type", "linear",
-                 "--embedding-dim", "16", "--p", "3", "--k", "4", "--epochs", "5", "--metric-scale", "16",
-                 "--metric-margin", "0.2", "--knn-k", "5", "--eval-method", "hdbscan", "--no-track"]) == 0
-    for name in ("knn_metrics.json", "embeddings_val.npy", "labels_val.npy", "hdbscan_metrics.json",
-                 "model/gallery/gallery.faiss", "report.md"):
+    assert (
+        main(
+            [
+                "train",
+                "--mode",
+                "metric",
+                "--data",
+                str(manifest),
+                "--out-dir",
+                str(out),
+                "--splits",
+                str(run / "splits"),
+                "--cache-dir",
+                str(cache),
+                "--views",
+                "both_concat",
+                "--proj-type",
+                "linear",
+                "--embedding-dim",
+                "16",
+                "--p",
+                "3",
+                "--k",
+                "4",
+                "--epochs",
+                "5",
+                "--metric-scale",
+                "16",
+                "--metric-margin",
+                "0.2",
+                "--knn-k",
+                "5",
+                "--eval-method",
+                "hdbscan",
+                "--no-track",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "knn_metrics.json",
+        "embeddings_val.npy",
+        "labels_val.npy",
+        "hdbscan_metrics.json",
+        "model/gallery/gallery.faiss",
+        "report.md",
+    ):
         assert (out / name).exists(), name
     assert json.loads((out / "run_config.json").read_text())["metric"]["embedding_dim"] == 16
     results = json.loads(_predict_json(out, manifest, cache, tmp_path))
@@ -203,29 +332,63 @@ def _break_truncate(path: Path) -> None:
 
 # (what is broken, edit(data_root, manifest), extra flags, words the message must contain)
 BAD_INPUTS = [
-    ("zero-byte image", lambda root, m: (root / "obverse" / "aur00_1.png").write_bytes(b""), [],
-     ["row 2", "aur00_1.png", "empty file"]),
-    ("non-image file", lambda root, m: (root / "reverse" / "den01_0.png").write_text("not a picture"), [],
-     ["row 7", "den01_0.png", "not an image"]),
-    ("truncated image", lambda root, m: _break_truncate(root / "obverse" / "ses00_0.png"), [],
-     ["row 9", "ses00_0.png", "truncated"]),
-    ("duplicate id", lambda root, m: m.write_text(m.read_text().replace("aur01_0\t", "aur00_0\t", 1)), [],
-     ["row 3", "duplicate id 'aur00_0'"]),
-    ("empty label", lambda root, m: m.write_text(m.read_text().replace("den00_1\tdenarius", "den00_1\t", 1)), [],
-     ["row 6", "empty label"]),
-    ("missing column", lambda root, m: m.write_text(m.read_text().replace("label", "class", 1)), [],
-     ["missing required column(s): label"]),
+    (
+        "zero-byte image",
+        lambda root, m: (root / "obverse" / "aur00_1.png").write_bytes(b""),
+        [],
+        ["row 2", "aur00_1.png", "empty file"],
+    ),
+    (
+        "non-image file",
+        lambda root, m: (root / "reverse" / "den01_0.png").write_text("not a picture"),
+        [],
+        ["row 7", "den01_0.png", "not an image"],
+    ),
+    (
+        "truncated image",
+        lambda root, m: _break_truncate(root / "obverse" / "ses00_0.png"),
+        [],
+        ["row 9", "ses00_0.png", "truncated"],
+    ),
+    (
+        "duplicate id",
+        lambda root, m: m.write_text(m.read_text().replace("aur01_0\t", "aur00_0\t", 1)),
+        [],
+        ["row 3", "duplicate id 'aur00_0'"],
+    ),
+    (
+        "empty label",
+        lambda root, m: m.write_text(m.read_text().replace("den00_1\tdenarius", "den00_1\t", 1)),
+        [],
+        ["row 6", "empty label"],
+    ),
+    (
+        "missing column",
+        lambda root, m: m.write_text(m.read_text().replace("label", "class", 1)),
+        [],
+        ["missing required column(s): label"],
+    ),
     ("unknown view", lambda root, m: None, ["--views", "edge"], ["--views", "unknown view mode 'edge'"]),
 ]
 
 
 @pytest.mark.parametrize(("what", "edit", "flags", "words"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture, what, edit, flags,
-                                      words) -> None:
+def test_bad_input_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture, what, edit, flags, words) -> None:
     manifest = write_two_view_dataset(tmp_path / "data", groups_per_class=2)
     edit(manifest.parent, manifest)
-    code = main(["train", "--data", str(manifest), "--out-dir", str(tmp_path / "run"), "--no-track",
-                 "--cache-dir", str(tmp_path / "cache"), *flags])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(manifest),
+            "--out-dir",
+            str(tmp_path / "run"),
+            "--no-track",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *flags,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, what
     assert err.startswith(f"kenner: error: {manifest}") and "Traceback" not in err
@@ -246,22 +409,44 @@ def test_skip_and_min_size_write_excluded_csv(trained_run: tuple[Path, Path, Pat
     (copy.parent / "obverse" / "aur00_0.png").write_bytes(b"")
     Image.new("RGB", (40, 20), (150, 150, 160)).save(copy.parent / "reverse" / "den01_1.png")
     run = tmp_path / "run"
-    assert main(["train", "--data", str(copy), "--out-dir", str(run), "--cache-dir", str(cache),
-                 "--on-bad-image", "skip", "--min-size", "32", "--epochs", "3", "--no-track"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(copy),
+                "--out-dir",
+                str(run),
+                "--cache-dir",
+                str(cache),
+                "--on-bad-image",
+                "skip",
+                "--min-size",
+                "32",
+                "--epochs",
+                "3",
+                "--no-track",
+            ]
+        )
+        == 0
+    )
     excluded = pd.read_csv(run / "excluded.csv", dtype={"row": "Int64"})
     assert list(excluded.columns) == ["sample_id", "row", "view", "path", "reason"]
     by_id = excluded.set_index("sample_id")
     assert set(by_id.index) == {"aur00_0", "den01_0", "den01_1"}  # den01_0 goes with its group
     assert by_id.loc["aur00_0", "row"] == 1 and "empty file" in by_id.loc["aur00_0", "reason"]
-    assert all("group 'den01'" in by_id.loc[i, "reason"] and "min_size 32" in by_id.loc[i, "reason"]
-               for i in ("den01_0", "den01_1"))
+    assert all(
+        "group 'den01'" in by_id.loc[i, "reason"] and "min_size 32" in by_id.loc[i, "reason"]
+        for i in ("den01_0", "den01_1")
+    )
     predictions = pd.read_parquet(run / "predictions.parquet")
     assert len(predictions) == 33 and not set(predictions["sample_id"]) & set(by_id.index)
     assert "| excluded | 3 |" in (run / "report.md").read_text()
 
 
-def test_train_folds_writes_fold_runs_and_summary(trained_run: tuple[Path, Path, Path], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_train_folds_writes_fold_runs_and_summary(
+    trained_run: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     manifest, _, cache = trained_run
     out = tmp_path / "folds"
     common = ["--data", str(manifest), "--cache-dir", str(cache), "--folds", "3", "--epochs", "3", "--no-track"]
@@ -277,33 +462,58 @@ def test_train_folds_writes_fold_runs_and_summary(trained_run: tuple[Path, Path,
         fold = out / f"fold_{i}"
         assert (fold / "metrics.json").exists() and (fold / "report.md").exists()
         assert (fold / "splits" / "test_ids.json").read_bytes() == (
-            out / "splits" / f"fold_{i}" / "test_ids.json").read_bytes()
+            out / "splits" / f"fold_{i}" / "test_ids.json"
+        ).read_bytes()
     assert main(["evaluate", str(out / "fold_0"), "--cache-dir", str(cache)]) == 0  # a fold is a whole run
     again = tmp_path / "again"
     assert main(["train", "--out-dir", str(again), "--splits", str(out / "splits"), *common]) == 0
     assert (again / "splits" / "fold_2" / "val_ids.json").read_bytes() == (
-        out / "splits" / "fold_2" / "val_ids.json").read_bytes()
+        out / "splits" / "fold_2" / "val_ids.json"
+    ).read_bytes()
 
 
-def test_single_view_run_predicts_files_folders_and_manifests(trained_run: tuple[Path, Path, Path],
-                                                              tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_single_view_run_predicts_files_folders_and_manifests(
+    trained_run: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     manifest, run, cache = trained_run
     out = tmp_path / "obverse_run"
-    assert main(["train", "--data", str(manifest), "--out-dir", str(out), "--cache-dir", str(cache),
-                 "--splits", str(run / "splits"), "--views", "obv", "--background-class", "sestertius",
-                 "--epochs", "20", "--lr", "0.01", "--no-track"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(manifest),
+                "--out-dir",
+                str(out),
+                "--cache-dir",
+                str(cache),
+                "--splits",
+                str(run / "splits"),
+                "--views",
+                "obv",
+                "--background-class",
+                "sestertius",
+                "--epochs",
+                "20",
+                "--lr",
+                "0.01",
+                "--no-track",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     for split in ("train", "val", "test"):
-        assert {"macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg",
-                "accuracy_fg"} <= set(metrics[split])
+        assert {"macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy_fg"} <= set(
+            metrics[split]
+        )
     capsys.readouterr()
 
     images = manifest.parent / "obverse"
     files = [str(images / "aur00_0.png"), str(images / "ses03_1.png")]
     assert main(["predict", str(out), *files, "-k", "2", "--cache-dir", str(cache)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert list(rows[0]) == ["id", "obverse_path", "predicted", "label_1", "probability_1", "label_2",
-                             "probability_2"]
+    assert list(rows[0]) == ["id", "obverse_path", "predicted", "label_1", "probability_1", "label_2", "probability_2"]
     assert [r["id"] for r in rows] == files
     assert float(rows[0]["probability_1"]) >= float(rows[0]["probability_2"])
 
@@ -330,19 +540,37 @@ def test_evaluate_on_another_labelled_dataset(trained_run: tuple[Path, Path, Pat
     other = tmp_path / manifest.name
     lines = manifest.read_text().splitlines()
     kept = [line for line in lines[1:] if not line.startswith("aur")]
-    other.write_text("\n".join([lines[0], *kept]).replace("\tobverse/", f"\t{manifest.parent}/obverse/")
-                     .replace("\treverse/", f"\t{manifest.parent}/reverse/") + "\n")
+    other.write_text(
+        "\n".join([lines[0], *kept])
+        .replace("\tobverse/", f"\t{manifest.parent}/obverse/")
+        .replace("\treverse/", f"\t{manifest.parent}/reverse/")
+        + "\n"
+    )
     out = tmp_path / "eval"
-    assert main(["evaluate", str(run), "--data", str(other), "--out-dir", str(out), "--background-class",
-                 "sestertius", "--cache-dir", str(cache)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--data",
+                str(other),
+                "--out-dir",
+                str(out),
+                "--background-class",
+                "sestertius",
+                "--cache-dir",
+                str(cache),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"test"} and metrics["test"]["n"] == 24  # another dataset: every row is test
     assert "macro_f1_fg" in metrics["test"] and "accuracy_fg" in metrics["test"]
     assert (out / "report.md").exists() and (out / "confusion_matrix.png").exists()
 
 
-def test_background_images_and_calibration_in_a_train_run(trained_run: tuple[Path, Path, Path],
-                                                          tmp_path: Path) -> None:
+def test_background_images_and_calibration_in_a_train_run(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
     manifest, run, cache = trained_run
     background = tmp_path / "background"
     rng = np.random.default_rng(3)
@@ -351,9 +579,29 @@ def test_background_images_and_calibration_in_a_train_run(trained_run: tuple[Pat
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
     out = tmp_path / "bg_run"
-    assert main(["train", "--data", str(manifest), "--out-dir", str(out), "--splits", str(run / "splits"),
-                 "--cache-dir", str(cache), "--background-dir", str(background), "--bg", "2",
-                 "--profile", "calib", "--no-track"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(manifest),
+                "--out-dir",
+                str(out),
+                "--splits",
+                str(run / "splits"),
+                "--cache-dir",
+                str(cache),
+                "--background-dir",
+                str(background),
+                "--bg",
+                "2",
+                "--profile",
+                "calib",
+                "--no-track",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "class_to_idx.json").read_text())["background"] == 3
     predictions = pd.read_parquet(out / "predictions.parquet")
     added = predictions[predictions["true"] == "background"]
@@ -365,16 +613,35 @@ def test_background_images_and_calibration_in_a_train_run(trained_run: tuple[Pat
     assert "macro_f1_fg" in metrics["test"]  # the background class is left out of the _fg metrics
     assert {"ece_uncalibrated", "temperature"} <= set(metrics["test"])
     assert "ECE before" in (out / "report.md").read_text()
-    assert main(["train", "--data", str(manifest), "--out-dir", str(tmp_path / "x"), "--bg", "2",
-                 "--no-track"]) == 2  # --bg without --background-dir is a clear error
+    assert (
+        main(["train", "--data", str(manifest), "--out-dir", str(tmp_path / "x"), "--bg", "2", "--no-track"]) == 2
+    )  # --bg without --background-dir is a clear error
 
 
 def test_reject_by_both_signals_from_the_cli(trained_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, run, cache = trained_run
     out = tmp_path / "both"
-    assert main(["train", "--config", str(run / "run_config.json"), "--out-dir", str(out), "--splits",
-                 str(run / "splits"), "--cache-dir", str(cache), "--reject-by", "both", "--target-coverage", "0.5",
-                 "--no-track"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(run / "run_config.json"),
+                "--out-dir",
+                str(out),
+                "--splits",
+                str(run / "splits"),
+                "--cache-dir",
+                str(cache),
+                "--reject-by",
+                "both",
+                "--target-coverage",
+                "0.5",
+                "--no-track",
+            ]
+        )
+        == 0
+    )
     reject = json.loads((out / "reject.json").read_text())
     assert reject["by"] == "both" and None not in reject["rule"].values()
     assert reject["val_operating_point"]["coverage"] >= 0.5

@@ -48,23 +48,29 @@ def test_names_are_unique_and_values_coerced_from_text_and_json() -> None:
     assert coerce("hidden_sizes", [64]) == (64,)
     assert coerce("calibrate", "yes") is True and coerce("epochs", 5.0) == 5
     assert coerce("min_size", "none") is None and coerce("background_class", "none") == "none"
-    for name, value, words in (("epochs", "2.5", "--epochs: expected an integer"),
-                               ("lr", "fast", "--lr: expected a number"), ("calibrate", "maybe", "true or false")):
+    for name, value, words in (
+        ("epochs", "2.5", "--epochs: expected an integer"),
+        ("lr", "fast", "--lr: expected a number"),
+        ("calibrate", "maybe", "true or false"),
+    ):
         with pytest.raises(KennerError, match=words):
             coerce(name, value)
 
 
-@pytest.mark.parametrize("values, words", [
-    ({"lr": -1}, "--lr must be > 0"),
-    ({"scheduler": "linear"}, "--scheduler must be one of constant"),
-    ({"split_ratios": "0.5,0.5,0.5"}, "--split-ratios needs three shares"),
-    ({"bg": 3}, "--bg N adds background images"),
-    ({"hidden_sizes": "", "head_type": "mlp"}, "must not be empty for an mlp head"),
-    ({"target_precision": 0.9, "target_coverage": 0.5}, "not both"),
-    ({"monitor": "auroc"}, "needs --pos-class"),
-    ({"label_smoothing": 1.0}, "--label-smoothing must be < 1"),
-    ({"lrr": 1}, "did you mean 'lr'"),
-])
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"lr": -1}, "--lr must be > 0"),
+        ({"scheduler": "linear"}, "--scheduler must be one of constant"),
+        ({"split_ratios": "0.5,0.5,0.5"}, "--split-ratios needs three shares"),
+        ({"bg": 3}, "--bg N adds background images"),
+        ({"hidden_sizes": "", "head_type": "mlp"}, "must not be empty for an mlp head"),
+        ({"target_precision": 0.9, "target_coverage": 0.5}, "not both"),
+        ({"monitor": "auroc"}, "needs --pos-class"),
+        ({"label_smoothing": 1.0}, "--label-smoothing must be < 1"),
+        ({"lrr": 1}, "did you mean 'lr'"),
+    ],
+)
 def test_the_one_validator_names_the_flag(values: dict, words: str) -> None:
     with pytest.raises(KennerError, match=words):
         build_config([to_nested(values)])
@@ -73,8 +79,20 @@ def test_the_one_validator_names_the_flag(values: dict, words: str) -> None:
 def test_layers_defaults_method_file_profile_flags_set(tmp_path: Path) -> None:
     cfg = parse("--method", "finetune")
     assert (cfg["epochs"], cfg["scheduler"], cfg["lr"]) == (15, "cosine", 5e-4)  # the method's defaults
-    cfg = parse("--mode", "classifier", "--head-type", "mlp", "--profile", "full", "--epochs", "5",
-                "--set", "optim.lr=0.01", "--set", "dropout=0.1")
+    cfg = parse(
+        "--mode",
+        "classifier",
+        "--head-type",
+        "mlp",
+        "--profile",
+        "full",
+        "--epochs",
+        "5",
+        "--set",
+        "optim.lr=0.01",
+        "--set",
+        "dropout=0.1",
+    )
     assert cfg.method == "mlp" and cfg["class_weight"] == "effective" and cfg["hardmine_epochs"] == 5
     assert (cfg["lr"], cfg["dropout"], cfg.out_dir) == (0.01, 0.1, "runs/d_default_mlp")
     path = tmp_path / "run_config.json"
@@ -106,8 +124,13 @@ def test_profiles_name_real_fields_and_the_table_lists_them() -> None:
         assert set(values) <= set(FIELD_SECTION), name
         assert f"`{name}`" in PROFILES_MARKDOWN
         compose_config(SPECS, profile=name)  # every profile builds a valid config
-    assert PROFILES["full"] == {**PROFILES["effective"], **PROFILES["center_std"], **PROFILES["hardmine"],
-                                **PROFILES["gelu_ln"], **PROFILES["calib"]}
+    assert PROFILES["full"] == {
+        **PROFILES["effective"],
+        **PROFILES["center_std"],
+        **PROFILES["hardmine"],
+        **PROFILES["gelu_ln"],
+        **PROFILES["calib"],
+    }
 
 
 def test_run_config_holds_the_sections_of_its_method() -> None:

@@ -235,7 +235,9 @@ def _hf_families(tmp_path: Path) -> dict[str, tuple[str, int]]:
     families = {
         "dinov2": (tf.Dinov2Model(tf.Dinov2Config(**vision)), bit, 1),
         "dinov2-registers": (
-            tf.Dinov2WithRegistersModel(tf.Dinov2WithRegistersConfig(**vision, num_register_tokens=4)), bit, 5
+            tf.Dinov2WithRegistersModel(tf.Dinov2WithRegistersConfig(**vision, num_register_tokens=4)),
+            bit,
+            5,
         ),
         "dinov3": (
             tf.DINOv3ViTModel(tf.DINOv3ViTConfig(**vision, num_register_tokens=2)),
@@ -306,13 +308,17 @@ def test_hf_errors_offline_and_missing(tmp_path: Path) -> None:
         create_encoder(f"local:{tmp_path / 'empty'}", backend="torch")
 
 
-@pytest.mark.parametrize(("spec", "hint"), [
-    ("hf:facebook/dinov2-small", "--encoder hf:DIR"),
-    ("timm:convnext_tiny", "--encoder timm:convnext_tiny --weights DIR/model.safetensors, or --encoder local:DIR"),
-    ("open_clip:ViT-B-32@laion2b_s34b_b79k", "--encoder open_clip:ARCH --weights FILE"),
-])
-def test_an_unreachable_hub_fails_fast_with_the_familys_local_option(spec: str, hint: str,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("spec", "hint"),
+    [
+        ("hf:facebook/dinov2-small", "--encoder hf:DIR"),
+        ("timm:convnext_tiny", "--encoder timm:convnext_tiny --weights DIR/model.safetensors, or --encoder local:DIR"),
+        ("open_clip:ViT-B-32@laion2b_s34b_b79k", "--encoder open_clip:ARCH --weights FILE"),
+    ],
+)
+def test_an_unreachable_hub_fails_fast_with_the_familys_local_option(
+    spec: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without HF_HUB_OFFLINE, a hub that cannot be reached is one line at once, not a minute of retries."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HTTPS_PROXY", raising=False)

@@ -119,12 +119,23 @@ def test_no_library_code_in_cli() -> None:
         assert not classes, f"{path.name} defines {classes}"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["sweep", "--help"], ["compare", "--help"],
-                                  ["train", "--data", "x", "--epochs", "many"], ["train", "--method", "nope"],
-                                  ["train", "--data", "x", "--lr", "-1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["sweep", "--help"],
+        ["compare", "--help"],
+        ["train", "--data", "x", "--epochs", "many"],
+        ["train", "--method", "nope"],
+        ["train", "--data", "x", "--lr", "-1"],
+    ],
+)
 def test_cli_parses_without_importing_torch(argv: list[str]) -> None:
-    code = ("import sys\nimport kenner.cli\ntry:\n    code = kenner.cli.main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    code = e.code\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code, file=sys.stderr)")
+    code = (
+        "import sys\nimport kenner.cli\ntry:\n    code = kenner.cli.main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    code = e.code\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code, file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("NO-TORCH"), done.stderr[-2000:]

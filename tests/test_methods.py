@@ -47,13 +47,38 @@ def test_every_method_is_registered_with_fast_flags() -> None:
 
 @pytest.mark.parametrize("method", METHODS.list())
 def test_every_method_runs_folds_background_reject_evaluate_and_predict(
-        method: str, coins: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    method: str, coins: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     manifest, background, cache = coins
     run = tmp_path / "run"
     common = ["--cache-dir", str(cache), "--device", "cpu"]
-    assert main(["train", "--method", method, "--data", str(manifest), "--out-dir", str(run), "--folds", "3",
-                 "--background-dir", str(background), "--bg", "2", "--target-precision", "0.9", "--no-track",
-                 "--num-workers", "0", *common, *FAST[method]]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                method,
+                "--data",
+                str(manifest),
+                "--out-dir",
+                str(run),
+                "--folds",
+                "3",
+                "--background-dir",
+                str(background),
+                "--bg",
+                "2",
+                "--target-precision",
+                "0.9",
+                "--no-track",
+                "--num-workers",
+                "0",
+                *common,
+                *FAST[method],
+            ]
+        )
+        == 0
+    )
 
     summary = json.loads((run / "folds_metrics.json").read_text())
     assert len(summary["test"]["macro_f1"]["values"]) == 3 and (run / "folds_summary.md").is_file()
@@ -61,9 +86,20 @@ def test_every_method_runs_folds_background_reject_evaluate_and_predict(
     assert summary["test"]["accuracy"]["mean"] > (0.5 if method == "side" else chance) + 0.2, summary["test"]
     for index in range(3):
         fold = run / f"fold_{index}"
-        for name in ("run_config.json", "class_to_idx.json", "metrics.json", "per_class.csv", "predictions.parquet",
-                     "confusion_matrix.png", "reject.json", "coverage_accuracy.png", "history.json", "report.md",
-                     "splits/test_ids.json", "model/model_info.json"):
+        for name in (
+            "run_config.json",
+            "class_to_idx.json",
+            "metrics.json",
+            "per_class.csv",
+            "predictions.parquet",
+            "confusion_matrix.png",
+            "reject.json",
+            "coverage_accuracy.png",
+            "history.json",
+            "report.md",
+            "splits/test_ids.json",
+            "model/model_info.json",
+        ):
             assert (fold / name).is_file(), f"{method} fold_{index}: {name}"
         assert json.loads((fold / "run_config.json").read_text())["method"] == method
         reject = json.loads((fold / "reject.json").read_text())
@@ -79,8 +115,9 @@ def test_every_method_runs_folds_background_reject_evaluate_and_predict(
     assert len(shared) >= 36, "every real sample is scored again"
     assert (evaluated.loc[shared, "split"] == trained.loc[shared, "split"]).all()
     assert (evaluated.loc[shared, "predicted"].fillna("") == trained.loc[shared, "predicted"].fillna("")).all()
-    np.testing.assert_allclose(np.stack(evaluated.loc[shared, "topk_scores"]),
-                               np.stack(trained.loc[shared, "topk_scores"]), atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack(evaluated.loc[shared, "topk_scores"]), np.stack(trained.loc[shared, "topk_scores"]), atol=1e-5
+    )
 
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(fold), str(manifest), "-k", "2", "--output", str(out), *common]) == 0

@@ -61,11 +61,13 @@ def test_foreground_metrics_leave_background_out() -> None:
 
 
 def test_top_k_and_ece_with_proba() -> None:
-    proba = np.array([
-        [0.05, 0.5, 0.2, 0.1, 0.1, 0.05],  # true 2: rank 2
-        [0.1, 0.3, 0.05, 0.15, 0.2, 0.2],  # true 3: rank 4
-        [0.05, 0.0, 0.1, 0.2, 0.3, 0.35],  # true 1: rank 6
-    ])
+    proba = np.array(
+        [
+            [0.05, 0.5, 0.2, 0.1, 0.1, 0.05],  # true 2: rank 2
+            [0.1, 0.3, 0.05, 0.15, 0.2, 0.2],  # true 3: rank 4
+            [0.05, 0.0, 0.1, 0.2, 0.3, 0.35],  # true 1: rank 6
+        ]
+    )
     y_true = [2, 3, 1]
     m = classification_metrics(y_true, proba.argmax(1), proba, CLASSES, top_k=(1, 3, 5))
     assert m["accuracy"] == 0

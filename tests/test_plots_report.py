@@ -45,18 +45,27 @@ def test_reliability_and_curve(tmp_path) -> None:
     y_true = rng.integers(0, 4, 200)
     for path in (
         plot_reliability_diagram(proba, y_true, tmp_path / "reliability.png"),
-        plot_curve([0.2, 0.5, 1.0], [0.99, 0.95, 0.8], tmp_path / "curve.png", "coverage", "accuracy",
-                   "Accuracy vs coverage", marker_point=(0.5, 0.95)),
+        plot_curve(
+            [0.2, 0.5, 1.0],
+            [0.99, 0.95, 0.8],
+            tmp_path / "curve.png",
+            "coverage",
+            "accuracy",
+            "Accuracy vs coverage",
+            marker_point=(0.5, 0.95),
+        ),
     ):
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 200
 
 
 def test_metrics_markdown_table_orders_splits_and_columns() -> None:
-    table = metrics_markdown_table({
-        "test": {"n": 10, "accuracy": 0.5, "macro_f1": 0.25},
-        "train": {"n": 80, "accuracy": 0.9, "macro_f1": 0.875, "ece": 0.05},
-    })
+    table = metrics_markdown_table(
+        {
+            "test": {"n": 10, "accuracy": 0.5, "macro_f1": 0.25},
+            "train": {"n": 80, "accuracy": 0.9, "macro_f1": 0.875, "ece": 0.05},
+        }
+    )
     assert table.splitlines() == [
         "| split | n | accuracy | macro_f1 | ece |",
         "|---|---|---|---|---|",
@@ -75,8 +84,7 @@ def test_write_report_has_every_section(tmp_path) -> None:
     table.to_csv(tmp_path / "per_class.csv", index=False)
     context = {
         "title": "Coins, linear head",
-        "dataset": {"source": "/data/coins.tsv", "samples": 200, "classes": 4, "views": ["obv", "rev"],
-                    "excluded": 3},
+        "dataset": {"source": "/data/coins.tsv", "samples": 200, "classes": 4, "views": ["obv", "rev"], "excluded": 3},
         "splits": {"train": {"groups": 50, "samples": 140}, "test": {"groups": 12, "samples": 30}},
         "warnings": ["class 'e' has 2 groups: no test sample"],
         "encoder": {"spec": "default", "dim": 1280},
@@ -89,8 +97,17 @@ def test_write_report_has_every_section(tmp_path) -> None:
     text = path.read_text()
     assert path == tmp_path / "report.md"
     assert text.startswith("# Coins, linear head\n")
-    for heading in ("Dataset", "Splits", "Warnings", "Encoder", "Method", "Metrics", "Files",
-                    "Worst 10 classes by F1 (test)", "Calibration"):
+    for heading in (
+        "Dataset",
+        "Splits",
+        "Warnings",
+        "Encoder",
+        "Method",
+        "Metrics",
+        "Files",
+        "Worst 10 classes by F1 (test)",
+        "Calibration",
+    ):
         assert f"\n## {heading}\n" in text
     assert "| views | obv, rev |" in text and "| lr | 3e-05 |" in text
     assert "[confusion_matrix.png](confusion_matrix.png)" in text and "[per_class.csv](per_class.csv)" in text
@@ -104,8 +121,15 @@ def test_write_report_has_every_section(tmp_path) -> None:
 
 
 def test_worst_classes_skip_absent_classes(tmp_path) -> None:
-    table = pd.DataFrame({"class": ["x", "y", "z"], "support": [0, 5, 5], "precision": [0, 1, 0.5],
-                          "recall": [0, 1, 0.5], "f1": [0.0, 1.0, 0.5]})
+    table = pd.DataFrame(
+        {
+            "class": ["x", "y", "z"],
+            "support": [0, 5, 5],
+            "precision": [0, 1, 0.5],
+            "recall": [0, 1, 0.5],
+            "f1": [0.0, 1.0, 0.5],
+        }
+    )
     text = write_report(tmp_path, {"per_class": table}).read_text()
     assert text.startswith(f"# kenner run {tmp_path.name}\n")
     assert "| z | 5 |" in text and "| x |" not in text

@@ -13,20 +13,27 @@ def gpu(capability: tuple[int, int], memory_gb: float, cpus: int = 16) -> Device
     return DeviceInfo(device="cuda", name="card", capability=capability, memory_gb=memory_gb, cpu_count=cpus)
 
 
-@pytest.mark.parametrize(("info", "precision", "tf32", "workers", "accum"), [
-    (gpu((9, 0), 80), "bf16", True, 8, 1),  # H100
-    (gpu((8, 6), 24), "bf16", True, 6, 1),  # RTX 3090
-    (gpu((8, 9), 12), "bf16", True, 4, 2),  # RTX 4070
-    (gpu((7, 5), 16), "fp16", False, 6, 1),  # T4
-    (gpu((6, 1), 6), "fp16", False, 4, 4),  # GTX 1060
-    (gpu((8, 0), 40, cpus=3), "bf16", True, 3, 1),  # workers capped by the CPUs
-    (DeviceInfo(device="cpu", cpu_count=8), "fp32", False, 4, 1),
-    (DeviceInfo(device="cpu", cpu_count=2), "fp32", False, 1, 1),
-])
+@pytest.mark.parametrize(
+    ("info", "precision", "tf32", "workers", "accum"),
+    [
+        (gpu((9, 0), 80), "bf16", True, 8, 1),  # H100
+        (gpu((8, 6), 24), "bf16", True, 6, 1),  # RTX 3090
+        (gpu((8, 9), 12), "bf16", True, 4, 2),  # RTX 4070
+        (gpu((7, 5), 16), "fp16", False, 6, 1),  # T4
+        (gpu((6, 1), 6), "fp16", False, 4, 4),  # GTX 1060
+        (gpu((8, 0), 40, cpus=3), "bf16", True, 3, 1),  # workers capped by the CPUs
+        (DeviceInfo(device="cpu", cpu_count=8), "fp32", False, 4, 1),
+        (DeviceInfo(device="cpu", cpu_count=2), "fp32", False, 1, 1),
+    ],
+)
 def test_table(info: DeviceInfo, precision: str, tf32: bool, workers: int, accum: int) -> None:
     settings = auto_settings(info)
     assert (settings.precision, settings.tf32, settings.num_workers, settings.accum_steps) == (
-        precision, tf32, workers, accum)
+        precision,
+        tf32,
+        workers,
+        accum,
+    )
     assert settings.use_grad_scaler == (precision == "fp16")
     assert settings.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 

@@ -41,8 +41,9 @@ def readme_commands() -> list[str]:
     return commands
 
 
-def write_folder(root: Path, classes: dict[str, tuple[int, int, int]], groups: int, seed: int = 0,
-                 photos: int = 1) -> Path:
+def write_folder(
+    root: Path, classes: dict[str, tuple[int, int, int]], groups: int, seed: int = 0, photos: int = 1
+) -> Path:
     """``root/<class>/<class><g>_<i>.png``: ``groups`` objects per class, ``photos`` photos of each."""
     rng = np.random.default_rng(seed)
     for label, colour in classes.items():
@@ -85,12 +86,19 @@ def image_server() -> Iterator[str]:
 def tiny_encoders(root: Path) -> dict[str, str]:
     """Hub encoder specs of the README -> tiny random models of the same families, saved locally."""
     torch.manual_seed(0)
-    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-              "image_size": 32, "patch_size": 8}
+    vision = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     dinov2 = root / "dinov2-small"
     transformers.Dinov2Model(transformers.Dinov2Config(**vision)).save_pretrained(dinov2)
-    transformers.BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}
-                                   ).save_pretrained(dinov2)
+    transformers.BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        dinov2
+    )
     convnext = root / "convnext_tiny"
     timm.models.save_for_hf(timm.create_model("test_convnext", pretrained=False), convnext)
     return {"hf:facebook/dinov2-small": f"hf:{dinov2}", "timm:convnext_tiny": f"local:{convnext}"}
@@ -115,11 +123,21 @@ def test_readme_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, im
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
     csv = tmp_path / "data" / "csv" / "raw_aurita.csv"
     csv.parent.mkdir(parents=True)
-    pd.DataFrame({"url": [f"{image_server}/{name}.png" for name in ("red1", "red2", "blue1", "blue2")],
-                  "class": ["aurita", "aurita", "jacchus", "jacchus"]}).to_csv(csv, index=False)
-    names = {"plants/": "plants", "marmosets/": "marmosets", "new_photos/": "new_photos",
-             "negatives/": "negatives", "coins.tsv": "coin_data/coins.tsv",
-             "other_labelled.tsv": "other_data/coins.tsv", **tiny_encoders(tmp_path / "models")}
+    pd.DataFrame(
+        {
+            "url": [f"{image_server}/{name}.png" for name in ("red1", "red2", "blue1", "blue2")],
+            "class": ["aurita", "aurita", "jacchus", "jacchus"],
+        }
+    ).to_csv(csv, index=False)
+    names = {
+        "plants/": "plants",
+        "marmosets/": "marmosets",
+        "new_photos/": "new_photos",
+        "negatives/": "negatives",
+        "coins.tsv": "coin_data/coins.tsv",
+        "other_labelled.tsv": "other_data/coins.tsv",
+        **tiny_encoders(tmp_path / "models"),
+    }
 
     for command in commands:
         argv = [",".join(names.get(part, part) for part in token.split(",")) for token in shlex.split(command)[1:]]

@@ -120,8 +120,9 @@ def test_run_folder_reject_report_tunes_on_val_and_measures_test(tmp_path):
     scores, correct = _confidences(3000, 7)
     split = np.repeat(np.array(["train", "val", "test"]), 1000)
     distance, margin = 1 - scores, scores
-    summary, rule = tune_reject(distance, margin, correct, split, by="margin", target_precision=0.9,
-                                target_coverage=None, out_dir=tmp_path)
+    summary, rule = tune_reject(
+        distance, margin, correct, split, by="margin", target_precision=0.9, target_coverage=None, out_dir=tmp_path
+    )
     assert rule.min_margin is not None and rule.max_distance is None
     on_val = rule.accept(distance, margin)[split == "val"]
     assert correct[split == "val"][on_val].mean() >= 0.9
@@ -132,12 +133,29 @@ def test_run_folder_reject_report_tunes_on_val_and_measures_test(tmp_path):
     text = reject_markdown(summary)
     assert f"margin < {rule.min_margin:.4g}" in text and "target precision 0.9" in text and "| test |" in text
     assert rule_text({"max_distance": 0.25, "min_margin": 0.1}) == "unclassifiable when distance > 0.25 or margin < 0.1"
-    assert "No target" in reject_markdown(tune_reject(distance, margin, correct, split, by="distance",
-                                                      target_precision=None, target_coverage=None,
-                                                      out_dir=tmp_path)[0])
+    assert "No target" in reject_markdown(
+        tune_reject(
+            distance,
+            margin,
+            correct,
+            split,
+            by="distance",
+            target_precision=None,
+            target_coverage=None,
+            out_dir=tmp_path,
+        )[0]
+    )
     with pytest.raises(KennerError, match="val is empty"):
-        tune_reject(distance, margin, correct, np.full(3000, "train"), by="distance", target_precision=None,
-                    target_coverage=0.5, out_dir=tmp_path)
+        tune_reject(
+            distance,
+            margin,
+            correct,
+            np.full(3000, "train"),
+            by="distance",
+            target_precision=None,
+            target_coverage=0.5,
+            out_dir=tmp_path,
+        )
 
 
 def test_joint_rule_uses_both_limits_and_reaches_the_targets():

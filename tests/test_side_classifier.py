@@ -19,8 +19,13 @@ from kenner.methods.side import SideMethod, side_class_names
 
 def test_task_gives_two_rows_per_coin_with_swapped_paths_in_the_coins_split():
     paths = [{"obverse": Path(f"o{i}.png"), "reverse": Path(f"r{i}.png")} for i in range(3)]
-    data = TaskData(Samples(["a", "b", "c"], paths, embedder=None, views="concat"), y=[0, 1, 0],
-                    split=np.array(["train", "val", "test"]), class_names=["x", "y"], groups=["g1", "g2", "g3"])
+    data = TaskData(
+        Samples(["a", "b", "c"], paths, embedder=None, views="concat"),
+        y=[0, 1, 0],
+        split=np.array(["train", "val", "test"]),
+        class_names=["x", "y"],
+        groups=["g1", "g2", "g3"],
+    )
     cfg = RunConfig(method="side")
     pair = SideMethod().task(data, cfg)
     assert pair.class_names == ["obverse|reverse", "reverse|obverse"] and pair.y.tolist() == [0, 0, 0, 1, 1, 1]
@@ -82,8 +87,9 @@ def tiny_vit(tmp_path_factory):
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          image_size=32, patch_size=8)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
     directory = tmp_path_factory.mktemp("vit")
     Dinov2Model(config).save_pretrained(directory)
     return directory
@@ -94,10 +100,42 @@ def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disabl
     torch.set_num_threads(1)
     out, cache = tmp_path / "run", str(tmp_path / "cache")
     flags = ["--disable-mask-pooling"] if disable_mask_pooling else []
-    assert main(["train", "--mode", "side-classifier", "--data", str(_coin_manifest(tmp_path)), "--out-dir", str(out),
-                 "--encoder", f"hf:{tiny_vit}", "--cache-dir", cache, "--device", "cpu", "--num-workers", "0",
-                 "--epochs", "100", "--lr", "0.03", "--standardize", "standardize", "--patience", "0",
-                 "--side-task", task, "--target-coverage", "0.5", "--no-track", *flags]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--mode",
+                "side-classifier",
+                "--data",
+                str(_coin_manifest(tmp_path)),
+                "--out-dir",
+                str(out),
+                "--encoder",
+                f"hf:{tiny_vit}",
+                "--cache-dir",
+                cache,
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--epochs",
+                "100",
+                "--lr",
+                "0.03",
+                "--standardize",
+                "standardize",
+                "--patience",
+                "0",
+                "--side-task",
+                task,
+                "--target-coverage",
+                "0.5",
+                "--no-track",
+                *flags,
+            ]
+        )
+        == 0
+    )
     metrics = read_json(out / "metrics.json")
     assert metrics["test"]["accuracy"] >= 0.9
     mapping = read_json(out / "label_mapping.json")
@@ -134,8 +172,24 @@ def test_side_classifier_run_on_generated_coins(tmp_path, tiny_vit, task, disabl
     header = "image_path" if task == "single" else "obverse_path\treverse_path"
     query.write_text(header + "\n" + "".join("\t".join(str(p) for p in item.values()) + "\n" for item in items))
     target = tmp_path / "side_predictions.json"
-    assert main(["predict", str(out), str(query), "-k", "1", "--output", str(target), "--cache-dir", cache,
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(out),
+                str(query),
+                "-k",
+                "1",
+                "--output",
+                str(target),
+                "--cache-dir",
+                cache,
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     answers = json.loads(target.read_text())
     assert [a["predictions"][0]["label"] for a in answers] == stored["topk_labels"].str[0].tolist()
     np.testing.assert_allclose([a["predictions"][0]["probability"] for a in answers], stored["score"], atol=1e-4)

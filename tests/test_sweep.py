@@ -28,8 +28,14 @@ def _task(seed=0, n=150, dim=10, n_classes=4, background_class=None) -> TaskData
     split = np.array(["train"] * 90 + ["val"] * 30 + ["test"] * 30)
     ids = [f"s{i}" for i in range(n)]
     samples = Samples(ids, [{"image": Path(f"{i}.png")} for i in ids], embedder=None, views="image")
-    return TaskData(samples.with_embeddings({"image": X}), y, split, [f"c{i}" for i in range(n_classes)], ids,
-                    background_class=background_class)
+    return TaskData(
+        samples.with_embeddings({"image": X}),
+        y,
+        split,
+        [f"c{i}" for i in range(n_classes)],
+        ids,
+        background_class=background_class,
+    )
 
 
 FIXED = {"epochs": 4, "batch_size": 32, "device": "cpu", "patience": 2}
@@ -46,8 +52,13 @@ def run_sweep(tasks, grid, out_dir, **kwargs):
 
 
 def test_run_names_follow_the_users_pattern_and_invalid_combinations_are_skipped():
-    grid = _grid(methods=("mlp",), profiles=("full", "arcface"), hidden_sizes=["1024,512"], mixup=["0.1"],
-                 label_smoothing=["0.1"])
+    grid = _grid(
+        methods=("mlp",),
+        profiles=("full", "arcface"),
+        hidden_sizes=["1024,512"],
+        mixup=["0.1"],
+        label_smoothing=["0.1"],
+    )
     runs, skipped = expand_grid(dataclasses.replace(grid, encoders=("dinov2",)), FIXED, dataset="coins", bg=5)
     assert [r.name for r in runs] == ["coins_dinov2_mlp1024_512_mix0p1_ls0p1_full_bg5"]
     cfg = runs[0].config
@@ -58,10 +69,15 @@ def test_run_names_follow_the_users_pattern_and_invalid_combinations_are_skipped
     names = [r.name for r in expand_grid(grid, FIXED, dataset="d")[0]]
     assert "d_e_lin_mix0_ls0_lr0p001_base_s1" in names and len(names) == 4
     assert {r.config_name for r in expand_grid(grid, FIXED, dataset="d")[0]} == {
-        "d_e_lin_mix0_ls0_lr0p001_base", "d_e_lin_mix0_ls0_lr0p01_base"}
+        "d_e_lin_mix0_ls0_lr0p001_base",
+        "d_e_lin_mix0_ls0_lr0p01_base",
+    }
     lin = dataclasses.replace(_grid(methods=("linear", "mlp"), hidden_sizes=["8", "16"]), encoders=("e",))
     assert sorted(r.name for r in expand_grid(lin, FIXED, dataset="d")[0]) == [
-        "d_e_lin_mix0_ls0_base", "d_e_mlp16_mix0_ls0_base", "d_e_mlp8_mix0_ls0_base"]  # one linear run, not two
+        "d_e_lin_mix0_ls0_base",
+        "d_e_mlp16_mix0_ls0_base",
+        "d_e_mlp8_mix0_ls0_base",
+    ]  # one linear run, not two
 
 
 def test_draw_background_per_foreground_class_and_split():
@@ -79,15 +95,30 @@ def test_draw_background_per_foreground_class_and_split():
 
 def test_sweep_end_to_end_writes_results_and_summary(tmp_path):
     torch.set_num_threads(1)
-    grid = _grid(methods=("linear", "mlp"), hidden_sizes=["8"], profiles=("base", "full"),
-                 label_smoothing=["0", "0.1"], lr=["0.01", "0.03"], seed=["0", "1"])
+    grid = _grid(
+        methods=("linear", "mlp"),
+        hidden_sizes=["8"],
+        profiles=("base", "full"),
+        label_smoothing=["0", "0.1"],
+        lr=["0.01", "0.03"],
+        seed=["0", "1"],
+    )
     data = {"enc_a": _task(0), "enc_b": _task(1)}
     results = run_sweep(data, grid, tmp_path, reference="base")
     assert len(results) == 2 * 2 * 2 * 2 * 2 * 2 and results["name"].is_unique
     assert set(results.loc[results["profile"] == "base", "batched_heads"]) == {4}  # ls x lr together
     assert set(results.loc[results["profile"] == "full", "batched_heads"]) == {1}  # hard mining: alone
-    for column in ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy",
-                   "ece", "fit_seconds", "calibration_seconds", "evaluation_seconds"):
+    for column in (
+        "macro_f1_fg",
+        "weighted_f1_fg",
+        "macro_precision_fg",
+        "macro_recall_fg",
+        "accuracy",
+        "ece",
+        "fit_seconds",
+        "calibration_seconds",
+        "evaluation_seconds",
+    ):
         assert results[column].notna().all(), column
     np.testing.assert_allclose(results["macro_f1_fg"], results["macro_f1"])  # no background class
     assert (results.loc[results["profile"] == "full", "calibration_seconds"] > 0).all()
@@ -95,21 +126,31 @@ def test_sweep_end_to_end_writes_results_and_summary(tmp_path):
 
     # a batched run scores exactly what a separate EmbeddingClassifier with its config scores
     row = results[(results["profile"] == "base") & (results["head"] == "mlp8")].iloc[3]
-    run = next(r for r in expand_grid(dataclasses.replace(grid, encoders=(row["encoder"],)), FIXED, dataset="coins")[0]
-               if r.name == row["name"])
+    run = next(
+        r
+        for r in expand_grid(dataclasses.replace(grid, encoders=(row["encoder"],)), FIXED, dataset="coins")[0]
+        if r.name == row["name"]
+    )
     task = data[row["encoder"]]
     X, part = task.samples.features(), {s: task.split == s for s in ("train", "val", "test")}
     head = EmbeddingClassifier(**head_params(run.config)).fit(
-        X[part["train"]], task.y[part["train"]], X_val=X[part["val"]], y_val=task.y[part["val"]], classes=range(4))
+        X[part["train"]], task.y[part["train"]], X_val=X[part["val"]], y_val=task.y[part["val"]], classes=range(4)
+    )
     proba = head.predict_proba(X[part["test"]])
     want = classification_metrics(task.y[part["test"]], proba.argmax(1), proba, task.class_names)
     assert row["macro_f1_fg"] == pytest.approx(want["macro_f1"], abs=1e-9)
     assert row["ece"] == pytest.approx(want["ece"], abs=1e-4)
 
     summary = (tmp_path / "summary.md").read_text()
-    for heading in ("Mean per profile", "Mean per encoder", "Mean per head", "Mean per label_smoothing",
-                    "Mean per lr", "Best configuration per encoder × profile",
-                    "Delta against the reference"):
+    for heading in (
+        "Mean per profile",
+        "Mean per encoder",
+        "Mean per head",
+        "Mean per label_smoothing",
+        "Mean per lr",
+        "Best configuration per encoder × profile",
+        "Delta against the reference",
+    ):
         assert heading in summary
     delta_line = next(line for line in summary.splitlines() if line.startswith("| full |"))
     assert delta_line.split("|")[2].strip() == "32"  # every full run has its base twin
@@ -170,11 +211,35 @@ def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
     for i in range(6):
         make_image(tmp_path / "bg" / f"wall{i}.png", (40, 32), color=(128, 128, 128), noise=30, seed=i)
     out = tmp_path / "sweep"
-    argv = ["sweep", "--data", str(grouped_folder_dataset), "--encoders", "default", "--methods", "linear,mlp",
-            "--profiles", "base,calib", "--lr", "0.01,0.03", "--hidden-sizes", "16", "--epochs", "3",
-            "--background-dir", str(tmp_path / "bg"), "--bg", "1", "--cache-dir", str(tmp_path / "cache"),
-            "--num-workers", "0", "--device", "cpu",
-            "--out-dir", str(out)]
+    argv = [
+        "sweep",
+        "--data",
+        str(grouped_folder_dataset),
+        "--encoders",
+        "default",
+        "--methods",
+        "linear,mlp",
+        "--profiles",
+        "base,calib",
+        "--lr",
+        "0.01,0.03",
+        "--hidden-sizes",
+        "16",
+        "--epochs",
+        "3",
+        "--background-dir",
+        str(tmp_path / "bg"),
+        "--bg",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(out),
+    ]
     tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "coin-sweep"]
     args = parser.parse_args(argv + tracking)
     assert args.func(args) == 0
@@ -195,8 +260,10 @@ def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
         assert tracked[row.name]["macro_f1_fg"] == pytest.approx(row.macro_f1_fg)
         assert tracked[row.name]["ece_uncalibrated"] == pytest.approx(row.ece_uncalibrated)
 
-    for extra, message in ((["--bg", "0"], "--background-dir is used with --bg"),
-                           (["--bg", "-1"], "--bg must be >= 0")):
+    for extra, message in (
+        (["--bg", "0"], "--background-dir is used with --bg"),
+        (["--bg", "-1"], "--bg must be >= 0"),
+    ):
         args = parser.parse_args([*argv, *extra, "--no-track"])
         with pytest.raises(KennerError, match=message):
             args.func(args)
@@ -204,13 +271,43 @@ def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
     with pytest.raises(KennerError, match="--folds is for kenner train"):
         args.func(args)
     for profile in ("full", "hardmine", "arcface", "supcon"):  # profiles that cannot be batched run too
-        args = parser.parse_args([*argv[:5], "--methods", "mlp", "--hidden-sizes", "8", "--profiles", profile,
-                                  "--epochs", "3", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-                                  "--out-dir", str(tmp_path / profile), "--no-track"])
+        args = parser.parse_args(
+            [
+                *argv[:5],
+                "--methods",
+                "mlp",
+                "--hidden-sizes",
+                "8",
+                "--profiles",
+                profile,
+                "--epochs",
+                "3",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--device",
+                "cpu",
+                "--out-dir",
+                str(tmp_path / profile),
+                "--no-track",
+            ]
+        )
         assert args.func(args) == 0
         assert pd.read_csv(tmp_path / profile / "results.csv")["batched_heads"].tolist() == [1]
-    args = parser.parse_args([*argv[:5], "--mlp", "lin", "8", "--out-dir", str(tmp_path / "old"), "--no-track",
-                              "--epochs", "2", "--cache-dir", str(tmp_path / "cache")])
+    args = parser.parse_args(
+        [
+            *argv[:5],
+            "--mlp",
+            "lin",
+            "8",
+            "--out-dir",
+            str(tmp_path / "old"),
+            "--no-track",
+            "--epochs",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert args.func(args) == 0  # kenner 0.1's --mlp still works (with a warning)
     assert sorted(pd.read_csv(tmp_path / "old" / "results.csv")["head"]) == ["lin", "mlp8"]
     no_dir = [a for a in argv if a != str(tmp_path / "bg") and a != "--background-dir"]
@@ -251,8 +348,7 @@ class RecordingTracker(Tracker):
         self.runs: list[dict] = []
 
     def start_run(self, name, params, tags=None):
-        self.runs.append({"name": name, "params": params, "tags": dict(tags or {}), "metrics": {},
-                          "status": None})
+        self.runs.append({"name": name, "params": params, "tags": dict(tags or {}), "metrics": {}, "status": None})
         return self
 
     def log_metrics(self, metrics, step=None):
@@ -277,8 +373,18 @@ def test_every_configuration_is_one_tracked_run_and_resume_tracks_only_new_ones(
     row = results.iloc[-1]
     assert run["status"] == "FINISHED" and run["tags"]["kenner.sweep"] == tmp_path.name
     assert run["params"]["profile"] == row["profile"] and run["params"]["head"] == json.loads(row["config"])
-    for key in ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy", "ece",
-                "ece_uncalibrated", "fit_seconds", "calibration_seconds", "evaluation_seconds"):
+    for key in (
+        "macro_f1_fg",
+        "weighted_f1_fg",
+        "macro_precision_fg",
+        "macro_recall_fg",
+        "accuracy",
+        "ece",
+        "ece_uncalibrated",
+        "fit_seconds",
+        "calibration_seconds",
+        "evaluation_seconds",
+    ):
         assert run["metrics"][key] == pytest.approx(row[key]), key
     more = _grid(profiles=("base", "calib"), lr=["0.01", "0.03", "0.1"])
     run_sweep({"e": _task(7)}, more, tmp_path, tracker=tracker)

@@ -27,8 +27,14 @@ class _Head:
 
 def test_flatten_params() -> None:
     params = {"head": _Head(), "data": {"root": Path("/d"), "ratios": [0.7, 0.3], "empty": {}}, "seed": 0}
-    assert flatten_params(params) == {"head.kind": "linear", "head.lr": 0.01, "data.root": "/d",
-                                      "data.ratios": [0.7, 0.3], "data.empty": {}, "seed": 0}
+    assert flatten_params(params) == {
+        "head.kind": "linear",
+        "head.lr": 0.01,
+        "data.root": "/d",
+        "data.ratios": [0.7, 0.3],
+        "data.empty": {},
+        "seed": 0,
+    }
 
 
 def test_mlflow_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

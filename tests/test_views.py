@@ -67,6 +67,12 @@ def test_shape_errors(coin) -> None:
 def test_resolve_mode_gives_the_canonical_mode() -> None:
     views = ["obverse", "reverse"]
     assert [resolve_mode(views, m) for m in ("obv", "rev", "both_avg", "both_concat", "reverse", "avg")] == [
-        "obverse", "reverse", "avg", "concat", "reverse", "avg"]
+        "obverse",
+        "reverse",
+        "avg",
+        "concat",
+        "reverse",
+        "avg",
+    ]
     with pytest.raises(KennerError, match="unknown view mode 'edge'"):
         resolve_mode(views, "edge")

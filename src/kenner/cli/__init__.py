@@ -43,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     if not args.verbose:  # timm announces every checkpoint it loads, faiss which CPU build it picked
         for name in ("timm", "faiss"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -11,18 +11,25 @@ DEFAULT_TARGET_PRECISION = 0.95
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compare", help="run several methods (and encoders) on one split or folds and compare them",
+        "compare",
+        help="run several methods (and encoders) on one split or folds and compare them",
         description="Every method (NAME or NAME:PROFILE) runs as a full run on the same saved split (or folds), "
-                    "in OUT_DIR/<method>/; comparison.md, comparison.csv and comparison.png show test macro-F1 "
-                    "(mean ± std over folds or seeds), accuracy, top-5, ECE, coverage at the target precision "
-                    f"(default {DEFAULT_TARGET_PRECISION}), fit and predict seconds, and the method chosen on val.",
+        "in OUT_DIR/<method>/; comparison.md, comparison.csv and comparison.png show test macro-F1 "
+        "(mean ± std over folds or seeds), accuracy, top-5, ECE, coverage at the target precision "
+        f"(default {DEFAULT_TARGET_PRECISION}), fit and predict seconds, and the method chosen on val.",
     )
-    parser.add_argument("--methods", required=True, metavar="M[:PROFILE],...",
-                        help="methods to compare, e.g. knn,linear,mlp:full,metric,finetune")
-    parser.add_argument("--encoders", metavar="SPEC,...", help="compare each method with each of these encoders "
-                                                                "(default: --encoder)")
-    parser.add_argument("--seeds", default="0", metavar="S,...", help="seeds; several give mean ± std without "
-                                                                      "folds (default: 0)")
+    parser.add_argument(
+        "--methods",
+        required=True,
+        metavar="M[:PROFILE],...",
+        help="methods to compare, e.g. knn,linear,mlp:full,metric,finetune",
+    )
+    parser.add_argument(
+        "--encoders", metavar="SPEC,...", help="compare each method with each of these encoders (default: --encoder)"
+    )
+    parser.add_argument(
+        "--seeds", default="0", metavar="S,...", help="seeds; several give mean ± std without folds (default: 0)"
+    )
     parser.add_argument("--out-dir", required=True, help="comparison folder")
     add_method_options(parser, method=False)
     add_config_options(parser, skip=("seed",))
@@ -53,8 +60,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         layer = {**explicit, "encoder": {**explicit.get("encoder", {}), **({"encoder": encoder} if encoder else {})}}
         for spec in specs:
             method, _, profile = spec.partition(":")
-            cfg = compose_config(dict(METHODS.items()), method=method, profile=profile or None, explicit=layer,
-                                 config_file=args.config, overrides=args.set, out_dir=args.out_dir, warn=warn)
+            cfg = compose_config(
+                dict(METHODS.items()),
+                method=method,
+                profile=profile or None,
+                explicit=layer,
+                config_file=args.config,
+                overrides=args.set,
+                out_dir=args.out_dir,
+                warn=warn,
+            )
             label = spec + (f"@{safe_name(encoder)}" if encoder and len(encoders) > 1 else "")
             entries.append(Entry(label, cfg))
     table = compare(entries, args.out_dir, seeds=seeds)

@@ -17,10 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     split.set_defaults(func=cmd_split)
 
     embed = subparsers.add_parser("embed", help="fill the embedding cache for a dataset")
-    embed.add_argument("--output", help="also export the embeddings (.npz with ids, labels, groups, one array per "
-                                        "view)")
-    add_config_flags(embed, EMBED_SECTIONS, skip=("background_dir", "bg", "background_class", "views", "precision",
-                                                  "accum_steps", "deterministic"))
+    embed.add_argument(
+        "--output", help="also export the embeddings (.npz with ids, labels, groups, one array per view)"
+    )
+    add_config_flags(
+        embed,
+        EMBED_SECTIONS,
+        skip=("background_dir", "bg", "background_class", "views", "precision", "accum_steps", "deterministic"),
+    )
     embed.set_defaults(func=cmd_embed)
 
 

@@ -12,14 +12,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--per-class", type=int, default=200, help="images per class (default: 200)")
     demo.add_argument("--encoder", default="default", help="encoder spec (default: default)")
     demo.add_argument("--cache-dir", help="embedding cache (default: $KENNER_CACHE/embeddings)")
-    demo.add_argument("--no-track", dest="track", action="store_const", const="none", default="mlflow",
-                      help="do not log the run to MLflow")
+    demo.add_argument(
+        "--no-track",
+        dest="track",
+        action="store_const",
+        const="none",
+        default="mlflow",
+        help="do not log the run to MLflow",
+    )
     demo.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from kenner.runs.demo import run_demo
 
-    run_demo(Path(args.out_dir), per_class=args.per_class, encoder=args.encoder, cache_dir=args.cache_dir,
-             track=args.track)
+    run_demo(
+        Path(args.out_dir), per_class=args.per_class, encoder=args.encoder, cache_dir=args.cache_dir, track=args.track
+    )
     return 0

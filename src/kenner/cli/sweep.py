@@ -13,7 +13,8 @@ SHARED_SECTIONS = ("data", "split", "encoder", "compute", "tracking")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "sweep", help="train many heads (encoders x methods x profiles x values) on one split; results + summary",
+        "sweep",
+        help="train many heads (encoders x methods x profiles x values) on one split; results + summary",
         description="Every combination of the values below is fitted on cached embeddings over the same saved "
         "split. Head flags take several values (comma-separated; --hidden-sizes several space-separated lists). "
         "Configurations differing only in lr, weight decay, label smoothing or class weights train together as "
@@ -21,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     grid = parser.add_argument_group("grid (comma-separated values; every combination runs)")
     grid.add_argument("--encoders", default="default", metavar="SPEC,...", help="encoder specs (default: default)")
-    grid.add_argument("--methods", default="linear", metavar="M,...", help="head methods: linear, mlp, arcface "
-                                                                           "(default: linear)")
+    grid.add_argument(
+        "--methods", default="linear", metavar="M,...", help="head methods: linear, mlp, arcface (default: linear)"
+    )
     grid.add_argument("--profiles", default="base", metavar="P,...", help="head profiles (default: base; README)")
     grid.add_argument("--mlp", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--reference", default="base", help="profile the summary compares others with")
@@ -46,8 +48,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     base = _flat(explicit_layer(args, SHARED_SECTIONS))
     if base.get("folds") not in (None, "0", 0):
-        raise KennerError("kenner sweep compares configurations on one split; --folds is for kenner train and "
-                          "kenner compare (repeat configurations with --seed 0,1,2 instead)")
+        raise KennerError(
+            "kenner sweep compares configurations on one split; --folds is for kenner train and "
+            "kenner compare (repeat configurations with --seed 0,1,2 instead)"
+        )
     values = grid_values(_flat(explicit_layer(args, GRID_SECTIONS)), list_fields=("hidden_sizes",))
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.mlp:
@@ -56,8 +60,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         methods = (*(("linear",) if len(sizes) < len(args.mlp) else ()), *(("mlp",) if sizes else ()))
         if sizes:
             values["hidden_sizes"] = sizes
-    grid = Grid(encoders=tuple(e.strip() for e in args.encoders.split(",") if e.strip()), methods=methods,
-                profiles=tuple(p.strip() for p in args.profiles.split(",") if p.strip()), values=values)
+    grid = Grid(
+        encoders=tuple(e.strip() for e in args.encoders.split(",") if e.strip()),
+        methods=methods,
+        profiles=tuple(p.strip() for p in args.profiles.split(",") if p.strip()),
+        values=values,
+    )
     results = run_sweep(grid, base, args.out_dir, reference=args.reference)
     for row in results.sort_values("macro_f1_fg", ascending=False).head(5).itertuples():
         print(f"{row.macro_f1_fg:.4f}  {row.name}")

@@ -10,19 +10,21 @@ from kenner.errors import KennerError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
-        "train", help="train any method on a leakage-safe split and write a run folder with a report",
+        "train",
+        help="train any method on a leakage-safe split and write a run folder with a report",
         description="Split (or reuse a split), fit a method (a head on cached embeddings, kNN, metric learning, "
-                    "the side classifier or fine-tuning), choose the decision rules on val, evaluate every split "
-                    "and write a run folder with a report. --folds K makes one run per fold.",
+        "the side classifier or fine-tuning), choose the decision rules on val, evaluate every split "
+        "and write a run folder with a report. --folds K makes one run per fold.",
     )
     _add_run_options(train, method=True)
     train.set_defaults(func=cmd_train, fixed_method=None)
 
     finetune = subparsers.add_parser(
-        "finetune", help="fine-tune the encoder's backbone with a head (kenner train --method finetune)",
+        "finetune",
+        help="fine-tune the encoder's backbone with a head (kenner train --method finetune)",
         description="Fine-tune the encoder's backbone with a head on the images, checkpointing every epoch (a "
-                    "rerun resumes from checkpoints/latest_model.pt), then evaluate the best weights and write "
-                    "the same run folder as 'kenner train'.",
+        "rerun resumes from checkpoints/latest_model.pt), then evaluate the best weights and write "
+        "the same run folder as 'kenner train'.",
     )
     _add_run_options(finetune, method=False)
     finetune.set_defaults(func=cmd_train, fixed_method="finetune")
@@ -32,9 +34,11 @@ def _add_run_options(parser: argparse.ArgumentParser, *, method: bool) -> None:
     parser.add_argument("--out-dir", help="run folder (default: runs/<dataset>_<encoder>_<method>)")
     add_method_options(parser, method=method)
     resume = parser.add_mutually_exclusive_group()
-    resume.add_argument("--resume", metavar="CHECKPOINT",
-                        help="fine-tuning: continue from this checkpoint (default: RUN/checkpoints/latest_model.pt "
-                             "when there is one)")
+    resume.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="fine-tuning: continue from this checkpoint (default: RUN/checkpoints/latest_model.pt when there is one)",
+    )
     resume.add_argument("--fresh", action="store_true", help="fine-tuning: ignore existing checkpoints")
     add_config_options(parser)
 

@@ -9,8 +9,9 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser("evaluate", help="evaluate a run on its own split or another labelled dataset")
     evaluate.add_argument("run", help="run folder (or one fold_i of a k-fold run)")
-    evaluate.add_argument("--data", help="labelled dataset, all of it as test (default: the run's own, on the "
-                                         "run's split)")
+    evaluate.add_argument(
+        "--data", help="labelled dataset, all of it as test (default: the run's own, on the run's split)"
+    )
     evaluate.add_argument("--out-dir", help="where to write (default: RUN/eval)")
     evaluate.add_argument("--background-class", help="class meaning 'none of these' (foreground metrics)")
     _add_common(evaluate)
@@ -20,15 +21,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("run", help="run folder")
     predict.add_argument("images", nargs="+", help="image files, folders or a TSV/CSV manifest")
     predict.add_argument("-k", "--top-k", type=int, default=5, help="labels per image (default: 5)")
-    predict.add_argument("--format", choices=("csv", "json"), help="output format (default: from --output's "
-                                                                   "suffix, else csv)")
+    predict.add_argument(
+        "--format", choices=("csv", "json"), help="output format (default: from --output's suffix, else csv)"
+    )
     predict.add_argument("--output", help="write here instead of stdout")
     _add_common(predict)
     predict.set_defaults(func=cmd_predict)
 
-    search = subparsers.add_parser("search", help="nearest gallery items of images in a run with a gallery",
-                                   description="Embed images as the run did, search its Faiss gallery and list "
-                                               "the nearest items. Distance = 1 - cosine similarity.")
+    search = subparsers.add_parser(
+        "search",
+        help="nearest gallery items of images in a run with a gallery",
+        description="Embed images as the run did, search its Faiss gallery and list "
+        "the nearest items. Distance = 1 - cosine similarity.",
+    )
     search.add_argument("run", help="run folder of a knn or metric run")
     search.add_argument("images", nargs="+", help="image files, folders or a TSV/CSV manifest")
     search.add_argument("-k", "--top-k", type=int, default=10, help="neighbours per image (default: 10)")
@@ -46,8 +51,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from kenner.runs.evaluate import evaluate_run
     from kenner.runs.folder import headline
 
-    result = evaluate_run(args.run, data=args.data, out_dir=args.out_dir, background_class=args.background_class,
-                          cache_dir=args.cache_dir, device=args.device)
+    result = evaluate_run(
+        args.run,
+        data=args.data,
+        out_dir=args.out_dir,
+        background_class=args.background_class,
+        cache_dir=args.cache_dir,
+        device=args.device,
+    )
     print(headline(result.metrics))
     print(f"evaluation written to {result.out_dir}  (report: {result.report})")
     return 0

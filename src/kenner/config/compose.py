@@ -35,8 +35,9 @@ def set_layer(overrides: Sequence[str], *, warn: Callable[[str], None] | None = 
 
 
 def _flat(layer: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: value for key, section in layer.items() if isinstance(section, Mapping)
-            for name, value in section.items()}
+    return {
+        name: value for key, section in layer.items() if isinstance(section, Mapping) for name, value in section.items()
+    }
 
 
 def compose_config(
@@ -60,8 +61,9 @@ def compose_config(
     if profile is not None and profile not in PROFILES:
         raise KennerError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
     typed = {**_flat(explicit), **_flat(sets)}
-    chosen = _choose_method(method, mode, typed.get("head_type"), file_layer.get("method"),
-                            PROFILES.get(profile or "", {}).get("head_type"))
+    chosen = _choose_method(
+        method, mode, typed.get("head_type"), file_layer.get("method"), PROFILES.get(profile or "", {}).get("head_type")
+    )
     if chosen not in methods:
         raise KennerError(f"unknown method {chosen!r}; methods: {', '.join(sorted(methods))}")
     spec = methods[chosen]
@@ -70,19 +72,27 @@ def compose_config(
     epochs = build_config([*before_profile, explicit, sets])["epochs"]
     profiled = to_nested(profile_layer(profile, epochs))
     for name, value in spec.fixed.items():
-        for source, given in (("--profile " + str(profile), _flat(profiled).get(name)), (flag_name(name),
-                                                                                       typed.get(name))):
+        for source, given in (
+            ("--profile " + str(profile), _flat(profiled).get(name)),
+            (flag_name(name), typed.get(name)),
+        ):
             if given is not None and str(given) != str(value):
-                raise KennerError(f"method {chosen!r} fixes {flag_name(name)} to {value!r}, but {source} sets "
-                                  f"{given!r}; choose the method that matches (--method {given})")
-    top = {"method": chosen, "profile": profile,
-           "out_dir": out_dir or (file_layer.get("out_dir") if config_file else None)}
+                raise KennerError(
+                    f"method {chosen!r} fixes {flag_name(name)} to {value!r}, but {source} sets "
+                    f"{given!r}; choose the method that matches (--method {given})"
+                )
+    top = {
+        "method": chosen,
+        "profile": profile,
+        "out_dir": out_dir or (file_layer.get("out_dir") if config_file else None),
+    }
     layers = [to_nested(dict(spec.defaults)), profiled, file_values] if from_file else [*before_profile, profiled]
     return build_config([*layers, explicit, sets, to_nested(dict(spec.fixed)), top])
 
 
-def _choose_method(method: str | None, mode: str | None, head_type: str | None, from_file: str | None,
-                   from_profile: str | None) -> str:
+def _choose_method(
+    method: str | None, mode: str | None, head_type: str | None, from_file: str | None, from_profile: str | None
+) -> str:
     if method is not None:
         return method
     if mode is not None:

@@ -36,8 +36,11 @@ def _help(f: Any, method_defaults: Mapping[str, Mapping[str, Any]], methods: Map
     text = f.metadata.get("help", "")
     if f.name in ("data",):
         return f"{text} (required)"
-    others = [f"{method}: {format_default(values[f.name])}" for method, values in method_defaults.items()
-              if f.name in values and values[f.name] != f.default]
+    others = [
+        f"{method}: {format_default(values[f.name])}"
+        for method, values in method_defaults.items()
+        if f.name in values and values[f.name] != f.default
+    ]
     suffix = f"; {', '.join(others)}" if others else ""
     shown = f.metadata.get("shown") or format_default(f.default)
     return f"{text} (default: {shown}{suffix})".replace("%", "%%")
@@ -50,10 +53,15 @@ def section_title(section: str, methods: Sequence[str]) -> str:
     return f"{section}: {doc}{used}"
 
 
-def add_config_flags(parser: argparse.ArgumentParser, sections: Iterable[str], *,
-                     method_defaults: Mapping[str, Mapping[str, Any]] | None = None,
-                     section_methods: Mapping[str, Sequence[str]] | None = None,
-                     grid: bool = False, skip: Iterable[str] = ()) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    sections: Iterable[str],
+    *,
+    method_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    section_methods: Mapping[str, Sequence[str]] | None = None,
+    grid: bool = False,
+    skip: Iterable[str] = (),
+) -> None:
     """One argument group per section, one flag per field (``skip`` leaves fields out).
 
     ``method_defaults`` (method -> field -> value) shows methods' own defaults in ``--help``;
@@ -69,35 +77,59 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: Iterable[str], *
             if f.name in skipped:
                 continue
             _add_flag(group, f, _help(f, method_defaults, section_methods), grid=grid)
-    _add_deprecated(parser, {name for section in sections for name in FIELD_SECTION
-                             if FIELD_SECTION[name] == section} - skipped)
+    _add_deprecated(
+        parser, {name for section in sections for name in FIELD_SECTION if FIELD_SECTION[name] == section} - skipped
+    )
 
 
 def _add_flag(group: Any, f: Any, help_text: str, *, grid: bool) -> None:
     tp, is_list = value_kind(f.name)
     choices = f.metadata.get("choices")
     if tp is bool and not grid:
-        group.add_argument(flag_name(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                           help=help_text)
+        group.add_argument(
+            flag_name(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text
+        )
         return
     metavar = f.metadata.get("metavar") or ("{" + ",".join(choices) + "}" if choices else METAVARS.get(tp, "V"))
     if grid:
         if is_list:
-            group.add_argument(flag_name(f.name), dest=f.name, default=None, nargs="+", metavar=metavar,
-                               help=help_text + "; several values space-separated")
+            group.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                default=None,
+                nargs="+",
+                metavar=metavar,
+                help=help_text + "; several values space-separated",
+            )
         else:
-            group.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=metavar,
-                               help=help_text + "; several values comma-separated")
+            group.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                default=None,
+                metavar=metavar,
+                help=help_text + "; several values comma-separated",
+            )
         return
-    group.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=metavar,
-                       choices=choices if choices and not is_list else None, help=help_text)
+    group.add_argument(
+        flag_name(f.name),
+        dest=f.name,
+        default=None,
+        metavar=metavar,
+        choices=choices if choices and not is_list else None,
+        help=help_text,
+    )
 
 
 class _Deprecated(argparse.Action):
     """An old spelling: warns once and stores the value under the current field."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         print(f"kenner: warning: {option_string} is deprecated; use {flag_name(self.dest)}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 

@@ -31,9 +31,17 @@ PROFILES: dict[str, dict[str, Any]] = {
     "arcface": {"head_type": "arcface"},
     "supcon": {"head_type": "mlp", "supcon_weight": 0.1},
     "baseline_minimal": {
-        "standardize": "none", "class_weight": "none", "hardmine_epochs": 0, "gelu_ln": False,
-        "calibrate": False, "logit_adjust": "none", "balanced_softmax": False, "label_smoothing": 0.0,
-        "mixup": 0.0, "feature_noise": 0.0, "feature_scale": 0.0,
+        "standardize": "none",
+        "class_weight": "none",
+        "hardmine_epochs": 0,
+        "gelu_ln": False,
+        "calibrate": False,
+        "logit_adjust": "none",
+        "balanced_softmax": False,
+        "label_smoothing": 0.0,
+        "mixup": 0.0,
+        "feature_noise": 0.0,
+        "feature_scale": 0.0,
     },
 }
 

@@ -20,28 +20,46 @@ class DataConfig:
     """Where the images are and which of them to use."""
 
     data: str = knob("", "image folder (root/<class>/<ID>_<seq>.jpg) or TSV/CSV manifest", metavar="PATH")
-    on_bad_image: str = knob("fail", "fail: stop with every bad image listed; skip: leave their samples out, "
-                                     "listed in excluded.csv", ("fail", "skip"))
-    group_by: str = knob("prefix", "folder datasets: a group (one object) is the file name's part before the last "
-                                   "'_' with prefix, each file with file", ("prefix", "file"))
-    group_regex: str | None = knob(None, "folder datasets: the group is this regex's first group (or match) in the "
-                                         "file name without extension", metavar="REGEX")
-    duplicates: str = knob("merge", "byte-identical images under different ids or groups: put them in one group "
-                                    "(merge, listed in duplicates.csv), stop naming them (refuse), or ignore",
-                           ("merge", "refuse", "ignore"))
+    on_bad_image: str = knob(
+        "fail",
+        "fail: stop with every bad image listed; skip: leave their samples out, listed in excluded.csv",
+        ("fail", "skip"),
+    )
+    group_by: str = knob(
+        "prefix",
+        "folder datasets: a group (one object) is the file name's part before the last "
+        "'_' with prefix, each file with file",
+        ("prefix", "file"),
+    )
+    group_regex: str | None = knob(
+        None,
+        "folder datasets: the group is this regex's first group (or match) in the file name without extension",
+        metavar="REGEX",
+    )
+    duplicates: str = knob(
+        "merge",
+        "byte-identical images under different ids or groups: put them in one group "
+        "(merge, listed in duplicates.csv), stop naming them (refuse), or ignore",
+        ("merge", "refuse", "ignore"),
+    )
     omit_classes: tuple[str, ...] = knob((), "classes to leave out, comma-separated", metavar="A,B")
-    min_condition: float | None = knob(None, "keep samples whose mean condition rating is >= X (unrated ones "
-                                             "are kept)", ge=0)
+    min_condition: float | None = knob(
+        None, "keep samples whose mean condition rating is >= X (unrated ones are kept)", ge=0
+    )
     min_samples_per_class: int = knob(0, "drop classes with fewer samples", ge=0)
-    min_size: int | None = knob(None, "drop a whole group if any image's short side is below PX", ge=1,
-                                metavar="PX")
+    min_size: int | None = knob(None, "drop a whole group if any image's short side is below PX", ge=1, metavar="PX")
     background_color: tuple[int, ...] = knob((255, 255, 255), "R,G,B behind transparent images", metavar="R,G,B")
-    background_class: str | None = knob(None, "class meaning 'none of these'; adds foreground-only metrics",
-                                        metavar="NAME")
-    background_dir: str | None = knob(None, "folder of images of none of the classes (with --bg N)",
-                                      metavar="DIR")
-    bg: int = knob(0, "background images per foreground class from --background-dir, in every split; they "
-                      "join --background-class, else a new class 'background'", ge=0, metavar="N")
+    background_class: str | None = knob(
+        None, "class meaning 'none of these'; adds foreground-only metrics", metavar="NAME"
+    )
+    background_dir: str | None = knob(None, "folder of images of none of the classes (with --bg N)", metavar="DIR")
+    bg: int = knob(
+        0,
+        "background images per foreground class from --background-dir, in every split; they "
+        "join --background-class, else a new class 'background'",
+        ge=0,
+        metavar="N",
+    )
 
 
 @dataclass(frozen=True)
@@ -58,16 +76,22 @@ class SplitConfig:
 class EncoderConfig:
     """Which frozen encoder embeds the images, how views combine, and where embeddings are cached."""
 
-    encoder: str = knob("default", "default | timm:NAME | hf:REPO_OR_DIR | open_clip:ARCH[@TAG] | local:DIR",
-                        metavar="SPEC")
+    encoder: str = knob(
+        "default", "default | timm:NAME | hf:REPO_OR_DIR | open_clip:ARCH[@TAG] | local:DIR", metavar="SPEC"
+    )
     weights: str | None = knob(None, "local weights file for timm encoders", metavar="FILE")
     pooling: str = knob("cls", "ViT pooling of hf encoders", ("cls", "mean", "cls+mean"))
     views: str = knob("concat", VIEW_HELP, metavar="MODE")
-    cache_dir: str | None = knob(None, "embedding cache folder", metavar="DIR",
-                                 shown="$KENNER_CACHE/embeddings, KENNER_CACHE defaulting to ~/.cache/kenner")
+    cache_dir: str | None = knob(
+        None,
+        "embedding cache folder",
+        metavar="DIR",
+        shown="$KENNER_CACHE/embeddings, KENNER_CACHE defaulting to ~/.cache/kenner",
+    )
     embed_batch_size: int = knob(64, "images per encoder forward pass", ge=1)
-    backend: str = knob("auto", "encoder runtime (auto: ONNX Runtime for the default encoder on CPU)",
-                        ("auto", "torch", "onnx"))
+    backend: str = knob(
+        "auto", "encoder runtime (auto: ONNX Runtime for the default encoder on CPU)", ("auto", "torch", "onnx")
+    )
 
 
 @dataclass(frozen=True)
@@ -76,10 +100,14 @@ class ComputeConfig:
 
     device: str = knob("auto", "auto (cuda if available) | cpu | cuda | cuda:N", metavar="DEVICE")
     num_workers: int = knob(2, "background image decoding workers", ge=0)
-    precision: str = knob("auto", "autocast precision of fine-tuning (auto: bf16 on compute capability >= 8, "
-                                  "fp16 before, fp32 on CPU)", ("auto", "bf16", "fp16", "fp32"))
-    accum_steps: int | None = knob(None, "fine-tuning micro-batches per optimizer step", ge=1,
-                                   shown="from the GPU's memory")
+    precision: str = knob(
+        "auto",
+        "autocast precision of fine-tuning (auto: bf16 on compute capability >= 8, fp16 before, fp32 on CPU)",
+        ("auto", "bf16", "fp16", "fp32"),
+    )
+    accum_steps: int | None = knob(
+        None, "fine-tuning micro-batches per optimizer step", ge=1, shown="from the GPU's memory"
+    )
     deterministic: bool = knob(False, "deterministic algorithms (reproducible, slower)")
 
 
@@ -112,11 +140,18 @@ class ScheduleConfig:
 class EarlyStoppingConfig:
     """Which validation metric picks the best epoch, and when training stops."""
 
-    patience: int = knob(10, "stop after N epochs without a better validation metric and keep the best "
-                             "epoch (0 = train every epoch, keep the last)", ge=0)
-    monitor: str = knob("auto", "validation metric of the best epoch (auto: recall_at_1 for metric "
-                                "learning and ArcFace fine-tuning, else macro_f1)",
-                        ("auto", "macro_f1", "accuracy", "loss", "recall_at_1", "auroc"))
+    patience: int = knob(
+        10,
+        "stop after N epochs without a better validation metric and keep the best "
+        "epoch (0 = train every epoch, keep the last)",
+        ge=0,
+    )
+    monitor: str = knob(
+        "auto",
+        "validation metric of the best epoch (auto: recall_at_1 for metric "
+        "learning and ArcFace fine-tuning, else macro_f1)",
+        ("auto", "macro_f1", "accuracy", "loss", "recall_at_1", "auroc"),
+    )
     min_epochs: int = knob(0, "never stop before this many epochs", ge=0)
 
 
@@ -125,8 +160,7 @@ class ArcFaceConfig:
     """The additive angular margin (ArcFace) of arcface heads, metric learning and fine-tuning."""
 
     arcface_scale: float = knob(64.0, "logit scale s (64 suits hundreds of classes; 16-30 for fewer)", gt=0)
-    arcface_margin: float = knob(0.5, "additive angular margin m in radians (0.2-0.3 for fewer than ~50 "
-                                      "classes)", ge=0)
+    arcface_margin: float = knob(0.5, "additive angular margin m in radians (0.2-0.3 for fewer than ~50 classes)", ge=0)
     margin_warmup_epochs: int = knob(0, "epochs with margin 0 before the margin applies", ge=0)
     margin_ramp_epochs: int = knob(0, "after the warm-up, raise the margin linearly to m over N epochs", ge=0)
 
@@ -138,16 +172,20 @@ class LossConfig:
     label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy", ge=0, lt=1)
     class_weight: str = knob("none", "per-class loss weights", ("none", "inverse", "effective"))
     effective_beta: float = knob(0.9999, "beta of effective-number class weights (Cui et al. 2019)", ge=0, lt=1)
-    mixup: float = knob(0.0, "mixup alpha, soft labels (0 = off): on embeddings for heads, on images for "
-                             "fine-tuning", ge=0)
+    mixup: float = knob(
+        0.0, "mixup alpha, soft labels (0 = off): on embeddings for heads, on images for fine-tuning", ge=0
+    )
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     """Training batch composition of metric learning and fine-tuning."""
 
-    sampler: str = knob("random", "batch order: shuffled, inverse-frequency weighted, or P classes x K samples",
-                        ("random", "weighted", "pk"))
+    sampler: str = knob(
+        "random",
+        "batch order: shuffled, inverse-frequency weighted, or P classes x K samples",
+        ("random", "weighted", "pk"),
+    )
     pk_p: int = knob(16, "P x K batches: classes per batch (metric learning)", ge=1)
     pk_k: int = knob(4, "P x K batches: samples per class", ge=2)
 
@@ -157,20 +195,25 @@ class HeadConfig:
     """A head on embeddings (or on a fine-tuned backbone): architecture and long-tail knobs."""
 
     head_type: str = knob("linear", "head on the features", ("linear", "mlp", "arcface"))
-    hidden_sizes: tuple[int, ...] = knob((512,), "hidden layer sizes of mlp/arcface heads (for arcface the last "
-                                                 "one is the embedding)", metavar="N,N")
+    hidden_sizes: tuple[int, ...] = knob(
+        (512,), "hidden layer sizes of mlp/arcface heads (for arcface the last one is the embedding)", metavar="N,N"
+    )
     gelu_ln: bool = knob(False, "hidden blocks use LayerNorm + GELU instead of ReLU")
     dropout: float = knob(0.0, "dropout after each hidden block (linear head: on its input)", ge=0, lt=1)
-    standardize: str = knob("none", "feature normalisation fitted on the training rows only",
-                            ("none", "center", "standardize"))
-    logit_adjust: str = knob("none", "logit adjustment by the train class prior (Menon et al. 2021)",
-                             ("none", "train", "infer", "both"))
+    standardize: str = knob(
+        "none", "feature normalisation fitted on the training rows only", ("none", "center", "standardize")
+    )
+    logit_adjust: str = knob(
+        "none", "logit adjustment by the train class prior (Menon et al. 2021)", ("none", "train", "infer", "both")
+    )
     logit_tau: float = knob(1.0, "strength tau of the logit adjustment", ge=0)
     balanced_softmax: bool = knob(False, "balanced softmax loss (Ren et al. 2020)")
-    hardmine_epochs: int = knob(0, "in the last N epochs, resample training rows with probability rising with "
-                                   "their loss (0 = off)", ge=0)
-    crt_epochs: int = knob(0, "classifier re-training: freeze the body, re-train the last layer class-balanced "
-                              "for N epochs", ge=0)
+    hardmine_epochs: int = knob(
+        0, "in the last N epochs, resample training rows with probability rising with their loss (0 = off)", ge=0
+    )
+    crt_epochs: int = knob(
+        0, "classifier re-training: freeze the body, re-train the last layer class-balanced for N epochs", ge=0
+    )
     calibrate: bool = knob(False, "fit a softmax temperature on the validation split (argmax unchanged)")
     manifold_mixup: float = knob(0.0, "manifold mixup alpha at the first hidden layer (0 = off)", ge=0)
     feature_noise: float = knob(0.0, "std of Gaussian noise added to embeddings (0 = off)", ge=0)
@@ -187,14 +230,16 @@ class RetrievalConfig:
     """Faiss gallery, kNN vote and retrieval evaluation (knn and metric methods)."""
 
     gallery: str = knob("train", "gallery rows", ("train", "train+val"))
-    index_factory: str = knob("Flat", "Faiss index_factory string (Flat = exact; IVF256,Flat; HNSW32; ...)",
-                              metavar="SPEC")
+    index_factory: str = knob(
+        "Flat", "Faiss index_factory string (Flat = exact; IVF256,Flat; HNSW32; ...)", metavar="SPEC"
+    )
     search_params: str = knob("", "Faiss search parameters, e.g. nprobe=16 or efSearch=128", metavar="K=V")
     vote: str = knob("temperature", "kNN vote", ("majority", "inverse_distance", "temperature"))
     knn_k: int = knob(20, "neighbours that vote", ge=1)
     knn_temperature: float = knob(0.07, "temperature of the temperature-weighted vote (DINO)", gt=0)
-    eval_method: str = knob("knn", "extra evaluation: knn_metrics.json, or that plus HDBSCAN clusters",
-                            ("none", "knn", "hdbscan"))
+    eval_method: str = knob(
+        "knn", "extra evaluation: knn_metrics.json, or that plus HDBSCAN clusters", ("none", "knn", "hdbscan")
+    )
     hdbscan_min_cluster_size: int = knob(5, "HDBSCAN min_cluster_size", ge=2)
 
 
@@ -213,8 +258,9 @@ class MetricConfig:
 class SideConfig:
     """The coin side classifier."""
 
-    side_task: str = knob("pair", "pair: which order are two photos in? single: which side is one photo?",
-                          ("pair", "single"))
+    side_task: str = knob(
+        "pair", "pair: which order are two photos in? single: which side is one photo?", ("pair", "single")
+    )
     disable_mask_pooling: bool = knob(False, "use pooled embeddings, not mask-pooled patch tokens of ViTs")
 
 
@@ -241,15 +287,17 @@ class FinetuneConfig:
 class DecisionConfig:
     """How scores become answers: the binary threshold and the reject option ("unclassifiable")."""
 
-    pos_class: str | None = knob(None, "binary task: the positive class (AUROC, best-F1 threshold chosen on val)",
-                                 metavar="NAME")
-    target_precision: float | None = knob(None, "reject option: tune on val for this precision (e.g. 0.95)",
-                                          gt=0, le=1)
-    target_coverage: float | None = knob(None, "reject option: tune on val for this coverage (e.g. 0.8)",
-                                         gt=0, le=1)
-    reject_by: str = knob("distance", "reject signal: distance (top-1 cosine distance, or 1 - max probability), "
-                                      "margin (top-1 minus top-2 score) or both limits together",
-                          ("distance", "margin", "both"))
+    pos_class: str | None = knob(
+        None, "binary task: the positive class (AUROC, best-F1 threshold chosen on val)", metavar="NAME"
+    )
+    target_precision: float | None = knob(None, "reject option: tune on val for this precision (e.g. 0.95)", gt=0, le=1)
+    target_coverage: float | None = knob(None, "reject option: tune on val for this coverage (e.g. 0.8)", gt=0, le=1)
+    reject_by: str = knob(
+        "distance",
+        "reject signal: distance (top-1 cosine distance, or 1 - max probability), "
+        "margin (top-1 minus top-2 score) or both limits together",
+        ("distance", "margin", "both"),
+    )
 
 
 @dataclass(frozen=True)
@@ -258,8 +306,12 @@ class TrackingConfig:
 
     track: str = knob("mlflow", "tracker (MLflow in ./mlflow.db by default)", ("mlflow", "wandb", "none"))
     experiment: str = knob("kenner", "MLflow experiment / W&B project")
-    tracking_uri: str | None = knob(None, "MLflow tracking URI", metavar="URI",
-                                    shown="$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder")
+    tracking_uri: str | None = knob(
+        None,
+        "MLflow tracking URI",
+        metavar="URI",
+        shown="$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder",
+    )
 
 
 SECTIONS: dict[str, type] = {

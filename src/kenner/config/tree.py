@@ -87,8 +87,10 @@ class RunConfig:
     def to_dict(self, sections: Iterable[str] | None = None) -> dict[str, Any]:
         """JSON-friendly nested dict (tuples become lists); ``sections`` limits which sections appear."""
         chosen = SECTIONS if sections is None else sections
-        return {**{key: getattr(self, key) for key in TOP_LEVEL},
-                **{name: {k: _jsonable(v) for k, v in _as_dict(getattr(self, name)).items()} for name in chosen}}
+        return {
+            **{key: getattr(self, key) for key in TOP_LEVEL},
+            **{name: {k: _jsonable(v) for k, v in _as_dict(getattr(self, name)).items()} for name in chosen},
+        }
 
 
 def _as_dict(section: Any) -> dict[str, Any]:
@@ -171,8 +173,9 @@ def coerce(name: str, value: Any) -> Any:
     """
     tp, optional = _unwrap_optional(field_type(name))
     flag = flag_name(name)
-    if value is None or (optional and isinstance(value, str)
-                         and (value == "" or (tp is not str and value.strip().lower() == "none"))):
+    if value is None or (
+        optional and isinstance(value, str) and (value == "" or (tp is not str and value.strip().lower() == "none"))
+    ):
         if optional:
             return None
         raise KennerError(f"{flag} needs a value")
@@ -246,26 +249,35 @@ def _require(ok: bool, message: str) -> None:
 
 def _data_rules(c: RunConfig) -> None:
     d = c.data
-    _require(not (d.bg > 0 and not d.background_dir), "--bg N adds background images; give them with "
-             "--background-dir DIR")
-    _require(not (d.background_dir and d.bg == 0), "--background-dir is used with --bg N (background images "
-             "per foreground class)")
-    _require(len(d.background_color) == 3 and all(0 <= v <= 255 for v in d.background_color),
-             f"--background-color needs three values 0-255 (R,G,B), got {d.background_color}")
+    _require(
+        not (d.bg > 0 and not d.background_dir), "--bg N adds background images; give them with --background-dir DIR"
+    )
+    _require(
+        not (d.background_dir and d.bg == 0),
+        "--background-dir is used with --bg N (background images per foreground class)",
+    )
+    _require(
+        len(d.background_color) == 3 and all(0 <= v <= 255 for v in d.background_color),
+        f"--background-color needs three values 0-255 (R,G,B), got {d.background_color}",
+    )
 
 
 def _split_rules(c: RunConfig) -> None:
     ratios = c.split.split_ratios
-    _require(len(ratios) == 3 and all(r >= 0 for r in ratios) and abs(sum(ratios) - 1) <= 1e-6,
-             f"--split-ratios needs three shares >= 0 summing to 1 (train,val,test), got {ratios}")
+    _require(
+        len(ratios) == 3 and all(r >= 0 for r in ratios) and abs(sum(ratios) - 1) <= 1e-6,
+        f"--split-ratios needs three shares >= 0 summing to 1 (train,val,test), got {ratios}",
+    )
     _require(c.split.folds != 1, "--folds must be 0 (one split) or at least 2")
 
 
 def _device_rules(c: RunConfig) -> None:
     device = c.compute.device
     kind, _, index = device.partition(":")
-    _require(device == "auto" or (kind in ("cpu", "cuda", "mps") and (not index or index.isdigit())),
-             f"--device must be auto, cpu, cuda, cuda:N or mps, not {device!r}")
+    _require(
+        device == "auto" or (kind in ("cpu", "cuda", "mps") and (not index or index.isdigit())),
+        f"--device must be auto, cpu, cuda, cuda:N or mps, not {device!r}",
+    )
 
 
 def _head_rules(c: RunConfig) -> None:
@@ -273,32 +285,50 @@ def _head_rules(c: RunConfig) -> None:
     has_body = h.head_type != "linear" and len(h.hidden_sizes) > 0
     _require(all(size >= 1 for size in h.hidden_sizes), f"--hidden-sizes must be positive, got {h.hidden_sizes}")
     _require(h.head_type != "mlp" or len(h.hidden_sizes) > 0, "--hidden-sizes must not be empty for an mlp head")
-    _require(h.hardmine_epochs <= c.optim.epochs,
-             f"--hardmine-epochs must not exceed --epochs ({c.optim.epochs}), got {h.hardmine_epochs}")
-    _require(not (h.balanced_softmax and h.logit_adjust in ("train", "both")),
-             "--balanced-softmax already adjusts the training logits; do not combine it with --logit-adjust "
-             "train/both")
+    _require(
+        h.hardmine_epochs <= c.optim.epochs,
+        f"--hardmine-epochs must not exceed --epochs ({c.optim.epochs}), got {h.hardmine_epochs}",
+    )
+    _require(
+        not (h.balanced_softmax and h.logit_adjust in ("train", "both")),
+        "--balanced-softmax already adjusts the training logits; do not combine it with --logit-adjust train/both",
+    )
     for name in ("manifold_mixup", "supcon_weight", "center_loss_weight"):
-        _require(getattr(h, name) == 0 or has_body, f"{flag_name(name)} needs a head with hidden layers "
-                 "(--head-type mlp or arcface, non-empty --hidden-sizes)")
+        _require(
+            getattr(h, name) == 0 or has_body,
+            f"{flag_name(name)} needs a head with hidden layers (--head-type mlp or arcface, non-empty --hidden-sizes)",
+        )
     _require(loss.mixup == 0 or h.manifold_mixup == 0, "--mixup and --manifold-mixup cannot both be on")
     mixing = loss.mixup > 0 or h.manifold_mixup > 0
-    _require(not (mixing and h.head_type == "arcface"), "an arcface head needs hard labels for its margin; turn "
-             "--mixup/--manifold-mixup off")
-    _require(not (mixing and (h.supcon_weight > 0 or h.center_loss_weight > 0)),
-             "--supcon-weight and --center-loss-weight need hard labels; turn --mixup/--manifold-mixup off")
+    _require(
+        not (mixing and h.head_type == "arcface"),
+        "an arcface head needs hard labels for its margin; turn --mixup/--manifold-mixup off",
+    )
+    _require(
+        not (mixing and (h.supcon_weight > 0 or h.center_loss_weight > 0)),
+        "--supcon-weight and --center-loss-weight need hard labels; turn --mixup/--manifold-mixup off",
+    )
 
 
 def _decision_rules(c: RunConfig) -> None:
     d = c.decision
-    _require(d.target_precision is None or d.target_coverage is None,
-             "give --target-precision or --target-coverage, not both")
-    _require(c.early_stopping.monitor != "auroc" or d.pos_class is not None,
-             "--monitor auroc needs --pos-class (binary tasks)")
+    _require(
+        d.target_precision is None or d.target_coverage is None,
+        "give --target-precision or --target-coverage, not both",
+    )
+    _require(
+        c.early_stopping.monitor != "auroc" or d.pos_class is not None,
+        "--monitor auroc needs --pos-class (binary tasks)",
+    )
 
 
-RULES: tuple[Callable[[RunConfig], None], ...] = (_data_rules, _split_rules, _device_rules, _head_rules,
-                                                  _decision_rules)
+RULES: tuple[Callable[[RunConfig], None], ...] = (
+    _data_rules,
+    _split_rules,
+    _device_rules,
+    _head_rules,
+    _decision_rules,
+)
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -315,8 +345,9 @@ DEPRECATED = {
 }
 
 
-def to_nested(values: Mapping[str, Any], *, where: str = "config",
-              warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+def to_nested(
+    values: Mapping[str, Any], *, where: str = "config", warn: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Flat or nested values (``{"lr": 1}``, ``{"optim": {"lr": 1}}``, ``{"optim.lr": 1}``) -> nested by
     section, fields placed by their unique names (a field under the wrong section is moved to its own)."""
     nested: dict[str, Any] = {}
@@ -390,5 +421,6 @@ def method_of_mode(mode: str, head_type: str | None) -> str:
     """The method a seed-style ``--mode`` (and ``--head-type``) means."""
     if mode not in MODES:
         raise KennerError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
-    return {"classifier": head_type or "linear", "metric": "metric", "side-classifier": "side",
-            "finetune": "finetune"}[mode]
+    return {"classifier": head_type or "linear", "metric": "metric", "side-classifier": "side", "finetune": "finetune"}[
+        mode
+    ]

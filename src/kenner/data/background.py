@@ -23,8 +23,11 @@ def background_images(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise KennerError(f"--background-dir {directory}: not a folder")
-    paths = sorted(p for p in directory.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    paths = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
     if not paths:
         raise KennerError(f"--background-dir {directory}: no images found")
     return paths
@@ -40,8 +43,9 @@ def background_label(class_names: list[str], background_class: str | None) -> tu
     return len(class_names), [*class_names, BACKGROUND]
 
 
-def draw_background(split: np.ndarray, y: np.ndarray, label: int, n_pool: int, n_per_class: int,
-                    seed: int) -> dict[str, np.ndarray]:
+def draw_background(
+    split: np.ndarray, y: np.ndarray, label: int, n_pool: int, n_per_class: int, seed: int
+) -> dict[str, np.ndarray]:
     """Pool indices of the background rows of each split: ``n_per_class`` per foreground class of that
     split (every label but ``label``), without replacement while the split's share of the pool lasts."""
     if n_pool == 0:
@@ -54,8 +58,10 @@ def draw_background(split: np.ndarray, y: np.ndarray, label: int, n_pool: int, n
     for name, share in zip(present, np.split(order, cuts[:-1]), strict=True):
         n = n_per_class * len(np.setdiff1d(np.unique(y[split == name]), [label]))
         if n and not len(share):
-            raise KennerError(f"{n_pool} background image(s) are too few to give the {name} split its own; "
-                              "add images to --background-dir")
+            raise KennerError(
+                f"{n_pool} background image(s) are too few to give the {name} split its own; "
+                "add images to --background-dir"
+            )
         rows = np.random.default_rng(seed).choice(len(share), size=n, replace=n > len(share))
         drawn[name] = share[rows]
     return drawn

@@ -22,8 +22,7 @@ from kenner.paths import kenner_cache_root
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
+CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MIRROR_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FILES = {
@@ -40,7 +39,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise KennerError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise KennerError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(shape))} values)")
@@ -95,13 +94,13 @@ def load(split: str = "train", root: Path | None = None) -> tuple[np.ndarray, np
 def stratified_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """``per_class`` random indices of every class, sorted."""
     rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False)
-              for c in np.unique(labels)]
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False) for c in np.unique(labels)]
     return np.sort(np.concatenate(chosen))
 
 
-def export_folder(out_dir: Path, *, per_class: int, seed: int = 0, split: str = "train",
-                  root: Path | None = None) -> Path:
+def export_folder(
+    out_dir: Path, *, per_class: int, seed: int = 0, split: str = "train", root: Path | None = None
+) -> Path:
     """Write a stratified subset as ``out_dir/<class>/fmnist<index>.png`` (each image its own group)."""
     images, labels = load(split, root)
     indices = stratified_indices(labels, per_class, seed)

@@ -40,28 +40,36 @@ def apply_filters(
     if omit:
         unknown = sorted(omit.difference(dataset.classes))
         if unknown:
-            raise KennerError(f"unknown class(es) to omit: {', '.join(unknown)}; "
-                              f"known classes: {', '.join(dataset.classes)}")
-        samples = _drop(samples, exclusions, {
-            s.id: f"class {s.label!r} omitted (omit_classes)" for s in samples if s.label in omit
-        })
+            raise KennerError(
+                f"unknown class(es) to omit: {', '.join(unknown)}; known classes: {', '.join(dataset.classes)}"
+            )
+        samples = _drop(
+            samples, exclusions, {s.id: f"class {s.label!r} omitted (omit_classes)" for s in samples if s.label in omit}
+        )
     if min_condition is not None:
-        samples = _drop(samples, exclusions, {
-            s.id: f"mean condition {_mean_condition(s):g} < min_condition {min_condition:g}"
-            for s in samples
-            if s.conditions and _mean_condition(s) < min_condition
-        })
+        samples = _drop(
+            samples,
+            exclusions,
+            {
+                s.id: f"mean condition {_mean_condition(s):g} < min_condition {min_condition:g}"
+                for s in samples
+                if s.conditions and _mean_condition(s) < min_condition
+            },
+        )
     if min_size is not None:
         sizes = dataset.image_sizes if image_sizes is None else image_sizes
         samples = _drop_small_groups(samples, exclusions, min_size, sizes)
     if min_samples_per_class > 0:
         counts = Counter(s.label for s in samples)
-        samples = _drop(samples, exclusions, {
-            s.id: f"class {s.label!r} has {counts[s.label]} samples < min_samples_per_class "
-                  f"{min_samples_per_class}"
-            for s in samples
-            if counts[s.label] < min_samples_per_class
-        })
+        samples = _drop(
+            samples,
+            exclusions,
+            {
+                s.id: f"class {s.label!r} has {counts[s.label]} samples < min_samples_per_class {min_samples_per_class}"
+                for s in samples
+                if counts[s.label] < min_samples_per_class
+            },
+        )
     return dataset.subset(s.id for s in samples), exclusions
 
 
@@ -84,8 +92,10 @@ def _drop_small_groups(
     """Drop every group that has an image with a short side below ``min_size`` pixels."""
     unknown = [p for s in samples for p in s.paths.values() if p not in sizes]
     if unknown:
-        raise KennerError(f"min_size needs the size of every image, but {len(unknown)} are unknown "
-                          f"(e.g. {unknown[0]}); load the dataset with image checks on")
+        raise KennerError(
+            f"min_size needs the size of every image, but {len(unknown)} are unknown "
+            f"(e.g. {unknown[0]}); load the dataset with image checks on"
+        )
     smallest: dict[str, tuple[int, Path]] = {}
     for sample in samples:
         for path in sample.paths.values():

@@ -37,8 +37,11 @@ def collect_inputs(items: Sequence[str], view_names: list[str]) -> PredictionInp
             ids += manifest.ids
             paths += manifest.paths
             continue
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-                       and not p.name.startswith(".")) if path.is_dir() else [path]
+        files = (
+            sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+            if path.is_dir()
+            else [path]
+        )
         if len(view_names) > 1:
             raise KennerError(
                 f"this run uses {len(view_names)} views ({', '.join(view_names)}): pass a manifest with "
@@ -64,8 +67,7 @@ def read_prediction_manifest(path: Path, view_names: list[str]) -> PredictionInp
         table = table.rename(columns={"path": f"{FOLDER_VIEW}_path"})
     missing = [f"{view}_path" for view in view_names if f"{view}_path" not in table.columns]
     if missing:
-        raise DataError(f"missing column(s) {', '.join(missing)}; found {', '.join(table.columns)}",
-                        path=str(path))
+        raise DataError(f"missing column(s) {', '.join(missing)}; found {', '.join(table.columns)}", path=str(path))
     ids = table["id"].tolist() if "id" in table.columns else [str(i + 1) for i in range(len(table))]
     paths = []
     for row, record in enumerate(table.to_dict("records"), start=1):

@@ -66,9 +66,7 @@ def _local(target: str, weights: str | Path | None, pooling: str) -> Encoder:
     directory = Path(target).expanduser()
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise KennerError(
-            f"local:{target}: no config.json in {directory}; expected a transformers or timm model dir"
-        )
+        raise KennerError(f"local:{target}: no config.json in {directory}; expected a transformers or timm model dir")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:

@@ -52,9 +52,7 @@ class Preprocessing:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.interpolation not in INTERPOLATIONS:
-            raise KennerError(
-                f"unknown interpolation {self.interpolation!r}; use one of {list(INTERPOLATIONS)}"
-            )
+            raise KennerError(f"unknown interpolation {self.interpolation!r}; use one of {list(INTERPOLATIONS)}")
         if self.crop not in CROP_MODES:
             raise KennerError(f"unknown crop mode {self.crop!r}; use one of {list(CROP_MODES)}")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -124,9 +122,7 @@ class Encoder(nn.Module):
     ``forward_tokens`` (pixels -> [B, T, D]).
     """
 
-    def __init__(
-        self, *, name: str, dim: int, preprocessing: Preprocessing, pooling: str, weights_hash: str
-    ) -> None:
+    def __init__(self, *, name: str, dim: int, preprocessing: Preprocessing, pooling: str, weights_hash: str) -> None:
         super().__init__()
         self.name = name
         self.dim = dim

@@ -29,8 +29,14 @@ class Embedder:
     preprocessing changed since is an error instead of silently different embeddings.
     """
 
-    def __init__(self, encoder: EncoderConfig, compute: ComputeConfig | None = None, *,
-                 background: Sequence[int] = (255, 255, 255), fingerprint: str | None = None) -> None:
+    def __init__(
+        self,
+        encoder: EncoderConfig,
+        compute: ComputeConfig | None = None,
+        *,
+        background: Sequence[int] = (255, 255, 255),
+        fingerprint: str | None = None,
+    ) -> None:
         self.config = encoder
         self.compute = compute or ComputeConfig()
         self.background = tuple(int(v) for v in background)
@@ -48,9 +54,14 @@ class Embedder:
     def encoder(self) -> Encoder:
         """The encoder, built now (on the run's device; ONNX Runtime where ``backend`` picks it)."""
         cfg = self.config
-        encoder = create_encoder(cfg.encoder, weights=cfg.weights, pooling=cfg.pooling,
-                                 device=str(resolve_device(self.compute.device)), backend=cfg.backend,
-                                 cache_dir=self.cache_dir)
+        encoder = create_encoder(
+            cfg.encoder,
+            weights=cfg.weights,
+            pooling=cfg.pooling,
+            device=str(resolve_device(self.compute.device)),
+            backend=cfg.backend,
+            cache_dir=self.cache_dir,
+        )
         if self.expected_fingerprint is not None and encoder.fingerprint != self.expected_fingerprint:
             raise KennerError(
                 f"the encoder {cfg.encoder!r} now has fingerprint {encoder.fingerprint}, but the run was trained "
@@ -65,11 +76,17 @@ class Embedder:
     def embed(self, paths: Sequence[Path]) -> np.ndarray:
         """float32 [len(paths), dim], rows in ``paths`` order (cached images are read, not computed)."""
         store = EmbeddingStore(self.cache_dir, self.encoder.fingerprint, self.encoder.dim)
-        return extract_embeddings(self.encoder, list(paths), store, batch_size=self.config.embed_batch_size,
-                                  num_workers=self.compute.num_workers, background=self.background)
+        return extract_embeddings(
+            self.encoder,
+            list(paths),
+            store,
+            batch_size=self.config.embed_batch_size,
+            num_workers=self.compute.num_workers,
+            background=self.background,
+        )
 
     def per_view(self, items: Sequence[dict[str, Path]], views: Sequence[str]) -> dict[str, np.ndarray]:
         """Embeddings of every view of every item (one extraction pass over all their images)."""
         matrix = self.embed([item[view] for view in views for item in items])
         n = len(items)
-        return {view: matrix[i * n:(i + 1) * n] for i, view in enumerate(views)}
+        return {view: matrix[i * n : (i + 1) * n] for i, view in enumerate(views)}

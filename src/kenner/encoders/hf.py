@@ -67,9 +67,7 @@ def _preprocessing(source: str, config: PretrainedConfig) -> Preprocessing:
     except OSError:
         vision = getattr(config, "vision_config", config)
         size = int(vision.image_size)
-        logger.warning(
-            "%s has no preprocessor_config.json; using %dpx, ImageNet mean/std, bicubic", source, size
-        )
+        logger.warning("%s has no preprocessor_config.json; using %dpx, ImageNet mean/std, bicubic", source, size)
         return Preprocessing(size=size, resize=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop="squash")
 
 
@@ -144,9 +142,7 @@ def create_hf_encoder(source: str, *, weights: str | Path | None = None, pooling
     """``hf:<repo-or-dir>``: a hub name (``facebook/dinov2-small``) or a local ``save_pretrained`` dir."""
     if weights is not None:
         raise KennerError("--weights is not used with hf: encoders; pass the model folder as hf:/path/to/dir")
-    looks_local = (
-        Path(source).expanduser().is_dir() or source.startswith((".", "/", "~")) or source.count("/") > 1
-    )
+    looks_local = Path(source).expanduser().is_dir() or source.startswith((".", "/", "~")) or source.count("/") > 1
     if looks_local and not Path(source).expanduser().is_dir():
         raise KennerError(f"model directory not found: {source}")
     source = str(Path(source).expanduser()) if looks_local else source

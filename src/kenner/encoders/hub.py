@@ -20,11 +20,11 @@ TRUE = ("1", "true", "yes", "on")
 # How to run each encoder family without the hub.
 LOCAL_HINTS = {
     "hf": "download it once where the hub is reachable (huggingface-cli download {name} --local-dir DIR) and "
-          "pass --encoder hf:DIR",
+    "pass --encoder hf:DIR",
     "timm": "download its weights once (huggingface-cli download timm/{name} --local-dir DIR) and pass "
-            "--encoder timm:{name} --weights DIR/model.safetensors, or --encoder local:DIR",
+    "--encoder timm:{name} --weights DIR/model.safetensors, or --encoder local:DIR",
     "open_clip": "download its weights once (e.g. open_clip_pytorch_model.bin from the model's hub page) and "
-                 "pass --encoder open_clip:ARCH --weights FILE",
+    "pass --encoder open_clip:ARCH --weights FILE",
 }
 
 
@@ -49,13 +49,15 @@ def require_hub(family: str, name: str, *, url: str | None = None) -> None:
     (``url``: where the weights come from, the Hugging Face hub by default)."""
     host = urlparse(url or os.environ.get("HF_ENDPOINT") or HUB_URL).hostname or "huggingface.co"
     if hub_offline():
-        raise KennerError(f"{family}:{name} is not on this machine and HF_HUB_OFFLINE is set; "
-                          f"{offline_hint(family, name)}")
+        raise KennerError(
+            f"{family}:{name} is not on this machine and HF_HUB_OFFLINE is set; {offline_hint(family, name)}"
+        )
     if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return
     try:
         socket.create_connection((host, 443), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise KennerError(f"cannot reach {host} to download {family}:{name} ({reason}); "
-                          f"{offline_hint(family, name)}") from None
+        raise KennerError(
+            f"cannot reach {host} to download {family}:{name} ({reason}); {offline_hint(family, name)}"
+        ) from None

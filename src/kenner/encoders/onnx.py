@@ -82,9 +82,7 @@ class OnnxEncoder(Encoder):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
             message = f"cannot load ONNX model {self.path} ({error}); delete the file to re-export it"
             raise KennerError(message) from error

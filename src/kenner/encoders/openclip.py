@@ -55,9 +55,7 @@ class OpenClipEncoder(Encoder):
         return self.model.encode_image(pixels)
 
 
-def create_open_clip_encoder(
-    spec: str, *, weights: str | Path | None = None, pooling: str = "cls"
-) -> OpenClipEncoder:
+def create_open_clip_encoder(spec: str, *, weights: str | Path | None = None, pooling: str = "cls") -> OpenClipEncoder:
     """``<arch>@<tag>`` (``ViT-B-32@openai``), ``hf-hub:<repo>``, or ``<arch>`` with ``--weights FILE``."""
     if pooling != "cls":
         raise KennerError("open_clip encoders have one pooled output (pooling 'cls'); --pooling is not used")

@@ -54,10 +54,12 @@ def pooled_tokens(
     size = encoder.preprocessing.size
     chunks = []
     for start in tqdm(range(0, len(paths), batch_size), desc="patch tokens", unit="batch", disable=None):
-        batch = torch.stack([
-            transform(load_image(path, background=background, max_side=size))
-            for path in paths[start : start + batch_size]
-        ])
+        batch = torch.stack(
+            [
+                transform(load_image(path, background=background, max_side=size))
+                for path in paths[start : start + batch_size]
+            ]
+        )
         features = mask_weighted_pool(encoder.embed_tokens(batch))
         chunks.append(features.cpu().numpy().astype(np.float32))
     return np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)

@@ -44,8 +44,9 @@ def best_f1_threshold(is_positive: np.ndarray, scores: np.ndarray) -> tuple[floa
         return DEFAULT_THRESHOLD, 0.0
     precision, recall, thresholds = precision_recall_curve(is_positive, scores)
     precision, recall = precision[:-1], recall[:-1]
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
-                   where=(precision + recall) > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0
+    )
     best = int(np.argmax(f1))
     below = thresholds[best - 1] if best > 0 else thresholds[0] - 1.0  # best == 0: accept everything
     return float((thresholds[best] + below) / 2), float(f1[best])
@@ -71,12 +72,12 @@ def binary_predictions(proba: np.ndarray, pos_index: int, result: BinaryResult) 
     """The positive class where the oriented score reaches the threshold, else the best other class."""
     others = np.array(proba, dtype=float)
     others[:, pos_index] = -np.inf
-    return np.where(oriented_scores(proba, pos_index, result.flipped) >= result.threshold, pos_index,
-                    others.argmax(axis=1))
+    return np.where(
+        oriented_scores(proba, pos_index, result.flipped) >= result.threshold, pos_index, others.argmax(axis=1)
+    )
 
 
-def binary_metrics(y: np.ndarray, proba: np.ndarray, pos_index: int,
-                   result: BinaryResult) -> dict[str, float]:
+def binary_metrics(y: np.ndarray, proba: np.ndarray, pos_index: int, result: BinaryResult) -> dict[str, float]:
     """AUROC and positive-class F1 on ``y`` with the orientation and threshold of ``result``."""
     is_positive = np.asarray(y) == pos_index
     predicted_positive = binary_predictions(proba, pos_index, result) == pos_index

@@ -34,10 +34,19 @@ def top_k(proba: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(proba, order, axis=1)
 
 
-def write_predictions(path: Path, *, sample_ids: list[str], split: np.ndarray, y_true: np.ndarray | None,
-                      proba: np.ndarray, class_names: list[str], k: int = 5,
-                      predicted: np.ndarray | None = None, accepted: np.ndarray | None = None,
-                      metadata: dict[str, list[str | None]] | None = None) -> Path:
+def write_predictions(
+    path: Path,
+    *,
+    sample_ids: list[str],
+    split: np.ndarray,
+    y_true: np.ndarray | None,
+    proba: np.ndarray,
+    class_names: list[str],
+    k: int = 5,
+    predicted: np.ndarray | None = None,
+    accepted: np.ndarray | None = None,
+    metadata: dict[str, list[str | None]] | None = None,
+) -> Path:
     """predictions.parquet: sample id, split, true, predicted, top-k labels and scores.
 
     With a reject rule's ``accepted`` mask, rejected rows have ``predicted`` null ("unclassifiable").
@@ -52,7 +61,8 @@ def write_predictions(path: Path, *, sample_ids: list[str], split: np.ndarray, y
     columns = {
         "sample_id": pa.array(sample_ids, pa.string()),
         "split": pa.array(split.tolist(), pa.string()),
-        "true": pa.nulls(len(sample_ids), pa.string()) if y_true is None
+        "true": pa.nulls(len(sample_ids), pa.string())
+        if y_true is None
         else pa.array(names[y_true].tolist(), pa.string()),
         "predicted": pa.array([names[p] if p >= 0 else None for p in predicted], pa.string()),
         "score": pa.array(scores[:, 0].astype(float)),
@@ -77,11 +87,20 @@ class Evaluation:
     report_split: str
 
 
-def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: np.ndarray,
-                     class_names: list[str], sample_ids: list[str], background_class: str | None = None,
-                     predicted: np.ndarray | None = None, accepted: np.ndarray | None = None,
-                     extra_metrics: dict[str, dict[str, float]] | None = None,
-                     metadata: dict[str, list[str | None]] | None = None) -> Evaluation:
+def write_evaluation(
+    out_dir: Path,
+    *,
+    y: np.ndarray,
+    split: np.ndarray,
+    proba: np.ndarray,
+    class_names: list[str],
+    sample_ids: list[str],
+    background_class: str | None = None,
+    predicted: np.ndarray | None = None,
+    accepted: np.ndarray | None = None,
+    extra_metrics: dict[str, dict[str, float]] | None = None,
+    metadata: dict[str, list[str | None]] | None = None,
+) -> Evaluation:
     """Metrics per split plus predictions, per-class table and confusion matrix of the report split.
 
     ``predicted`` overrides the argmax of ``proba`` (e.g. a retrieval vote). Metrics score every
@@ -94,13 +113,22 @@ def write_evaluation(out_dir: Path, *, y: np.ndarray, split: np.ndarray, proba: 
     for name in SPLIT_ORDER:
         mask = split == name
         if mask.any():
-            metrics[name] = classification_metrics(y[mask], predicted[mask], proba[mask], class_names,
-                                                   background_class=background_class)
+            metrics[name] = classification_metrics(
+                y[mask], predicted[mask], proba[mask], class_names, background_class=background_class
+            )
             metrics[name].update((extra_metrics or {}).get(name, {}))
     atomic_write_json(out_dir / "metrics.json", metrics)
-    write_predictions(out_dir / "predictions.parquet", sample_ids=sample_ids, split=split, y_true=y,
-                      proba=proba, class_names=class_names, predicted=predicted, accepted=accepted,
-                      metadata=metadata)
+    write_predictions(
+        out_dir / "predictions.parquet",
+        sample_ids=sample_ids,
+        split=split,
+        y_true=y,
+        proba=proba,
+        class_names=class_names,
+        predicted=predicted,
+        accepted=accepted,
+        metadata=metadata,
+    )
     focus_name = report_split(split)
     focus = split == focus_name
     table = per_class_table(y[focus], predicted[focus], class_names)

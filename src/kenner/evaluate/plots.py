@@ -45,8 +45,15 @@ def plot_confusion_matrix(
         for (i, j), value in np.ndenumerate(matrix):
             if counts[i, j] or i == j:
                 text = f"{value:.2f}\n({counts[i, j]})" if normalize else str(counts[i, j])
-                axes.text(j, i, text, ha="center", va="center", fontsize=label_size - 1,
-                          color="white" if value > 0.5 * (matrix.max() or 1) else "black")
+                axes.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=label_size - 1,
+                    color="white" if value > 0.5 * (matrix.max() or 1) else "black",
+                )
     colorbar = figure.colorbar(display.im_, ax=axes, shrink=0.6 if n > MAX_VALUES_SHOWN else 0.8, pad=0.02)
     colorbar.ax.tick_params(labelsize=10)
     axes.tick_params(labelsize=label_size)
@@ -61,9 +68,7 @@ def plot_confusion_matrix(
     return _save(figure, path)
 
 
-def plot_reliability_diagram(
-    proba: np.ndarray, y_true: Sequence[int], path: str | Path, *, n_bins: int = 15
-) -> Path:
+def plot_reliability_diagram(proba: np.ndarray, y_true: Sequence[int], path: str | Path, *, n_bins: int = 15) -> Path:
     """Accuracy against confidence per bin (calibrated: on the diagonal), plus a count histogram."""
     confidence, accuracy, count = calibration_bins(proba, np.asarray(y_true), n_bins)
     ece = expected_calibration_error(proba, np.asarray(y_true), n_bins)
@@ -73,8 +78,16 @@ def plot_reliability_diagram(
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     filled = count > 0
     top.bar(centres[filled], accuracy[filled], width=width, edgecolor="black", label="accuracy")
-    top.scatter(centres[filled], confidence[filled], marker="_", s=(260 / n_bins) ** 2, linewidths=2.5,
-                color="tab:red", zorder=3, label="mean confidence")
+    top.scatter(
+        centres[filled],
+        confidence[filled],
+        marker="_",
+        s=(260 / n_bins) ** 2,
+        linewidths=2.5,
+        color="tab:red",
+        zorder=3,
+        label="mean confidence",
+    )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set(ylim=(0, 1), ylabel="accuracy", title=f"Reliability diagram (ECE {ece:.3f}, n={count.sum()})")
     top.legend(loc="upper left")
@@ -105,8 +118,16 @@ def plot_curve(
     return _save(figure, path)
 
 
-def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float], path: str | Path, *,
-              xlabel: str, title: str, highlight: int | None = None) -> Path:
+def plot_bars(
+    labels: Sequence[str],
+    means: Sequence[float],
+    stds: Sequence[float],
+    path: str | Path,
+    *,
+    xlabel: str,
+    title: str,
+    highlight: int | None = None,
+) -> Path:
     """Horizontal bars with ± std error bars (``highlight``: the bar drawn in another colour, e.g. the
     choice made on val); values are written beside the bars."""
     figure = Figure(figsize=(7, 1.2 + 0.45 * len(labels)), layout="constrained")
@@ -115,8 +136,13 @@ def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[floa
     colours = ["tab:orange" if i == highlight else "tab:blue" for i in range(len(labels))]
     axes.barh(positions, means, xerr=stds, color=colours, capsize=3)
     for position, mean, std in zip(positions, means, stds, strict=True):
-        axes.annotate(f"{mean:.3f}" + (f" ± {std:.3f}" if std else ""), (mean + std, position),
-                      textcoords="offset points", xytext=(4, -4), fontsize=9)
+        axes.annotate(
+            f"{mean:.3f}" + (f" ± {std:.3f}" if std else ""),
+            (mean + std, position),
+            textcoords="offset points",
+            xytext=(4, -4),
+            fontsize=9,
+        )
     axes.set_yticks(positions, [_short(label) for label in labels])
     axes.set(xlabel=xlabel, title=title, xlim=(0, max(1.0, max(means, default=0) * 1.15)))
     axes.grid(axis="x", alpha=0.3)

@@ -127,8 +127,11 @@ def tune_threshold(
     # halfway to the next less confident score (same rows accepted here), so a score that recomputes a
     # hair lower elsewhere (another batch size, another machine) is not rejected
     # (accepting everything: just past the least confident score, so a bounded signal stays in its range)
-    below = thresholds[best + 1] if best + 1 < len(thresholds) else thresholds[best] - 1e-6 * max(
-        1.0, abs(thresholds[best]))
+    below = (
+        thresholds[best + 1]
+        if best + 1 < len(thresholds)
+        else thresholds[best] - 1e-6 * max(1.0, abs(thresholds[best]))
+    )
     return OperatingPoint(
         threshold=float((thresholds[best] + below) / 2),
         coverage=float(curve["coverage"][best]),
@@ -162,9 +165,14 @@ def tune_reject_rule(
     raise KennerError(f"reject rules are tuned by 'distance', 'margin' or 'both', not {by!r}")
 
 
-def tune_joint_rule(distance: np.ndarray, margin: np.ndarray, correct: np.ndarray,
-                    target_precision: float | None, target_coverage: float | None,
-                    candidates: int = 64) -> tuple[RejectRule, OperatingPoint]:
+def tune_joint_rule(
+    distance: np.ndarray,
+    margin: np.ndarray,
+    correct: np.ndarray,
+    target_precision: float | None,
+    target_coverage: float | None,
+    candidates: int = 64,
+) -> tuple[RejectRule, OperatingPoint]:
     """Both limits at once: a grid of ``candidates`` quantiles of each signal, searched exhaustively.
 
     For a target precision, the rule with the largest coverage reaching it (else the most precise);
@@ -177,8 +185,9 @@ def tune_joint_rule(distance: np.ndarray, margin: np.ndarray, correct: np.ndarra
     quantiles = np.linspace(0, 1, candidates)
     max_distances = np.unique(np.quantile(distance, quantiles))
     min_margins = np.unique(np.quantile(margin, quantiles))
-    accepted = ((distance[None, None, :] <= max_distances[:, None, None])
-                & (margin[None, None, :] >= min_margins[None, :, None]))
+    accepted = (distance[None, None, :] <= max_distances[:, None, None]) & (
+        margin[None, None, :] >= min_margins[None, :, None]
+    )
     n_accepted = accepted.sum(axis=2)
     coverage = n_accepted / len(correct)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -192,16 +201,19 @@ def tune_joint_rule(distance: np.ndarray, margin: np.ndarray, correct: np.ndarra
         score = np.where(coverage >= target_coverage - 1e-12, precision + 1e-9 * coverage, -np.inf)
     i, j = np.unravel_index(int(np.argmax(score)), score.shape)
     rule = RejectRule(max_distance=float(max_distances[i]), min_margin=float(min_margins[j]))
-    point = OperatingPoint(threshold=float(max_distances[i]), coverage=float(coverage[i, j]),
-                           precision=float(precision[i, j]) if n_accepted[i, j] else math.nan,
-                           n_accepted=int(n_accepted[i, j]), n=len(correct), target_met=met,
-                           signal="distance+margin")
+    point = OperatingPoint(
+        threshold=float(max_distances[i]),
+        coverage=float(coverage[i, j]),
+        precision=float(precision[i, j]) if n_accepted[i, j] else math.nan,
+        n_accepted=int(n_accepted[i, j]),
+        n=len(correct),
+        target_met=met,
+        signal="distance+margin",
+    )
     return rule, point
 
 
-def evaluate_rule(
-    rule: RejectRule, distance: np.ndarray, margin: np.ndarray, correct: np.ndarray
-) -> dict[str, float]:
+def evaluate_rule(rule: RejectRule, distance: np.ndarray, margin: np.ndarray, correct: np.ndarray) -> dict[str, float]:
     """What ``rule`` achieves on (held-out) data: coverage, precision among accepted, counts."""
     accepted = rule.accept(distance, margin)
     correct = np.asarray(correct, dtype=bool)

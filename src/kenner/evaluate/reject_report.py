@@ -20,9 +20,18 @@ from kenner.io import atomic_write_json
 SPLITS = ("train", "val", "test")
 
 
-def tune_reject(distance: np.ndarray, margin: np.ndarray, correct: np.ndarray, split: np.ndarray, *,
-                by: str, target_precision: float | None, target_coverage: float | None,
-                out_dir: Path, signal_name: str = "distance") -> tuple[dict[str, Any], RejectRule | None]:
+def tune_reject(
+    distance: np.ndarray,
+    margin: np.ndarray,
+    correct: np.ndarray,
+    split: np.ndarray,
+    *,
+    by: str,
+    target_precision: float | None,
+    target_coverage: float | None,
+    out_dir: Path,
+    signal_name: str = "distance",
+) -> tuple[dict[str, Any], RejectRule | None]:
     """Tune a reject rule on val when a target is set; write reject.json and coverage_accuracy.png.
 
     ``distance`` (lower = surer) and ``margin`` (higher = surer) are per-row confidence signals;
@@ -39,17 +48,35 @@ def tune_reject(distance: np.ndarray, margin: np.ndarray, correct: np.ndarray, s
         if tune_on is None:
             raise KennerError("--target-precision/--target-coverage are tuned on val, and val is empty")
         mask = split == "val"
-        rule, point = tune_reject_rule(distance[mask], margin[mask], correct[mask], by=by,
-                                       target_precision=target_precision, target_coverage=target_coverage)
-        summary.update(rule=rule.to_dict(), target_precision=target_precision, target_coverage=target_coverage,
-                       val_operating_point=point.to_dict())
-        summary["splits"] = {name: evaluate_rule(rule, distance[split == name], margin[split == name],
-                                                 correct[split == name])
-                             for name in SPLITS if (split == name).any()}
+        rule, point = tune_reject_rule(
+            distance[mask],
+            margin[mask],
+            correct[mask],
+            by=by,
+            target_precision=target_precision,
+            target_coverage=target_coverage,
+        )
+        summary.update(
+            rule=rule.to_dict(),
+            target_precision=target_precision,
+            target_coverage=target_coverage,
+            val_operating_point=point.to_dict(),
+        )
+        summary["splits"] = {
+            name: evaluate_rule(rule, distance[split == name], margin[split == name], correct[split == name])
+            for name in SPLITS
+            if (split == name).any()
+        }
         marker = (point.coverage, point.precision)
-    plot_curve(curve["coverage"], curve["accuracy"], out_dir / "coverage_accuracy.png", xlabel="coverage",
-               ylabel="accuracy of accepted", title=f"Coverage–accuracy ({curve_split}, by {by})",
-               marker_point=marker)
+    plot_curve(
+        curve["coverage"],
+        curve["accuracy"],
+        out_dir / "coverage_accuracy.png",
+        xlabel="coverage",
+        ylabel="accuracy of accepted",
+        title=f"Coverage–accuracy ({curve_split}, by {by})",
+        marker_point=marker,
+    )
     atomic_write_json(out_dir / "reject.json", summary)
     return summary, rule
 
@@ -57,22 +84,31 @@ def tune_reject(distance: np.ndarray, margin: np.ndarray, correct: np.ndarray, s
 def reject_markdown(summary: dict[str, Any]) -> str:
     """The report section: the curve, the tuned rule, and what it achieves on each split."""
     marked = "; the marked point is the tuned operating point" if "rule" in summary else ""
-    text = [f"Coverage–accuracy curve on {summary['curve_split']} (signal: {summary['by']}{marked}):",
-            "![coverage–accuracy](coverage_accuracy.png)"]
+    text = [
+        f"Coverage–accuracy curve on {summary['curve_split']} (signal: {summary['by']}{marked}):",
+        "![coverage–accuracy](coverage_accuracy.png)",
+    ]
     if "rule" not in summary:
         text.append("No target (`--target-precision` / `--target-coverage`): every prediction is accepted.")
         return "\n\n".join(text)
     point = summary["val_operating_point"]
     missed = "" if point["target_met"] else " (**target not reached on val**)"
-    target = (f"target precision {summary['target_precision']}" if summary.get("target_precision") is not None
-              else f"target coverage {summary['target_coverage']}")
+    target = (
+        f"target precision {summary['target_precision']}"
+        if summary.get("target_precision") is not None
+        else f"target coverage {summary['target_coverage']}"
+    )
     rule = rule_text(summary["rule"], summary.get("distance", "distance"))
-    text.append(f"Rule \"{rule}\" tuned on val for {target}: coverage "
-                f"{point['coverage']:.3f}, precision {point['precision']:.3f}{missed}. "
-                "Measured on each split with the same rule:")
+    text.append(
+        f'Rule "{rule}" tuned on val for {target}: coverage '
+        f"{point['coverage']:.3f}, precision {point['precision']:.3f}{missed}. "
+        "Measured on each split with the same rule:"
+    )
     header = ["split", "coverage", "precision (accepted)", "accuracy (all)", "accepted", "n"]
-    rows = [[name, *(format_number(v[key]) for key in ("coverage", "precision", "accuracy_all")),
-             v["n_accepted"], v["n"]] for name, v in summary["splits"].items()]
+    rows = [
+        [name, *(format_number(v[key]) for key in ("coverage", "precision", "accuracy_all")), v["n_accepted"], v["n"]]
+        for name, v in summary["splits"].items()
+    ]
     text.append(markdown_table(header, rows))
     return "\n\n".join(text)
 

@@ -96,8 +96,10 @@ def _section(title: str, body: str) -> str:
 
 def _splits_table(splits: Mapping[str, Mapping[str, int]]) -> str:
     columns = list(dict.fromkeys(key for counts in splits.values() for key in counts))
-    return markdown_table(["split", *columns], [[name] + [format_number(counts.get(c)) for c in columns]
-                                        for name, counts in splits.items()])
+    return markdown_table(
+        ["split", *columns],
+        [[name] + [format_number(counts.get(c)) for c in columns] for name, counts in splits.items()],
+    )
 
 
 def _key_values(values: Mapping[str, Any]) -> str:

@@ -34,8 +34,9 @@ class Samples:
     shared with every subset taken afterwards; a method that reads pixels never triggers them.
     """
 
-    def __init__(self, ids: Sequence[str], paths: Sequence[dict[str, Path]], *, embedder: Embedder | None,
-                 views: str) -> None:
+    def __init__(
+        self, ids: Sequence[str], paths: Sequence[dict[str, Path]], *, embedder: Embedder | None, views: str
+    ) -> None:
         if len(ids) != len(paths):
             raise ValueError(f"{len(ids)} ids but {len(paths)} path entries")
         self.ids = list(ids)
@@ -73,8 +74,9 @@ class Samples:
     def subset(self, index: np.ndarray | Sequence[int]) -> Samples:
         """The rows ``index`` (integer positions or a boolean mask); embeddings are shared, not recomputed."""
         index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, dtype=np.int64)
-        part = Samples([self.ids[i] for i in index], [self.paths[i] for i in index], embedder=self.embedder,
-                       views=self.views)
+        part = Samples(
+            [self.ids[i] for i in index], [self.paths[i] for i in index], embedder=self.embedder, views=self.views
+        )
         if self._per_view is not None:
             part._per_view = {view: matrix[index] for view, matrix in self._per_view.items()}
         else:
@@ -89,11 +91,13 @@ class Samples:
 
 def concat_samples(first: Samples, second: Samples) -> Samples:
     """``first``'s rows, then ``second``'s (embeddings joined when both have them)."""
-    joined = Samples([*first.ids, *second.ids], [*first.paths, *second.paths], embedder=first.embedder,
-                     views=first.views)
+    joined = Samples(
+        [*first.ids, *second.ids], [*first.paths, *second.paths], embedder=first.embedder, views=first.views
+    )
     if first._per_view is not None and second._per_view is not None:
-        joined._per_view = {view: np.concatenate([first._per_view[view], second._per_view[view]])
-                            for view in first._per_view}
+        joined._per_view = {
+            view: np.concatenate([first._per_view[view], second._per_view[view]]) for view in first._per_view
+        }
     return joined
 
 

@@ -40,6 +40,15 @@ class FinetuneMethod(Method):
     predictor = FinetunePredictor
 
     def fit(self, data: TaskData, cfg: RunConfig, context: FitContext) -> FinetunePredictor:
-        model = fit_finetune(data.samples.paths, data.y, data.split, data.class_names, cfg, out_dir=context.out_dir,
-                             resume=context.resume, fresh=context.fresh, on_epoch=context.on_epoch)
+        model = fit_finetune(
+            data.samples.paths,
+            data.y,
+            data.split,
+            data.class_names,
+            cfg,
+            out_dir=context.out_dir,
+            resume=context.resume,
+            fresh=context.fresh,
+            on_epoch=context.on_epoch,
+        )
         return FinetunePredictor(model, data.class_names)

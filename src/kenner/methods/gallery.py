@@ -36,9 +36,19 @@ MAX_EVAL_K = 1000  # neighbours searched for mAP@R; larger classes make mAP@R a 
 class GalleryPredictor(Predictor):
     """A Faiss gallery of (projected) training embeddings and a kNN vote over it."""
 
-    def __init__(self, gallery: Gallery, class_names: list[str], *, projection: ProjectionHead | None = None,
-                 vote: str = "temperature", k: int = 20, temperature: float = 0.07, gallery_split: str = "train",
-                 eval_method: str = "knn", hdbscan_min_cluster_size: int = 5) -> None:
+    def __init__(
+        self,
+        gallery: Gallery,
+        class_names: list[str],
+        *,
+        projection: ProjectionHead | None = None,
+        vote: str = "temperature",
+        k: int = 20,
+        temperature: float = 0.07,
+        gallery_split: str = "train",
+        eval_method: str = "knn",
+        hdbscan_min_cluster_size: int = 5,
+    ) -> None:
         self.gallery = gallery
         self.class_names = list(class_names)
         self.projection = projection
@@ -60,12 +70,26 @@ class GalleryPredictor(Predictor):
         samples = data.samples.subset(rows)
         X = samples.features()
         Z = projection.transform(X) if projection is not None else l2_normalize(X)
-        gallery = Gallery.build(Z, data.y[rows], factory=r.index_factory, search_params=r.search_params,
-                                class_names=data.class_names, ids=samples.ids,
-                                paths=[" | ".join(str(path) for path in paths.values()) for paths in samples.paths])
-        return cls(gallery, data.class_names, projection=projection, vote=r.vote, k=r.knn_k,
-                   temperature=r.knn_temperature, gallery_split=r.gallery, eval_method=r.eval_method,
-                   hdbscan_min_cluster_size=r.hdbscan_min_cluster_size)
+        gallery = Gallery.build(
+            Z,
+            data.y[rows],
+            factory=r.index_factory,
+            search_params=r.search_params,
+            class_names=data.class_names,
+            ids=samples.ids,
+            paths=[" | ".join(str(path) for path in paths.values()) for paths in samples.paths],
+        )
+        return cls(
+            gallery,
+            data.class_names,
+            projection=projection,
+            vote=r.vote,
+            k=r.knn_k,
+            temperature=r.knn_temperature,
+            gallery_split=r.gallery,
+            eval_method=r.eval_method,
+            hdbscan_min_cluster_size=r.hdbscan_min_cluster_size,
+        )
 
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Gallery-space vectors of encoder embeddings: the projection's output, or the normalised input."""
@@ -89,15 +113,27 @@ class GalleryPredictor(Predictor):
         """The vote over (at least ``k``) neighbours."""
         result = vote(neighbours, len(self.class_names), method=self.vote, k=self.k, temperature=self.temperature)
         distance, margin = retrieval_confidence(neighbours, result)
-        return Prediction(scores=result.scores.astype(np.float64), distance=distance, margin=margin,
-                          neighbours=neighbours, embeddings=Z, distance_name="top-1 cosine distance")
+        return Prediction(
+            scores=result.scores.astype(np.float64),
+            distance=distance,
+            margin=margin,
+            neighbours=neighbours,
+            embeddings=Z,
+            distance_name="top-1 cosine distance",
+        )
 
     def summary(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {"gallery": f"{len(self.gallery)} {self.gallery_split} rows, Faiss "
-                                            f"{self.gallery.factory}", "vote": f"{self.vote}, k={self.k}"}
+        facts: dict[str, Any] = {
+            "gallery": f"{len(self.gallery)} {self.gallery_split} rows, Faiss {self.gallery.factory}",
+            "vote": f"{self.vote}, k={self.k}",
+        }
         if self.projection is not None:
-            facts.update({"best epoch (val Recall@1)": self.projection.best_epoch_,
-                          "fit s": round(self.projection.fit_seconds_, 2)})
+            facts.update(
+                {
+                    "best epoch (val Recall@1)": self.projection.best_epoch_,
+                    "fit s": round(self.projection.fit_seconds_, 2),
+                }
+            )
         return facts
 
     def extras(self, data: TaskData, prediction: Prediction, out_dir: Path) -> Extras:
@@ -120,8 +156,9 @@ class GalleryPredictor(Predictor):
             sections.append(("HDBSCAN on val embeddings", self._hdbscan(Z[val], y[val], out_dir)))
         return Extras(metrics=knn, sections=sections)
 
-    def _knn_report(self, neighbours: Neighbours, y: np.ndarray, split: np.ndarray,
-                    in_gallery: np.ndarray) -> dict[str, dict[str, Any]]:
+    def _knn_report(
+        self, neighbours: Neighbours, y: np.ndarray, split: np.ndarray, in_gallery: np.ndarray
+    ) -> dict[str, dict[str, Any]]:
         """Per split: Recall@1/5/10, P@1, mAP@R and kNN accuracy / macro-F1 of every vote method."""
         report: dict[str, dict[str, Any]] = {}
         for name in SPLITS:
@@ -129,8 +166,9 @@ class GalleryPredictor(Predictor):
             if not mask.any():
                 continue
             part = Neighbours(neighbours.indices[mask], neighbours.similarities[mask], neighbours.labels[mask])
-            entry: dict[str, Any] = retrieval_metrics(part.labels, y[mask], self.gallery.labels,
-                                                      query_in_gallery=in_gallery[mask])
+            entry: dict[str, Any] = retrieval_metrics(
+                part.labels, y[mask], self.gallery.labels, query_in_gallery=in_gallery[mask]
+            )
             entry["leave_one_out"] = bool(in_gallery[mask].any())
             for method in VOTE_METHODS:
                 voted = vote(part, len(self.class_names), method=method, k=self.k, temperature=self.temperature)
@@ -142,13 +180,23 @@ class GalleryPredictor(Predictor):
         return report
 
     def _markdown(self, knn: dict[str, dict[str, Any]], eval_k: int) -> str:
-        lines = [f"Gallery: {len(self.gallery)} {self.gallery_split} rows in a Faiss `{self.gallery.factory}` "
-                 f"index (cosine similarity; distance = 1 − cosine). Vote: {self.vote} over k={self.k}; mAP@R "
-                 f"searched to {eval_k} neighbours. Gallery rows are scored leave-one-out.", ""]
+        lines = [
+            f"Gallery: {len(self.gallery)} {self.gallery_split} rows in a Faiss `{self.gallery.factory}` "
+            f"index (cosine similarity; distance = 1 − cosine). Vote: {self.vote} over k={self.k}; mAP@R "
+            f"searched to {eval_k} neighbours. Gallery rows are scored leave-one-out.",
+            "",
+        ]
         if not knn:
             return "\n".join(lines)
-        keys = ["recall_at_1", "recall_at_5", "recall_at_10", "map_at_r", "knn_accuracy", "knn_macro_f1",
-                *(f"{m}_knn_macro_f1" for m in VOTE_METHODS)]
+        keys = [
+            "recall_at_1",
+            "recall_at_5",
+            "recall_at_10",
+            "map_at_r",
+            "knn_accuracy",
+            "knn_macro_f1",
+            *(f"{m}_knn_macro_f1" for m in VOTE_METHODS),
+        ]
         rows = [[name, *(format_number(values.get(key)) for key in keys)] for name, values in knn.items()]
         return "\n".join([*lines, markdown_table(["split", *keys], rows)])
 
@@ -165,12 +213,19 @@ class GalleryPredictor(Predictor):
         self.gallery.save(directory / "gallery")
         if self.projection is not None:
             self.projection.save(directory / "projection")
-        atomic_write_json(directory / SETTINGS_FILE, {
-            "projection": self.projection is not None, "vote": self.vote, "k": self.k,
-            "temperature": self.temperature, "gallery_split": self.gallery_split, "eval_method": self.eval_method,
-            "hdbscan_min_cluster_size": self.hdbscan_min_cluster_size,
-            "distance": "1 - cosine similarity of L2-normalised vectors",
-        })
+        atomic_write_json(
+            directory / SETTINGS_FILE,
+            {
+                "projection": self.projection is not None,
+                "vote": self.vote,
+                "k": self.k,
+                "temperature": self.temperature,
+                "gallery_split": self.gallery_split,
+                "eval_method": self.eval_method,
+                "hdbscan_min_cluster_size": self.hdbscan_min_cluster_size,
+                "distance": "1 - cosine similarity of L2-normalised vectors",
+            },
+        )
 
     @classmethod
     def load(cls, directory: Path, *, class_names: list[str], device: str = "auto") -> GalleryPredictor:
@@ -179,7 +234,14 @@ class GalleryPredictor(Predictor):
         settings = read_json(directory / SETTINGS_FILE)
         gallery = Gallery.load(directory / "gallery")
         projection = ProjectionHead.load(directory / "projection") if settings["projection"] else None
-        return cls(gallery, class_names, projection=projection, vote=settings["vote"],
-                   k=settings["k"], temperature=settings["temperature"], gallery_split=settings["gallery_split"],
-                   eval_method=settings["eval_method"],
-                   hdbscan_min_cluster_size=settings["hdbscan_min_cluster_size"])
+        return cls(
+            gallery,
+            class_names,
+            projection=projection,
+            vote=settings["vote"],
+            k=settings["k"],
+            temperature=settings["temperature"],
+            gallery_split=settings["gallery_split"],
+            eval_method=settings["eval_method"],
+            hdbscan_min_cluster_size=settings["hdbscan_min_cluster_size"],
+        )

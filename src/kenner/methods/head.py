@@ -35,13 +35,18 @@ class HeadPredictor(Predictor):
         if not self.head.calibrate:
             return Extras()
         logits = self.head.logits(data.samples.features())
-        summaries = {name: calibration_summary(logits[data.mask(name)], data.y[data.mask(name)],
-                                               self.head.temperature_)
-                     for name in ("val", "test") if data.mask(name).any()}
-        metrics = {name: {"ece_uncalibrated": s["ece_before"], "temperature": s["temperature"]}
-                   for name, s in summaries.items()}
-        return Extras(metrics=metrics, sections=[("Calibration (temperature scaling)",
-                                                  calibration_markdown(summaries))])
+        summaries = {
+            name: calibration_summary(logits[data.mask(name)], data.y[data.mask(name)], self.head.temperature_)
+            for name in ("val", "test")
+            if data.mask(name).any()
+        }
+        metrics = {
+            name: {"ece_uncalibrated": s["ece_before"], "temperature": s["temperature"]}
+            for name, s in summaries.items()
+        }
+        return Extras(
+            metrics=metrics, sections=[("Calibration (temperature scaling)", calibration_markdown(summaries))]
+        )
 
     def save(self, directory: Path) -> None:
         self.head.save(directory)
@@ -59,6 +64,11 @@ class HeadMethod(Method):
         val, y_val = data.part("val")
         head = EmbeddingClassifier(**head_params(cfg))
         has_val = len(val) > 0
-        head.fit(train.features(), y_train, X_val=val.features() if has_val else None,
-                 y_val=y_val if has_val else None, classes=np.arange(data.n_classes))
+        head.fit(
+            train.features(),
+            y_train,
+            X_val=val.features() if has_val else None,
+            y_val=y_val if has_val else None,
+            classes=np.arange(data.n_classes),
+        )
         return HeadPredictor(head, data.class_names)

@@ -19,6 +19,7 @@ class MetricMethod(Method):
         train, y_train = data.part("train")
         val, y_val = data.part("val")
         projection = ProjectionHead(**projection_params(cfg))
-        projection.fit(train.features(), y_train, X_val=val.features() if len(val) else None,
-                       y_val=y_val if len(val) else None)
+        projection.fit(
+            train.features(), y_train, X_val=val.features() if len(val) else None, y_val=y_val if len(val) else None
+        )
         return GalleryPredictor.build(data, cfg, projection)

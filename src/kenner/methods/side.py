@@ -35,8 +35,10 @@ SETTINGS_FILE = "side.json"
 def side_class_names(views: list[str], task: str) -> list[str]:
     """``["a|b", "b|a"]`` (pair order) or ``["a", "b"]`` (single photo)."""
     if len(views) != 2:
-        raise KennerError(f"the side classifier needs a two-view manifest (e.g. obverse_path and reverse_path "
-                          f"columns); this dataset has {len(views)} view(s): {', '.join(views)}")
+        raise KennerError(
+            f"the side classifier needs a two-view manifest (e.g. obverse_path and reverse_path "
+            f"columns); this dataset has {len(views)} view(s): {', '.join(views)}"
+        )
     first, second = views
     return [f"{first}|{second}", f"{second}|{first}"] if task == "pair" else [first, second]
 
@@ -44,8 +46,9 @@ def side_class_names(views: list[str], task: str) -> list[str]:
 class SidePredictor(Predictor):
     """A head on the features of one photo (single) or of two photos in a given order (pair)."""
 
-    def __init__(self, head: EmbeddingClassifier, class_names: list[str], *, task: str, views: list[str],
-                 mask_pooling: bool) -> None:
+    def __init__(
+        self, head: EmbeddingClassifier, class_names: list[str], *, task: str, views: list[str], mask_pooling: bool
+    ) -> None:
         self.head = head
         self.class_names = list(class_names)
         self.task = task
@@ -64,8 +67,12 @@ class SidePredictor(Predictor):
             return self._last[1]
         if self.mask_pooling:
             encoder, background = samples.embedder.encoder, samples.embedder.background
-            X = np.hstack([pooled_tokens(encoder, [paths[view] for paths in samples.paths], background=background)
-                           for view in samples.view_names])
+            X = np.hstack(
+                [
+                    pooled_tokens(encoder, [paths[view] for paths in samples.paths], background=background)
+                    for view in samples.view_names
+                ]
+            )
         else:
             X = np.hstack([samples.per_view()[view] for view in samples.view_names])
         self._last = (samples, X)
@@ -75,27 +82,49 @@ class SidePredictor(Predictor):
         return Prediction.from_proba(self.head.predict_proba(self.features(samples)))
 
     def summary(self) -> dict[str, Any]:
-        return {"task": self.task, "features": "patch tokens, mask-weighted pooling" if self.mask_pooling
-                else "pooled embeddings (cached)", "best epoch": self.head.best_epoch_}
+        return {
+            "task": self.task,
+            "features": "patch tokens, mask-weighted pooling" if self.mask_pooling else "pooled embeddings (cached)",
+            "best epoch": self.head.best_epoch_,
+        }
 
     def extras(self, data: TaskData, prediction: Prediction, out_dir: Path) -> Extras:
-        atomic_write_json(out_dir / "label_mapping.json", {
-            "task": self.task, "views": self.views, "classes": dict(enumerate(self.class_names)),
-            "class_to_idx": {name: i for i, name in enumerate(self.class_names)}})
+        atomic_write_json(
+            out_dir / "label_mapping.json",
+            {
+                "task": self.task,
+                "views": self.views,
+                "classes": dict(enumerate(self.class_names)),
+                "class_to_idx": {name: i for i, name in enumerate(self.class_names)},
+            },
+        )
         rows = "both view orders" if self.task == "pair" else "one per photo"
-        return Extras(sections=[("Side classifier", f"Classes: {', '.join(self.class_names)}. Each sample gives "
-                                 f"two rows ({rows}); both stay in the sample's split.")])
+        return Extras(
+            sections=[
+                (
+                    "Side classifier",
+                    f"Classes: {', '.join(self.class_names)}. Each sample gives "
+                    f"two rows ({rows}); both stay in the sample's split.",
+                )
+            ]
+        )
 
     def save(self, directory: Path) -> None:
         self.head.save(directory)
-        atomic_write_json(directory / SETTINGS_FILE, {"task": self.task, "views": self.views,
-                                                      "mask_pooling": self.mask_pooling})
+        atomic_write_json(
+            directory / SETTINGS_FILE, {"task": self.task, "views": self.views, "mask_pooling": self.mask_pooling}
+        )
 
     @classmethod
     def load(cls, directory: Path, *, class_names: list[str], device: str = "auto") -> SidePredictor:
         settings = read_json(directory / SETTINGS_FILE)
-        return cls(EmbeddingClassifier.load(directory), class_names, task=settings["task"],
-                   views=settings["views"], mask_pooling=settings["mask_pooling"])
+        return cls(
+            EmbeddingClassifier.load(directory),
+            class_names,
+            task=settings["task"],
+            views=settings["views"],
+            mask_pooling=settings["mask_pooling"],
+        )
 
 
 class SideMethod(Method):
@@ -116,8 +145,13 @@ class SideMethod(Method):
                 source.append(i)
         source_rows = np.asarray(source)
         samples = Samples(ids, paths, embedder=data.samples.embedder, views="concat" if task == "pair" else FOLDER_VIEW)
-        return TaskData(samples=samples, y=np.asarray(labels), split=data.split[source_rows], class_names=names,
-                        groups=[data.groups[i] for i in source_rows])
+        return TaskData(
+            samples=samples,
+            y=np.asarray(labels),
+            split=data.split[source_rows],
+            class_names=names,
+            groups=[data.groups[i] for i in source_rows],
+        )
 
     def fit(self, data: TaskData, cfg: RunConfig, context: FitContext) -> SidePredictor:
         embedder = data.samples.embedder
@@ -125,11 +159,21 @@ class SideMethod(Method):
         if not cfg.side.disable_mask_pooling and not mask_pooling:
             log.info("encoder %s has no patch tokens: the side classifier uses its pooled embeddings", embedder.spec)
         views = data.samples.view_names if cfg.side.side_task == "pair" else data.class_names
-        predictor = SidePredictor(EmbeddingClassifier(**head_params(cfg)), data.class_names, task=cfg.side.side_task,
-                                  views=views, mask_pooling=mask_pooling)
+        predictor = SidePredictor(
+            EmbeddingClassifier(**head_params(cfg)),
+            data.class_names,
+            task=cfg.side.side_task,
+            views=views,
+            mask_pooling=mask_pooling,
+        )
         train, val = data.mask("train"), data.mask("val")
         X = predictor.features(data.samples)
-        predictor.head.fit(X[train], data.y[train], X_val=X[val] if val.any() else None,
-                           y_val=data.y[val] if val.any() else None, classes=np.arange(data.n_classes))
+        predictor.head.fit(
+            X[train],
+            data.y[train],
+            X_val=X[val] if val.any() else None,
+            y_val=data.y[val] if val.any() else None,
+            classes=np.arange(data.n_classes),
+        )
         predictor.history = predictor.head.history_
         return predictor

@@ -46,9 +46,7 @@ def hdbscan_eval(
         raise KennerError(
             f"HDBSCAN needs at least min_cluster_size={min_cluster_size} embeddings; got {len(embeddings)}"
         )
-    clusters = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples, copy=True).fit_predict(
-        embeddings
-    )
+    clusters = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples, copy=True).fit_predict(embeddings)
     clustered = clusters >= 0
     metrics = {
         "ari": float(adjusted_rand_score(labels, clusters)),

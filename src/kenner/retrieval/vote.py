@@ -80,9 +80,7 @@ def vote(
     ordered = np.sort(scores, axis=1)
     second = ordered[:, -2] if n_classes > 1 else np.zeros(n_queries)
     margin = ordered[:, -1] - second
-    return VoteResult(
-        scores=scores.astype(np.float32), predictions=predictions, margin=margin.astype(np.float32)
-    )
+    return VoteResult(scores=scores.astype(np.float32), predictions=predictions, margin=margin.astype(np.float32))
 
 
 def retrieval_confidence(neighbours: Neighbours, result: VoteResult) -> tuple[np.ndarray, np.ndarray]:

@@ -59,9 +59,15 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: tuple[int, ...]
     chosen = int(table["val_macro_f1"].fillna(-1).to_numpy().argmax())
     table["chosen_on_val"] = [i == chosen for i in range(len(table))]
     atomic_write_text(out_dir / "comparison.csv", table.to_csv(index=False))
-    plot_bars(table["method"].tolist(), table["test_macro_f1"].tolist(), table["test_macro_f1_std"].tolist(),
-              out_dir / "comparison.png", xlabel="test macro-F1", highlight=chosen,
-              title="Methods on one split" + (f" ({first.split.folds} folds)" if first.split.folds else ""))
+    plot_bars(
+        table["method"].tolist(),
+        table["test_macro_f1"].tolist(),
+        table["test_macro_f1_std"].tolist(),
+        out_dir / "comparison.png",
+        xlabel="test macro-F1",
+        highlight=chosen,
+        title="Methods on one split" + (f" ({first.split.folds} folds)" if first.split.folds else ""),
+    )
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(table, first, seeds))
     return table
 
@@ -91,15 +97,25 @@ def _row(entry: Entry, results: list[RunResult]) -> dict[str, Any]:
 
 def comparison_markdown(table: pd.DataFrame, cfg: RunConfig, seeds: tuple[int, ...]) -> str:
     """comparison.md: the table, best first by test macro-F1, the entry chosen on val marked."""
-    over = (f"{cfg.split.folds} group-aware folds" if cfg.split.folds else
-            f"one group-aware split ({', '.join(f'{r:g}' for r in cfg.split.split_ratios)})")
+    over = (
+        f"{cfg.split.folds} group-aware folds"
+        if cfg.split.folds
+        else f"one group-aware split ({', '.join(f'{r:g}' for r in cfg.split.split_ratios)})"
+    )
     seeds_text = f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
     target = cfg.decision.target_precision
-    lines = [f"# Comparison on {cfg.data.data}", "",
-             f"Every method on {over}{seeds_text}; figures on test as mean ± std. The entry marked ✓ has the best "
-             "validation macro-F1 (the one to pick without looking at test). "
-             + (f"Coverage: share of test images answered at the reject rule tuned on val for precision "
-                f"{target:g}." if target is not None else "No reject target was set: coverage is 1."), ""]
+    lines = [
+        f"# Comparison on {cfg.data.data}",
+        "",
+        f"Every method on {over}{seeds_text}; figures on test as mean ± std. The entry marked ✓ has the best "
+        "validation macro-F1 (the one to pick without looking at test). "
+        + (
+            f"Coverage: share of test images answered at the reject rule tuned on val for precision {target:g}."
+            if target is not None
+            else "No reject target was set: coverage is 1."
+        ),
+        "",
+    ]
 
     def pm(row: pd.Series, key: str) -> str:
         mean, std = row[f"test_{key}"], row[f"test_{key}_std"]
@@ -107,10 +123,30 @@ def comparison_markdown(table: pd.DataFrame, cfg: RunConfig, seeds: tuple[int, .
             return "–"
         return f"{mean:.4f} ± {std:.4f}" if row["runs"] > 1 else f"{mean:.4f}"
 
-    header = ["", "method", "encoder", "macro-F1", "accuracy", "top-5", "ECE", "coverage", "val macro-F1",
-              "fit s", "predict s"]
-    rows = [["✓" if row["chosen_on_val"] else "", row["method"], row["encoder"], *(pm(row, key) for key in COLUMNS),
-             format_number(row["val_macro_f1"]), f"{row['fit_seconds']:.1f}", f"{row['predict_seconds']:.1f}"]
-            for _, row in table.sort_values("test_macro_f1", ascending=False).iterrows()]
+    header = [
+        "",
+        "method",
+        "encoder",
+        "macro-F1",
+        "accuracy",
+        "top-5",
+        "ECE",
+        "coverage",
+        "val macro-F1",
+        "fit s",
+        "predict s",
+    ]
+    rows = [
+        [
+            "✓" if row["chosen_on_val"] else "",
+            row["method"],
+            row["encoder"],
+            *(pm(row, key) for key in COLUMNS),
+            format_number(row["val_macro_f1"]),
+            f"{row['fit_seconds']:.1f}",
+            f"{row['predict_seconds']:.1f}",
+        ]
+        for _, row in table.sort_values("test_macro_f1", ascending=False).iterrows()
+    ]
     lines += [markdown_table(header, rows), "", "![test macro-F1 per method](comparison.png)", ""]
     return "\n".join(lines)

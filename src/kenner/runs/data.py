@@ -43,8 +43,9 @@ SPLIT_WARNINGS = "split_warnings.txt"
 WARNINGS_SHOWN = 5
 
 
-def load_data(cfg: DataConfig, out_dir: Path | None = None, *, cache_dir: str | None = None,
-              min_classes: int = 2) -> tuple[Dataset, list[Exclusion]]:
+def load_data(
+    cfg: DataConfig, out_dir: Path | None = None, *, cache_dir: str | None = None, min_classes: int = 2
+) -> tuple[Dataset, list[Exclusion]]:
     """Load, validate and filter a dataset and merge the groups of identical images (``--duplicates``);
     what was left out goes to ``out_dir/excluded.csv``, the merged copies to ``out_dir/duplicates.csv``.
 
@@ -53,11 +54,15 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, cache_dir: str | 
     """
     if not cfg.data:
         raise KennerError("no dataset given: pass --data FOLDER_OR_MANIFEST")
-    dataset, exclusions = load_dataset(cfg.data, on_bad_image=cfg.on_bad_image, group_by=cfg.group_by,
-                                       group_regex=cfg.group_regex)
+    dataset, exclusions = load_dataset(
+        cfg.data, on_bad_image=cfg.on_bad_image, group_by=cfg.group_by, group_regex=cfg.group_regex
+    )
     dataset, filtered = apply_filters(
-        dataset, omit_classes=cfg.omit_classes, min_condition=cfg.min_condition,
-        min_samples_per_class=cfg.min_samples_per_class, min_size=cfg.min_size,
+        dataset,
+        omit_classes=cfg.omit_classes,
+        min_condition=cfg.min_condition,
+        min_samples_per_class=cfg.min_samples_per_class,
+        min_size=cfg.min_size,
     )
     exclusions = [*exclusions, *filtered]
     if out_dir is not None and exclusions:
@@ -67,20 +72,28 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, cache_dir: str | 
         raise KennerError(f"{cfg.data}: no samples left after validation and filters")
     if len(dataset.classes) < min_classes:
         shown = ", ".join(repr(name) for name in dataset.classes)
-        raise KennerError(f"{cfg.data}: {len(dataset.classes)} class ({shown}) after validation and filters; "
-                          f"a classifier needs at least {min_classes} classes")
+        raise KennerError(
+            f"{cfg.data}: {len(dataset.classes)} class ({shown}) after validation and filters; "
+            f"a classifier needs at least {min_classes} classes"
+        )
     if cfg.background_class and cfg.background_class not in dataset.classes:
-        raise KennerError(f"--background-class {cfg.background_class!r} is not a class of {cfg.data}; "
-                          f"classes: {', '.join(dataset.classes[:20])}")
+        raise KennerError(
+            f"--background-class {cfg.background_class!r} is not a class of {cfg.data}; "
+            f"classes: {', '.join(dataset.classes[:20])}"
+        )
     if cfg.duplicates != "ignore":
         dataset, copies = merge_duplicates(dataset, _content_hashes(dataset, cache_dir), cfg.duplicates)
         if copies:
             where = ""
             if out_dir is not None:
                 where = f"; listed in {write_duplicates(copies, out_dir / DUPLICATES)}"
-            log.warning("%d image(s) appear in more than one group: their groups are merged into %d so that no copy "
-                        "crosses splits (--duplicates refuse stops instead)%s", len(copies),
-                        len({c.group for c in copies}), where)
+            log.warning(
+                "%d image(s) appear in more than one group: their groups are merged into %d so that no copy "
+                "crosses splits (--duplicates refuse stops instead)%s",
+                len(copies),
+                len({c.group for c in copies}),
+                where,
+            )
     return dataset, exclusions
 
 
@@ -105,8 +118,12 @@ def report_split_warnings(messages: list[str], out_dir: Path) -> None:
     for message in messages[:WARNINGS_SHOWN]:
         log.warning("split: %s", message)
     if len(messages) > WARNINGS_SHOWN:
-        log.warning("split: ... and %d more warnings (%d in all, listed in %s)", len(messages) - WARNINGS_SHOWN,
-                    len(messages), path)
+        log.warning(
+            "split: ... and %d more warnings (%d in all, listed in %s)",
+            len(messages) - WARNINGS_SHOWN,
+            len(messages),
+            path,
+        )
 
 
 def check_views(dataset: Dataset, mode: str) -> None:
@@ -147,10 +164,12 @@ def resolve_folds(dataset: Dataset, cfg: SplitConfig, out_dir: Path) -> list[Spl
             save_folds(folds, target, groups=dataset.groups, labels=dataset.labels)
         return folds
     if cfg.splits:
-        raise KennerError(f"--splits {cfg.splits}: no fold_0/train_ids.json there; "
-                          f"make folds with 'kenner split --folds {cfg.folds}'")
-    folds, warnings = make_folds(dataset.groups, dataset.labels, k=cfg.folds, seed=cfg.split_seed,
-                                 val_fraction=cfg.split_ratios[1])
+        raise KennerError(
+            f"--splits {cfg.splits}: no fold_0/train_ids.json there; make folds with 'kenner split --folds {cfg.folds}'"
+        )
+    folds, warnings = make_folds(
+        dataset.groups, dataset.labels, k=cfg.folds, seed=cfg.split_seed, val_fraction=cfg.split_ratios[1]
+    )
     report_split_warnings(warnings, out_dir)
     save_folds(folds, target, groups=dataset.groups, labels=dataset.labels)
     return folds
@@ -161,8 +180,15 @@ def embedder_for(cfg: RunConfig) -> Embedder:
     return Embedder(cfg.encoder, cfg.compute, background=cfg.data.background_color)
 
 
-def task_data(dataset: Dataset, split: Split | np.ndarray, embedder: Embedder | None, views: str, *,
-              class_names: list[str] | None = None, background_class: str | None = None) -> TaskData:
+def task_data(
+    dataset: Dataset,
+    split: Split | np.ndarray,
+    embedder: Embedder | None,
+    views: str,
+    *,
+    class_names: list[str] | None = None,
+    background_class: str | None = None,
+) -> TaskData:
     """The dataset as task data: samples, class indices (``class_names``: the dataset's classes by
     default, a trained run's otherwise) and the split column."""
     names = list(class_names) if class_names is not None else list(dataset.classes)
@@ -172,8 +198,14 @@ def task_data(dataset: Dataset, split: Split | np.ndarray, embedder: Embedder | 
         raise KennerError(f"{dataset.source}: classes the run never saw: {', '.join(unknown[:10])}")
     column = split if isinstance(split, np.ndarray) else np.asarray(split_of_samples(split, dataset.groups))
     samples = Samples(dataset.ids, [sample.paths for sample in dataset.samples], embedder=embedder, views=views)
-    return TaskData(samples=samples, y=np.asarray([index[label] for label in dataset.labels]), split=column,
-                    class_names=names, groups=list(dataset.groups), background_class=background_class)
+    return TaskData(
+        samples=samples,
+        y=np.asarray([index[label] for label in dataset.labels]),
+        split=column,
+        class_names=names,
+        groups=list(dataset.groups),
+        background_class=background_class,
+    )
 
 
 def with_background(data: TaskData, cfg: DataConfig, *, seed: int) -> TaskData:
@@ -189,12 +221,17 @@ def with_background(data: TaskData, cfg: DataConfig, *, seed: int) -> TaskData:
     root = Path(cfg.background_dir)
     ids = [f"background/{paths[i].relative_to(root).as_posix()}#{n}" for n, i in enumerate(rows)]
     views = data.samples.view_names
-    extra = Samples(ids, [dict.fromkeys(views, paths[i]) for i in rows], embedder=data.samples.embedder,
-                    views=data.samples.views)
+    extra = Samples(
+        ids, [dict.fromkeys(views, paths[i]) for i in rows], embedder=data.samples.embedder, views=data.samples.views
+    )
     return dataclasses.replace(
-        data, samples=concat_samples(data.samples, extra),
-        y=np.concatenate([data.y, np.full(len(rows), label)]), split=np.concatenate([data.split, split]),
-        class_names=names, groups=[*data.groups, *ids], background_class=names[label],
+        data,
+        samples=concat_samples(data.samples, extra),
+        y=np.concatenate([data.y, np.full(len(rows), label)]),
+        split=np.concatenate([data.split, split]),
+        class_names=names,
+        groups=[*data.groups, *ids],
+        background_class=names[label],
     )
 
 
@@ -204,8 +241,9 @@ def split_dataset(data: DataConfig, cfg: SplitConfig, out_dir: str | Path) -> st
     out_dir = Path(out_dir)
     dataset, _ = load_data(data, out_dir)
     if cfg.folds:
-        folds, warnings = make_folds(dataset.groups, dataset.labels, k=cfg.folds, seed=cfg.split_seed,
-                                     val_fraction=cfg.split_ratios[1])
+        folds, warnings = make_folds(
+            dataset.groups, dataset.labels, k=cfg.folds, seed=cfg.split_seed, val_fraction=cfg.split_ratios[1]
+        )
         report_split_warnings(warnings, out_dir)
         save_folds(folds, out_dir, groups=dataset.groups, labels=dataset.labels)
         return f"{len(folds)} folds of {len(set(dataset.groups))} groups written to {out_dir}"

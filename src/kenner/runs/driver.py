@@ -49,8 +49,16 @@ from kenner.runs.tracking import Tracker, tracker_for
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS = ("report.md", "metrics.json", "confusion_matrix.png", "per_class.csv", "run_config.json",
-             "history.json", "reject.json", "coverage_accuracy.png")
+ARTIFACTS = (
+    "report.md",
+    "metrics.json",
+    "confusion_matrix.png",
+    "per_class.csv",
+    "run_config.json",
+    "history.json",
+    "reject.json",
+    "coverage_accuracy.png",
+)
 
 
 @dataclass
@@ -81,8 +89,9 @@ class _Run:
     fresh: bool
 
 
-def train(cfg: RunConfig, *, resume: str | None = None, fresh: bool = False,
-          tracker: Tracker | None = None) -> RunResult:
+def train(
+    cfg: RunConfig, *, resume: str | None = None, fresh: bool = False, tracker: Tracker | None = None
+) -> RunResult:
     """Run ``cfg`` into ``cfg.out_dir`` (one run, or one per fold plus ``folds_summary.md``)."""
     spec = METHODS.get(cfg.method)
     check_encoder(cfg.encoder.encoder, weights=cfg.encoder.weights)  # an unreachable hub fails before any work
@@ -91,12 +100,26 @@ def train(cfg: RunConfig, *, resume: str | None = None, fresh: bool = False,
     atomic_write_json(out_dir / "run_config.json", cfg.to_dict(spec.all_sections))
     dataset, exclusions = load_data(cfg.data, out_dir, cache_dir=cfg.encoder.cache_dir)
     check_views(dataset, cfg.encoder.views)
-    run = _Run(cfg, spec, spec.load()(), tracker or tracker_for(cfg.tracking), dataset, len(exclusions),
-               list(dataset.views), resume, fresh)
+    run = _Run(
+        cfg,
+        spec,
+        spec.load()(),
+        tracker or tracker_for(cfg.tracking),
+        dataset,
+        len(exclusions),
+        list(dataset.views),
+        resume,
+        fresh,
+    )
     embedder = embedder_for(cfg)
     if not cfg.split.folds:
-        data = task_data(dataset, resolve_split(dataset, cfg.split, out_dir), embedder, cfg.encoder.views,
-                         background_class=cfg.data.background_class)
+        data = task_data(
+            dataset,
+            resolve_split(dataset, cfg.split, out_dir),
+            embedder,
+            cfg.encoder.views,
+            background_class=cfg.data.background_class,
+        )
         return _fit_and_write(run, cfg, data, out_dir)
     folds = resolve_folds(dataset, cfg.split, out_dir)
     data = task_data(dataset, folds[0], embedder, cfg.encoder.views, background_class=cfg.data.background_class)
@@ -113,16 +136,23 @@ def train(cfg: RunConfig, *, resume: str | None = None, fresh: bool = False,
     summary = aggregate_folds([result.metrics for result in results])
     atomic_write_json(out_dir / "folds_metrics.json", summary)
     report = atomic_write_text(out_dir / "folds_summary.md", folds_markdown(summary, len(folds)))
-    return RunResult(out_dir, report, means(summary), sum(r.fit_seconds for r in results) / len(results),
-                     sum(r.predict_seconds for r in results) / len(results), folds=summary)
+    return RunResult(
+        out_dir,
+        report,
+        means(summary),
+        sum(r.fit_seconds for r in results) / len(results),
+        sum(r.predict_seconds for r in results) / len(results),
+        folds=summary,
+    )
 
 
 def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> RunResult:
     """Fit the method on one split and write the whole run folder."""
     data = run.method.task(with_background(data, cfg.data, seed=cfg["seed"]), cfg)
     atomic_write_json(out_dir / "class_to_idx.json", {name: i for i, name in enumerate(data.class_names)})
-    with run.tracker.start_run(out_dir.name, cfg.to_dict(run.spec.all_sections),
-                               tags={"kenner.method": cfg.method}) as track:
+    with run.tracker.start_run(
+        out_dir.name, cfg.to_dict(run.spec.all_sections), tags={"kenner.method": cfg.method}
+    ) as track:
         logged: list[dict[str, Any]] = []
 
         def on_epoch(record: dict[str, Any]) -> None:
@@ -141,39 +171,62 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
         predict_seconds = time.perf_counter() - started
         decisions = tune_decisions(prediction, data.y, data.split, data.class_names, cfg.decision, out_dir)
         extras = predictor.extras(data, prediction, out_dir)
-        extra_metrics = {name: {**decisions.metrics.get(name, {}), **extras.metrics.get(name, {})}
-                         for name in {*decisions.metrics, *extras.metrics}}
-        evaluation = write_evaluation(out_dir, y=data.y, split=data.split, proba=prediction.scores,
-                                      class_names=data.class_names, sample_ids=data.samples.ids,
-                                      background_class=data.background_class, predicted=decisions.predicted,
-                                      accepted=decisions.accepted, extra_metrics=extra_metrics,
-                                      metadata=metadata_of(run.dataset, data.samples.ids))
+        extra_metrics = {
+            name: {**decisions.metrics.get(name, {}), **extras.metrics.get(name, {})}
+            for name in {*decisions.metrics, *extras.metrics}
+        }
+        evaluation = write_evaluation(
+            out_dir,
+            y=data.y,
+            split=data.split,
+            proba=prediction.scores,
+            class_names=data.class_names,
+            sample_ids=data.samples.ids,
+            background_class=data.background_class,
+            predicted=decisions.predicted,
+            accepted=decisions.accepted,
+            extra_metrics=extra_metrics,
+            metadata=metadata_of(run.dataset, data.samples.ids),
+        )
         predictor.save(out_dir / MODEL_DIR)
-        write_model_info(out_dir / MODEL_DIR, cfg, data, predictor, view_names=run.view_names,
-                         decision=decisions.decider.to_dict())
+        write_model_info(
+            out_dir / MODEL_DIR, cfg, data, predictor, view_names=run.view_names, decision=decisions.decider.to_dict()
+        )
         atomic_write_json(out_dir / "history.json", predictor.history)
-        timings = {"embeddings s (cached after the first run)": round(embed_seconds, 2), "fit s": round(fit_seconds, 2),
-                   "predict s (all rows)": round(predict_seconds, 2)}
+        timings = {
+            "embeddings s (cached after the first run)": round(embed_seconds, 2),
+            "fit s": round(fit_seconds, 2),
+            "predict s (all rows)": round(predict_seconds, 2),
+        }
         sections = [*extras.sections, *decisions.sections]
         if predictor.history:
             sections.append(("Training history", history_markdown(predictor.history)))
-        write_report(out_dir, {
-            "title": f"kenner {cfg.method} run {out_dir.name}",
-            "dataset": dataset_summary(data, source=str(run.dataset.source), excluded=run.excluded,
-                                       dataset=run.dataset),
-            "splits": split_table(data),
-            "encoder": {"spec": cfg.encoder.encoder, "views": resolve_mode(run.view_names, cfg.encoder.views)},
-            "head": {"method": cfg.method, "profile": cfg.profile or "none", **changed_settings(cfg, run.spec)},
-            "config": {**predictor.summary(), **timings},
-            "metrics": evaluation.metrics,
-            "per_class": evaluation.per_class if evaluation.report_split == "test" else None,
-            "sections": sections,
-        })
+        write_report(
+            out_dir,
+            {
+                "title": f"kenner {cfg.method} run {out_dir.name}",
+                "dataset": dataset_summary(
+                    data, source=str(run.dataset.source), excluded=run.excluded, dataset=run.dataset
+                ),
+                "splits": split_table(data),
+                "encoder": {"spec": cfg.encoder.encoder, "views": resolve_mode(run.view_names, cfg.encoder.views)},
+                "head": {"method": cfg.method, "profile": cfg.profile or "none", **changed_settings(cfg, run.spec)},
+                "config": {**predictor.summary(), **timings},
+                "metrics": evaluation.metrics,
+                "per_class": evaluation.per_class if evaluation.report_split == "test" else None,
+                "sections": sections,
+            },
+        )
         if not logged:  # methods that do not report epochs as they go
             for step, record in enumerate(predictor.history, start=1):
                 track.log_metrics(_numbers(record), step=step)
-        track.log_metrics({f"{split}/{key}": value for split, values in evaluation.metrics.items()
-                           for key, value in _numbers(values).items()})
+        track.log_metrics(
+            {
+                f"{split}/{key}": value
+                for split, values in evaluation.metrics.items()
+                for key, value in _numbers(values).items()
+            }
+        )
         for name in ARTIFACTS:
             if (out_dir / name).is_file():
                 track.log_artifact(out_dir / name)
@@ -182,5 +235,8 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
 
 
 def _numbers(record: dict[str, Any]) -> dict[str, float]:
-    return {key: float(value) for key, value in record.items()
-            if isinstance(value, int | float) and not isinstance(value, bool) and key != "epoch"}
+    return {
+        key: float(value)
+        for key, value in record.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and key != "epoch"
+    }

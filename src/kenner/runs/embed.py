@@ -24,12 +24,19 @@ def embed_dataset(cfg: RunConfig, *, output: str | None = None) -> str:
     dataset, exclusions = load_data(cfg.data, cache_dir=cfg.encoder.cache_dir, min_classes=1)
     embedder = embedder_for(cfg)
     per_view = embedder.per_view([sample.paths for sample in dataset.samples], dataset.views)
-    summary = (f"{len(dataset.samples)} samples x {len(dataset.views)} view(s) embedded with {cfg.encoder.encoder} "
-               f"(fingerprint {embedder.fingerprint}, dim {embedder.encoder.dim})")
+    summary = (
+        f"{len(dataset.samples)} samples x {len(dataset.views)} view(s) embedded with {cfg.encoder.encoder} "
+        f"(fingerprint {embedder.fingerprint}, dim {embedder.encoder.dim})"
+    )
     if output:
         buffer = io.BytesIO()
-        np.savez(buffer, ids=np.asarray(dataset.ids), labels=np.asarray(dataset.labels),
-                 groups=np.asarray(dataset.groups), **{f"view_{view}": matrix for view, matrix in per_view.items()})
+        np.savez(
+            buffer,
+            ids=np.asarray(dataset.ids),
+            labels=np.asarray(dataset.labels),
+            groups=np.asarray(dataset.groups),
+            **{f"view_{view}": matrix for view, matrix in per_view.items()},
+        )
         atomic_write_bytes(output, buffer.getvalue())
         summary += f"\nexported to {output}"
     if exclusions:

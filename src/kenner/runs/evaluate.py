@@ -20,9 +20,15 @@ from kenner.runs.folder import dataset_summary, metadata_of, split_table
 from kenner.runs.load import load_predictor
 
 
-def evaluate_run(run_dir: str | Path, *, data: str | None = None, out_dir: str | None = None,
-                 background_class: str | None = None, cache_dir: str | None = None,
-                 device: str = "auto") -> RunResult:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    data: str | None = None,
+    out_dir: str | None = None,
+    background_class: str | None = None,
+    cache_dir: str | None = None,
+    device: str = "auto",
+) -> RunResult:
     """Predict every sample of the run's dataset (on the run's split) or of ``data`` (all as test) with the
     run's predictor and decision rules; write metrics, predictions and a report to ``out_dir`` (RUN/eval)."""
     run_dir = Path(run_dir)
@@ -30,39 +36,63 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, out_dir: str |
     cfg = build_config([load_config_file(run_dir / "run_config.json")])
     own = data is None or Path(data).resolve() == Path(cfg.data.data).resolve()
     trained_background = cfg.data.background_class or ("background" if cfg.data.bg else None)
-    data_cfg = dataclasses.replace(cfg.data, data=data or cfg.data.data, bg=0, background_dir=None,
-                                   background_class=background_class or cfg.data.background_class)
+    data_cfg = dataclasses.replace(
+        cfg.data,
+        data=data or cfg.data.data,
+        bg=0,
+        background_dir=None,
+        background_class=background_class or cfg.data.background_class,
+    )
     target = Path(out_dir) if out_dir else run_dir / "eval"
     target.mkdir(parents=True, exist_ok=True)
     dataset, exclusions = load_data(data_cfg, target, cache_dir=cache_dir, min_classes=1)
     if dataset.views != model.info["view_names"]:
-        raise KennerError(f"{data_cfg.data}: views {', '.join(dataset.views)} differ from the run's "
-                          f"{', '.join(model.info['view_names'])}")
-    split = (np.asarray(split_of_samples(load_split(run_dir / "splits"), dataset.groups)) if own
-             else np.full(len(dataset.samples), "test"))
-    task = model.spec.load()().task(task_data(dataset, split, model.embedder, model.info["views"],
-                                              background_class=background_class or trained_background), cfg)
+        raise KennerError(
+            f"{data_cfg.data}: views {', '.join(dataset.views)} differ from the run's "
+            f"{', '.join(model.info['view_names'])}"
+        )
+    split = (
+        np.asarray(split_of_samples(load_split(run_dir / "splits"), dataset.groups))
+        if own
+        else np.full(len(dataset.samples), "test")
+    )
+    task = model.spec.load()().task(
+        task_data(
+            dataset, split, model.embedder, model.info["views"], background_class=background_class or trained_background
+        ),
+        cfg,
+    )
     task = _in_run_classes(task, model.class_names)
     answers = model.answer(task.samples, leave_one_out=own)
     figures, section = measured_reject(model.decider, answers.prediction, answers.predicted, task.y, task.split)
     evaluation = write_evaluation(
-        target, y=task.y, split=task.split, proba=answers.prediction.scores, class_names=task.class_names,
-        sample_ids=task.samples.ids, background_class=task.background_class, predicted=answers.predicted,
+        target,
+        y=task.y,
+        split=task.split,
+        proba=answers.prediction.scores,
+        class_names=task.class_names,
+        sample_ids=task.samples.ids,
+        background_class=task.background_class,
+        predicted=answers.predicted,
         accepted=answers.accepted if model.decider.reject is not None else None,
-        extra_metrics={name: {f"reject_{key}": value for key, value in values.items()}
-                       for name, values in figures.items()},
+        extra_metrics={
+            name: {f"reject_{key}": value for key, value in values.items()} for name, values in figures.items()
+        },
         metadata=metadata_of(dataset, task.samples.ids),
     )
-    report = write_report(target, {
-        "title": f"kenner evaluation of {run_dir.name} on {Path(data_cfg.data).name}",
-        "dataset": dataset_summary(task, source=str(dataset.source), excluded=len(exclusions), dataset=dataset),
-        "splits": split_table(task),
-        "encoder": {"spec": model.info["encoder"], "views": model.info["views"]},
-        "head": {"method": model.info["method"], "run": str(run_dir)},
-        "metrics": evaluation.metrics,
-        "per_class": evaluation.per_class,
-        "sections": [("Reject option", section)],
-    })
+    report = write_report(
+        target,
+        {
+            "title": f"kenner evaluation of {run_dir.name} on {Path(data_cfg.data).name}",
+            "dataset": dataset_summary(task, source=str(dataset.source), excluded=len(exclusions), dataset=dataset),
+            "splits": split_table(task),
+            "encoder": {"spec": model.info["encoder"], "views": model.info["views"]},
+            "head": {"method": model.info["method"], "run": str(run_dir)},
+            "metrics": evaluation.metrics,
+            "per_class": evaluation.per_class,
+            "sections": [("Reject option", section)],
+        },
+    )
     return RunResult(target, report, evaluation.metrics, 0.0, 0.0)
 
 

@@ -24,8 +24,17 @@ from kenner.methods.registry import MethodSpec
 
 MODEL_DIR = "model"
 MODEL_INFO = "model_info.json"
-HEADLINE_KEYS = ("accuracy", "macro_f1", "weighted_f1", "macro_f1_fg", "top5_accuracy", "ece", "ece_uncalibrated",
-                 "recall_at_1", "map_at_r")
+HEADLINE_KEYS = (
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "macro_f1_fg",
+    "top5_accuracy",
+    "ece",
+    "ece_uncalibrated",
+    "recall_at_1",
+    "map_at_r",
+)
 
 
 def absolute_spec(spec: str) -> str:
@@ -37,8 +46,15 @@ def absolute_spec(spec: str) -> str:
     return spec
 
 
-def write_model_info(model_dir: Path, cfg: RunConfig, data: TaskData, predictor: Predictor, *,
-                     view_names: list[str], decision: dict[str, Any]) -> Path:
+def write_model_info(
+    model_dir: Path,
+    cfg: RunConfig,
+    data: TaskData,
+    predictor: Predictor,
+    *,
+    view_names: list[str],
+    decision: dict[str, Any],
+) -> Path:
     """What loading and applying the run needs besides the predictor's own files."""
     embedder = data.samples.embedder
     built = embedder is not None and "encoder" in vars(embedder)  # the encoder was needed (and built)
@@ -67,15 +83,23 @@ def read_model_info(run_dir: Path) -> dict[str, Any]:
         raise KennerError(f"{run_dir}: not a finished kenner run folder (no {MODEL_DIR}/{MODEL_INFO})")
     info = read_json(path)
     if "method" not in info:
-        raise KennerError(f"{path}: written by kenner {info.get('kenner_version', '0.1')}, which this version "
-                          "cannot load; train the run again")
+        raise KennerError(
+            f"{path}: written by kenner {info.get('kenner_version', '0.1')}, which this version "
+            "cannot load; train the run again"
+        )
     return info
 
 
 def dataset_summary(data: TaskData, *, source: str, excluded: int, dataset: Dataset | None = None) -> dict[str, Any]:
     """The report's dataset facts; with the loaded ``dataset``, also its metadata columns and merged groups."""
-    summary = {"source": source, "samples": len(data.y), "classes": data.n_classes, "groups": len(set(data.groups)),
-               "views": ", ".join(data.samples.view_names), "excluded": excluded}
+    summary = {
+        "source": source,
+        "samples": len(data.y),
+        "classes": data.n_classes,
+        "groups": len(set(data.groups)),
+        "views": ", ".join(data.samples.view_names),
+        "excluded": excluded,
+    }
     if dataset is not None and dataset.metadata_columns:
         summary["metadata columns (in predictions.parquet)"] = ", ".join(dataset.metadata_columns)
     if dataset is not None and dataset.merged_groups:
@@ -103,6 +127,8 @@ def changed_settings(cfg: RunConfig, spec: MethodSpec) -> dict[str, Any]:
 
 def headline(metrics: dict[str, dict[str, Any]], indent: str = "") -> str:
     """One line per split with the headline metrics present (printed after a run)."""
-    return "\n".join(f"{indent}{split:>5}: " + "  ".join(f"{k}={values[k]:.4f}" for k in HEADLINE_KEYS
-                                                       if isinstance(values.get(k), float | int))
-                     for split, values in metrics.items())
+    return "\n".join(
+        f"{indent}{split:>5}: "
+        + "  ".join(f"{k}={values[k]:.4f}" for k in HEADLINE_KEYS if isinstance(values.get(k), float | int))
+        for split, values in metrics.items()
+    )

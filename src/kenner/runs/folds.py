@@ -9,14 +9,20 @@ def aggregate_folds(per_fold: list[dict[str, dict[str, float]]]) -> dict[str, di
     """``{split: {metric: {mean, std, values}}}`` over folds (population std, ddof=0); numeric metrics only."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for split in per_fold[0]:
-        keys = sorted({key for fold in per_fold for key, value in fold.get(split, {}).items()
-                       if isinstance(value, int | float) and not isinstance(value, bool)})
+        keys = sorted(
+            {
+                key
+                for fold in per_fold
+                for key, value in fold.get(split, {}).items()
+                if isinstance(value, int | float) and not isinstance(value, bool)
+            }
+        )
         summary[split] = {}
         for key in keys:
-            values = np.asarray([fold[split][key] for fold in per_fold if fold.get(split, {}).get(key) is not None],
-                                float)
-            summary[split][key] = {"mean": float(values.mean()), "std": float(values.std()),
-                                   "values": values.tolist()}
+            values = np.asarray(
+                [fold[split][key] for fold in per_fold if fold.get(split, {}).get(key) is not None], float
+            )
+            summary[split][key] = {"mean": float(values.mean()), "std": float(values.std()), "values": values.tolist()}
     return summary
 
 

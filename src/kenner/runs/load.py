@@ -66,9 +66,15 @@ def load_predictor(run_dir: str | Path, *, cache_dir: str | None = None, device:
     predictor = spec.load().predictor.load(run_dir / MODEL_DIR, class_names=info["class_names"], device=device)
     embedder = None
     if info.get("fingerprint"):
-        encoder = EncoderConfig(encoder=info["encoder"], weights=info["weights"], pooling=info["pooling"],
-                                views=info["views"], cache_dir=cache_dir, backend=info["backend"])
-        embedder = Embedder(encoder, ComputeConfig(device=device), background=info["background_color"],
-                            fingerprint=info["fingerprint"])
-    return RunModel(run_dir, info, spec, predictor, Decider.from_dict(info["decision"], info["class_names"]),
-                    embedder)
+        encoder = EncoderConfig(
+            encoder=info["encoder"],
+            weights=info["weights"],
+            pooling=info["pooling"],
+            views=info["views"],
+            cache_dir=cache_dir,
+            backend=info["backend"],
+        )
+        embedder = Embedder(
+            encoder, ComputeConfig(device=device), background=info["background_color"], fingerprint=info["fingerprint"]
+        )
+    return RunModel(run_dir, info, spec, predictor, Decider.from_dict(info["decision"], info["class_names"]), embedder)

@@ -16,8 +16,15 @@ from kenner.evaluate.reject import UNCLASSIFIABLE
 from kenner.runs.load import RunModel, load_predictor
 
 
-def predict_run(run_dir: str | Path, items: Sequence[str], *, k: int = 5, cache_dir: str | None = None,
-                device: str = "auto", model: RunModel | None = None) -> list[dict[str, Any]]:
+def predict_run(
+    run_dir: str | Path,
+    items: Sequence[str],
+    *,
+    k: int = 5,
+    cache_dir: str | None = None,
+    device: str = "auto",
+    model: RunModel | None = None,
+) -> list[dict[str, Any]]:
     """Per query item: ``{"id", "paths", "predicted", "predictions": [{label, probability}]}``.
 
     ``predicted`` is the run's answer (top label, or the binary threshold's side), or ``unclassifiable`` where
@@ -31,11 +38,15 @@ def predict_run(run_dir: str | Path, items: Sequence[str], *, k: int = 5, cache_
     order, scores = top_k(answers.prediction.scores, k)
     names = model.class_names
     return [
-        {"id": item_id, "paths": {view: str(path) for view, path in item_paths.items()},
-         "predicted": names[label] if ok else UNCLASSIFIABLE,
-         "predictions": [{"label": names[c], "probability": float(s)} for c, s in zip(row, row_scores, strict=True)]}
+        {
+            "id": item_id,
+            "paths": {view: str(path) for view, path in item_paths.items()},
+            "predicted": names[label] if ok else UNCLASSIFIABLE,
+            "predictions": [{"label": names[c], "probability": float(s)} for c, s in zip(row, row_scores, strict=True)],
+        }
         for item_id, item_paths, label, ok, row, row_scores in zip(
-            inputs.ids, inputs.paths, answers.predicted, answers.accepted, order, scores, strict=True)
+            inputs.ids, inputs.paths, answers.predicted, answers.accepted, order, scores, strict=True
+        )
     ]
 
 

@@ -87,8 +87,9 @@ def arch(cfg: RunConfig) -> str:
     return cfg.method + fmt(cfg.head.hidden_sizes)
 
 
-def expand_grid(grid: Grid, base: dict[str, Any], *, dataset: str, bg: int = 0
-                ) -> tuple[list[SweepRun], list[tuple[str, str]]]:
+def expand_grid(
+    grid: Grid, base: dict[str, Any], *, dataset: str, bg: int = 0
+) -> tuple[list[SweepRun], list[tuple[str, str]]]:
     """Every valid combination as a :class:`SweepRun`, plus (name, reason) of invalid ones.
 
     Names follow ``<dataset>_<encoder>_<arch>_mix<a>_ls<s>[_<field><value>...]_<profile>[_bg<n>][_s<seed>]``; a
@@ -100,20 +101,38 @@ def expand_grid(grid: Grid, base: dict[str, Any], *, dataset: str, bg: int = 0
     runs: dict[str, SweepRun] = {}
     skipped: list[tuple[str, str]] = []
     for encoder, method, profile, combo, seed in itertools.product(
-            grid.encoders, grid.methods, grid.profiles, itertools.product(*swept.values()), seeds):
+        grid.encoders, grid.methods, grid.profiles, itertools.product(*swept.values()), seeds
+    ):
         chosen = dict(zip(swept, combo, strict=True))
         explicit = {**base, **chosen, "encoder": encoder, **({} if seed is None else {"seed": seed})}
-        varied = [f"{SHORT.get(name, name)}{fmt(value)}" for name, value in chosen.items()
-                  if len(swept[name]) > 1 and name not in ("mixup", "label_smoothing", "hidden_sizes")]
+        varied = [
+            f"{SHORT.get(name, name)}{fmt(value)}"
+            for name, value in chosen.items()
+            if len(swept[name]) > 1 and name not in ("mixup", "label_smoothing", "hidden_sizes")
+        ]
         try:
-            cfg = compose_config(dict(METHODS.items()), method=PROFILES[profile].get("head_type", method),
-                                 profile=profile, explicit=to_nested(explicit, where="sweep"))
+            cfg = compose_config(
+                dict(METHODS.items()),
+                method=PROFILES[profile].get("head_type", method),
+                profile=profile,
+                explicit=to_nested(explicit, where="sweep"),
+            )
         except KennerError as error:
             label = "_".join([dataset, safe_name(encoder), method, *map(fmt, combo), profile])
             skipped.append((label, str(error)))
             continue
-        config_name = "_".join([dataset, safe_name(encoder), arch(cfg), f"mix{fmt(cfg.loss.mixup)}",
-                                f"ls{fmt(cfg.loss.label_smoothing)}", *varied, profile, *([f"bg{bg}"] if bg else [])])
+        config_name = "_".join(
+            [
+                dataset,
+                safe_name(encoder),
+                arch(cfg),
+                f"mix{fmt(cfg.loss.mixup)}",
+                f"ls{fmt(cfg.loss.label_smoothing)}",
+                *varied,
+                profile,
+                *([f"bg{bg}"] if bg else []),
+            ]
+        )
         name = config_name + (f"_s{seed}" if len(seeds) > 1 else "")
         runs.setdefault(name, SweepRun(name, config_name, encoder, profile, cfg))
     return list(runs.values()), skipped
@@ -143,19 +162,30 @@ def _task(data: TaskData) -> _Task:
     if not data.mask(eval_split).any():
         raise KennerError("the split has neither test nor validation rows to evaluate on")
     evaluated = data.mask(eval_split)
-    return _Task(X[train], data.y[train], X[val] if val.any() else None, data.y[val] if val.any() else None,
-                 X[evaluated], data.y[evaluated], eval_split, data.class_names, data.background_class)
+    return _Task(
+        X[train],
+        data.y[train],
+        X[val] if val.any() else None,
+        data.y[val] if val.any() else None,
+        X[evaluated],
+        data.y[evaluated],
+        eval_split,
+        data.class_names,
+        data.background_class,
+    )
 
 
-def _metrics(y: np.ndarray, logits: np.ndarray, temperature: float, class_names: list[str],
-             background: str | None) -> dict[str, float]:
+def _metrics(
+    y: np.ndarray, logits: np.ndarray, temperature: float, class_names: list[str], background: str | None
+) -> dict[str, float]:
     """The results-table metrics of one head; ``ece_uncalibrated`` is the ECE at temperature 1."""
     proba = _softmax(logits / temperature)
     metrics = classification_metrics(y, proba.argmax(1), proba, class_names, background_class=background)
     for key in METRICS[:4]:
         metrics.setdefault(key, metrics[key.removesuffix("_fg")])
-    metrics["ece_uncalibrated"] = (metrics["ece"] if temperature == 1.0
-                                   else expected_calibration_error(_softmax(logits), y))
+    metrics["ece_uncalibrated"] = (
+        metrics["ece"] if temperature == 1.0 else expected_calibration_error(_softmax(logits), y)
+    )
     return {key: metrics[key] for key in (*METRICS, "macro_f1")}
 
 
@@ -169,13 +199,14 @@ def _fit_group(runs: list[SweepRun], task: _Task) -> Iterator[dict[str, Any]]:
     """Fit a group of runs (one batched model where their settings allow) and yield each one's row."""
     configs = [run.config for run in runs]
     if any(c.head.calibrate for c in configs) and task.X_val is None:
-        raise KennerError(f"{runs[0].name}: temperature scaling (profile calib/full, --calibrate) is fitted on "
-                          "validation rows, but the split has none; give --split-ratios a val share")
+        raise KennerError(
+            f"{runs[0].name}: temperature scaling (profile calib/full, --calibrate) is fitted on "
+            "validation rows, but the split has none; give --split-ratios a val share"
+        )
     classes = np.arange(len(task.class_names))
     params = [head_params(cfg) for cfg in configs]
     if len(runs) > 1 or batch_key(params[0]) is not None:
-        fit = fit_multihead(task.X_train, task.y_train, params, classes=classes, X_val=task.X_val,
-                            y_val=task.y_val)
+        fit = fit_multihead(task.X_train, task.y_train, params, classes=classes, X_val=task.X_val, y_val=task.y_val)
         start = time.perf_counter()
         logits = np.asarray(fit.logits(task.X_eval))
         shared_eval = (time.perf_counter() - start) / len(runs)
@@ -185,7 +216,8 @@ def _fit_group(runs: list[SweepRun], task: _Task) -> Iterator[dict[str, Any]]:
         calib_seconds = [fit.calibration_seconds / n_calibrated if c.head.calibrate else 0.0 for c in configs]
     else:  # one head alone; its temperature is fitted apart so that its time is measured apart
         head = EmbeddingClassifier(**{**params[0], "calibrate": False}).fit(
-            task.X_train, task.y_train, X_val=task.X_val, y_val=task.y_val, classes=classes)
+            task.X_train, task.y_train, X_val=task.X_val, y_val=task.y_val, classes=classes
+        )
         start = time.perf_counter()
         temperature = fit_temperature(head.logits(task.X_val), task.y_val) if params[0]["calibrate"] else 1.0
         calib_seconds = [time.perf_counter() - start if params[0]["calibrate"] else 0.0]
@@ -193,18 +225,32 @@ def _fit_group(runs: list[SweepRun], task: _Task) -> Iterator[dict[str, Any]]:
         logits = head.logits(task.X_eval)[None]
         shared_eval = time.perf_counter() - start
         temperatures, epochs, fit_s = [temperature], [head.best_epoch_], head.fit_seconds_
-    for run, head_logits, temperature, calib_s, epoch in zip(runs, logits, temperatures, calib_seconds, epochs,
-                                                             strict=True):
+    for run, head_logits, temperature, calib_s, epoch in zip(
+        runs, logits, temperatures, calib_seconds, epochs, strict=True
+    ):
         start = time.perf_counter()
         cfg = run.config
         metrics = _metrics(task.y_eval, head_logits, temperature, task.class_names, task.background)
         yield {
-            "name": run.name, "config_name": run.config_name, "encoder": run.encoder, "profile": run.profile,
-            "method": cfg.method, "head": arch(cfg), "mixup": cfg.loss.mixup,
-            "label_smoothing": cfg.loss.label_smoothing, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay,
-            "seed": cfg.optim.seed, **metrics, "temperature": temperature, "fit_seconds": fit_s,
-            "calibration_seconds": calib_s, "evaluation_seconds": shared_eval + time.perf_counter() - start,
-            "best_epoch": epoch, "batched_heads": len(runs), "eval_split": task.eval_split,
+            "name": run.name,
+            "config_name": run.config_name,
+            "encoder": run.encoder,
+            "profile": run.profile,
+            "method": cfg.method,
+            "head": arch(cfg),
+            "mixup": cfg.loss.mixup,
+            "label_smoothing": cfg.loss.label_smoothing,
+            "lr": cfg.optim.lr,
+            "weight_decay": cfg.optim.weight_decay,
+            "seed": cfg.optim.seed,
+            **metrics,
+            "temperature": temperature,
+            "fit_seconds": fit_s,
+            "calibration_seconds": calib_s,
+            "evaluation_seconds": shared_eval + time.perf_counter() - start,
+            "best_epoch": epoch,
+            "batched_heads": len(runs),
+            "eval_split": task.eval_split,
             "config": json.dumps(cfg.to_dict(METHODS.get(cfg.method).sections), sort_keys=True),
         }
 
@@ -213,23 +259,27 @@ def _check_resumable(run: SweepRun, row: pd.Series, path: Path) -> None:
     saved, now = json.loads(row["config"]), run.config.to_dict(METHODS.get(run.config.method).sections)
     changed = sorted(key for key in now if saved.get(key) != now[key])
     if changed:
-        raise KennerError(f"{path}: run {run.name} was made with other settings ({', '.join(changed)}); "
-                          "use a new --out-dir or remove that file to start over")
+        raise KennerError(
+            f"{path}: run {run.name} was made with other settings ({', '.join(changed)}); "
+            "use a new --out-dir or remove that file to start over"
+        )
 
 
 def check_grid(grid: Grid) -> None:
     """Methods a sweep can batch and profiles that exist, or a one-line error."""
     unknown = [m for m in grid.methods if m not in HEAD_METHODS]
     if unknown:
-        raise KennerError(f"kenner sweep trains heads ({', '.join(HEAD_METHODS)}); for {', '.join(unknown)} use "
-                          "kenner compare")
+        raise KennerError(
+            f"kenner sweep trains heads ({', '.join(HEAD_METHODS)}); for {', '.join(unknown)} use kenner compare"
+        )
     for profile in grid.profiles:
         if profile not in PROFILES:
             raise KennerError(f"--profiles: unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
 
 
-def run_sweep(grid: Grid, base: dict[str, Any], out_dir: str | Path, *, reference: str = "base",
-              tracker: Tracker | None = None) -> pd.DataFrame:
+def run_sweep(
+    grid: Grid, base: dict[str, Any], out_dir: str | Path, *, reference: str = "base", tracker: Tracker | None = None
+) -> pd.DataFrame:
     """``kenner sweep``: load the dataset that ``base`` (the fields every run shares, by name) describes, save
     one split in ``out_dir/splits``, and sweep ``grid`` for every encoder on it (:func:`sweep_tasks`)."""
     check_grid(grid)
@@ -244,15 +294,33 @@ def run_sweep(grid: Grid, base: dict[str, Any], out_dir: str | Path, *, referenc
     tasks = {}
     for encoder in grid.encoders:
         cfg = probe.replace(encoder=encoder)
-        data = task_data(dataset, split, embedder_for(cfg), cfg.encoder.views,
-                         background_class=cfg.data.background_class)
+        data = task_data(
+            dataset, split, embedder_for(cfg), cfg.encoder.views, background_class=cfg.data.background_class
+        )
         tasks[encoder] = with_background(data, cfg.data, seed=0)
-    return sweep_tasks(tasks, grid, base, out_dir, dataset=dataset_name(probe.data.data), bg=probe.data.bg,
-                       reference=reference, tracker=tracker or tracker_for(probe.tracking))
+    return sweep_tasks(
+        tasks,
+        grid,
+        base,
+        out_dir,
+        dataset=dataset_name(probe.data.data),
+        bg=probe.data.bg,
+        reference=reference,
+        tracker=tracker or tracker_for(probe.tracking),
+    )
 
 
-def sweep_tasks(tasks: dict[str, TaskData], grid: Grid, base: dict[str, Any], out_dir: str | Path, *,
-                dataset: str, bg: int = 0, reference: str = "base", tracker: Tracker | None = None) -> pd.DataFrame:
+def sweep_tasks(
+    tasks: dict[str, TaskData],
+    grid: Grid,
+    base: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    dataset: str,
+    bg: int = 0,
+    reference: str = "base",
+    tracker: Tracker | None = None,
+) -> pd.DataFrame:
     """Every configuration of ``grid`` for every encoder's task data (encoder spec -> the rows of one split,
     background rows included); results are appended to ``out_dir/results.csv`` as they finish, finished
     configurations are skipped. Returns all rows, finished earlier or now."""
@@ -265,8 +333,9 @@ def sweep_tasks(tasks: dict[str, TaskData], grid: Grid, base: dict[str, Any], ou
     done = {row["name"]: row for _, row in results.iterrows()} if len(results) else {}
     skipped_all: list[tuple[str, str]] = []
     for encoder, data in tasks.items():
-        runs, skipped = expand_grid(Grid((encoder,), grid.methods, grid.profiles, grid.values), base,
-                                    dataset=dataset, bg=bg)
+        runs, skipped = expand_grid(
+            Grid((encoder,), grid.methods, grid.profiles, grid.values), base, dataset=dataset, bg=bg
+        )
         skipped_all += skipped
         for run in runs:
             if run.name in done:

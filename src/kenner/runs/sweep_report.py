@@ -16,8 +16,15 @@ from kenner.errors import KennerError
 from kenner.evaluate.report import format_number, markdown_table
 from kenner.runs.tracking import Tracker
 
-METRICS = ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy", "ece",
-           "ece_uncalibrated")
+METRICS = (
+    "macro_f1_fg",
+    "weighted_f1_fg",
+    "macro_precision_fg",
+    "macro_recall_fg",
+    "accuracy",
+    "ece",
+    "ece_uncalibrated",
+)
 TIMINGS = ("fit_seconds", "calibration_seconds", "evaluation_seconds")
 KNOBS = ("head", "mixup", "label_smoothing", "lr", "weight_decay")
 
@@ -36,11 +43,17 @@ def track_row(tracker: Tracker, row: dict[str, Any], *, sweep: str) -> None:
     """One tracked run for one results row: the head config and grid values as parameters, metrics and
     timings as metrics, the sweep folder's name, encoder and profile as tags."""
     params = {"encoder": row["encoder"], "profile": row["profile"], "head": json.loads(row["config"])}
-    tags = {"kenner.mode": "sweep", "kenner.sweep": sweep, "kenner.encoder": row["encoder"],
-            "kenner.profile": row["profile"], "kenner.config_name": row["config_name"]}
+    tags = {
+        "kenner.mode": "sweep",
+        "kenner.sweep": sweep,
+        "kenner.encoder": row["encoder"],
+        "kenner.profile": row["profile"],
+        "kenner.config_name": row["config_name"],
+    }
     with tracker.start_run(row["name"], params, tags=tags):
-        tracker.log_metrics({key: row[key] for key in (*METRICS, "macro_f1", "temperature", *TIMINGS,
-                                                        "best_epoch", "batched_heads")})
+        tracker.log_metrics(
+            {key: row[key] for key in (*METRICS, "macro_f1", "temperature", *TIMINGS, "best_epoch", "batched_heads")}
+        )
 
 
 def frame_table(df: pd.DataFrame) -> str:
@@ -64,9 +77,11 @@ def _mean_std(df: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd
 def results_markdown(results: pd.DataFrame) -> str:
     """results.md: one row per run; with several seeds also mean ± std per configuration."""
     out = io.StringIO()
-    out.write("# Sweep results\n\nMetrics on each run's evaluation split (test when there is one); `_fg` "
-              "metrics leave the background class out (equal to the plain ones without one). Timings are "
-              "seconds per configuration (a batched group's time divided by its heads).\n\n")
+    out.write(
+        "# Sweep results\n\nMetrics on each run's evaluation split (test when there is one); `_fg` "
+        "metrics leave the background class out (equal to the plain ones without one). Timings are "
+        "seconds per configuration (a batched group's time divided by its heads).\n\n"
+    )
     if results.empty:
         return out.getvalue() + "(no finished runs)\n"
     out.write(frame_table(results[["name", *METRICS, *TIMINGS, "batched_heads"]]))
@@ -76,8 +91,9 @@ def results_markdown(results: pd.DataFrame) -> str:
     return out.getvalue()
 
 
-def summary_markdown(results: pd.DataFrame, reference: str, skipped: Sequence[tuple[str, str]] = (),
-                     knobs: Sequence[str] = KNOBS) -> str:
+def summary_markdown(
+    results: pd.DataFrame, reference: str, skipped: Sequence[tuple[str, str]] = (), knobs: Sequence[str] = KNOBS
+) -> str:
     """summary.md: averages per profile, encoder and knob value; best configuration per encoder ×
     profile; deltas of every profile against ``reference`` on otherwise identical runs."""
     out = io.StringIO()
@@ -107,14 +123,20 @@ def summary_markdown(results: pd.DataFrame, reference: str, skipped: Sequence[tu
     ref = results[results["profile"] == reference].set_index(keys)
     rows = []
     for profile, part in results[results["profile"] != reference].groupby("profile", sort=True):
-        paired = part.set_index(keys).join(ref[["macro_f1_fg", "accuracy", "ece"]], rsuffix="_ref",
-                                           how="inner")
+        paired = part.set_index(keys).join(ref[["macro_f1_fg", "accuracy", "ece"]], rsuffix="_ref", how="inner")
         if paired.empty:
             continue
         delta = paired["macro_f1_fg"] - paired["macro_f1_fg_ref"]
-        rows.append({"profile": profile, "pairs": len(paired), "d_macro_f1_fg": delta.mean(),
-                     "d_accuracy": (paired["accuracy"] - paired["accuracy_ref"]).mean(),
-                     "d_ece": (paired["ece"] - paired["ece_ref"]).mean(), "wins": int((delta > 0).sum())})
+        rows.append(
+            {
+                "profile": profile,
+                "pairs": len(paired),
+                "d_macro_f1_fg": delta.mean(),
+                "d_accuracy": (paired["accuracy"] - paired["accuracy_ref"]).mean(),
+                "d_ece": (paired["ece"] - paired["ece_ref"]).mean(),
+                "wins": int((delta > 0).sum()),
+            }
+        )
     out.write("Mean difference (profile − reference) over runs identical in every other setting.\n\n")
     out.write(frame_table(pd.DataFrame(rows)))
     return out.getvalue()

@@ -112,12 +112,16 @@ class MlflowTracker(Tracker):
     """
 
     def __init__(
-        self, experiment: str = "kenner", *, tracking_uri: str | None = None,
+        self,
+        experiment: str = "kenner",
+        *,
+        tracking_uri: str | None = None,
         run_dir: str | os.PathLike | None = None,
     ) -> None:
         folder = Path(run_dir or Path.cwd()).resolve()
-        self.tracking_uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                             or f"sqlite:///{(folder / 'mlflow.db').as_posix()}")
+        self.tracking_uri = (
+            tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
+        )
         self.artifact_location = (folder / "mlruns").as_uri() if self.tracking_uri.startswith("sqlite:") else None
         self.experiment = experiment
         self.run_id: str | None = None
@@ -139,16 +143,20 @@ class MlflowTracker(Tracker):
         if self.run_id is not None:
             raise RuntimeError("end the current run before starting another")
         try:
-            run = self.client.create_run(self._experiment_id(), run_name=name,
-                                         tags={key: str(value) for key, value in (tags or {}).items()})
+            run = self.client.create_run(
+                self._experiment_id(), run_name=name, tags={key: str(value) for key, value in (tags or {}).items()}
+            )
             self.run_id = run.info.run_id
-            flat = [Param(_key(key), str(value)[:MAX_PARAM_VAL_LENGTH])
-                    for key, value in flatten_params(params).items()]
+            flat = [
+                Param(_key(key), str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in flatten_params(params).items()
+            ]
             for start in range(0, len(flat), MAX_PARAMS_TAGS_PER_BATCH):
-                self.client.log_batch(self.run_id, params=flat[start:start + MAX_PARAMS_TAGS_PER_BATCH])
+                self.client.log_batch(self.run_id, params=flat[start : start + MAX_PARAMS_TAGS_PER_BATCH])
         except MlflowException as error:
-            raise KennerError(f"MLflow tracking at {self.tracking_uri} failed: {error.message}; "
-                              "pass another --tracking-uri or --no-track") from error
+            raise KennerError(
+                f"MLflow tracking at {self.tracking_uri} failed: {error.message}; "
+                "pass another --tracking-uri or --no-track"
+            ) from error
         return self
 
     def _experiment_id(self) -> str:
@@ -172,7 +180,7 @@ class MlflowTracker(Tracker):
         now = int(time.time() * 1000)
         batch = [Metric(_key(key), float(value), now, step or 0) for key, value in metrics.items()]
         for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self._active(), metrics=batch[start:start + MAX_METRICS_PER_BATCH])
+            self.client.log_batch(self._active(), metrics=batch[start : start + MAX_METRICS_PER_BATCH])
 
     def log_artifact(self, path: str | os.PathLike) -> None:
         self.client.log_artifact(self._active(), os.fspath(path))
@@ -199,8 +207,10 @@ class WandbTracker(Tracker):
         try:
             import wandb
         except ImportError as error:
-            raise KennerError("tracking with --wandb needs the wandb package: pip install wandb "
-                              "(or leave out --wandb to track with MLflow)") from error
+            raise KennerError(
+                "tracking with --wandb needs the wandb package: pip install wandb "
+                "(or leave out --wandb to track with MLflow)"
+            ) from error
         self._wandb = wandb
         self.project = project
         self.run_dir = Path(run_dir).resolve() if run_dir else None
@@ -212,7 +222,9 @@ class WandbTracker(Tracker):
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run = self._wandb.init(
-            project=self.project, name=name, config=flatten_params(params),
+            project=self.project,
+            name=name,
+            config=flatten_params(params),
             tags=[f"{key}={value}"[:64] for key, value in (tags or {}).items()] or None,
             dir=os.fspath(self.run_dir) if self.run_dir else None,
         )
@@ -248,7 +260,10 @@ class WandbTracker(Tracker):
 
 
 def create_tracker(
-    kind: str, *, experiment: str = "kenner", tracking_uri: str | None = None,
+    kind: str,
+    *,
+    experiment: str = "kenner",
+    tracking_uri: str | None = None,
     run_dir: str | os.PathLike | None = None,
 ) -> Tracker:
     """A tracker by name: ``mlflow``, ``wandb`` (``experiment`` is the project) or ``none``.
