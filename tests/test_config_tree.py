@@ -146,3 +146,8 @@ def test_help_of_every_subcommand_renders() -> None:
     for name, sub in subcommands.items():
         assert isinstance(sub, argparse.ArgumentParser)
         assert sub.format_help(), name
+
+
+def test_the_readme_shows_the_profiles_table_as_it_is() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert PROFILES_MARKDOWN.strip() in readme

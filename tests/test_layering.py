@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kenner"
-BASE = {"kenner", "errors", "io", "registry", "paths", "device"}
+BASE = {"kenner", "errors", "io", "registry", "paths", "device", "progress"}
 # package -> the packages it may import (base modules are allowed everywhere)
 ALLOWED = {
     "config": set(),

@@ -37,7 +37,7 @@ def test_macro_f1_rows_matches_sklearn():
     np.testing.assert_allclose(macro_f1_rows(y_true, y_pred, 7), want, rtol=1e-12)
 
 
-LINEAR = dict(epochs=12, batch_size=32, patience=3, device="cpu")
+LINEAR = dict(epochs=12, batch_size=32, patience=3, device="cpu", calibrate=False)
 MLP = dict(
     LINEAR,
     head_type="mlp",

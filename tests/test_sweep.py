@@ -320,11 +320,14 @@ def test_sweep_command_on_images(tmp_path, grouped_folder_dataset, make_image):
 
 
 def test_calibrated_runs_report_ece_before_and_after_temperature_scaling(tmp_path):
-    grid = _grid(methods=("mlp",), hidden_sizes=["8"], profiles=("base", "calib"), label_smoothing=["0", "0.1"])
+    grid = _grid(
+        methods=("mlp",), hidden_sizes=["8"], profiles=("baseline_minimal", "calib"), label_smoothing=["0", "0.1"]
+    )
     results = run_sweep({"e": _task(5)}, grid, tmp_path).set_index("name")
-    assert set(results["batched_heads"]) == {4}  # calibration is per head: base and calib train together
+    assert set(results["batched_heads"]) == {4}  # calibration is per head: both profiles train together
     for ls in ("0", "0p1"):
-        base, calib = results.loc[f"coins_e_mlp8_mix0_ls{ls}_base"], results.loc[f"coins_e_mlp8_mix0_ls{ls}_calib"]
+        base = results.loc[f"coins_e_mlp8_mix0_ls{ls}_baseline_minimal"]
+        calib = results.loc[f"coins_e_mlp8_mix0_ls{ls}_calib"]
         assert base["temperature"] == 1.0 and base["ece_uncalibrated"] == base["ece"]
         assert base["calibration_seconds"] == 0.0 and calib["calibration_seconds"] > 0
         assert calib["temperature"] != 1.0

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 
 from kenner import __version__
 from kenner.errors import Interrupted, KennerError, interrupt_on_signal
+from kenner.progress import QUIET
 
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -33,17 +35,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify photos of specialist collections: frozen embeddings, heads, retrieval, fine-tuning.",
     )
     parser.add_argument("--version", action="version", version=f"kenner {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    add_output_options(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    for subparser in subparsers.choices.values():  # also after the subcommand: kenner train ... --quiet
+        add_output_options(subparser, default=argparse.SUPPRESS)
     return parser
+
+
+def add_output_options(parser: argparse.ArgumentParser, default: object = False) -> None:
+    """``-v/--verbose`` and ``-q/--quiet``."""
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug logging and full tracebacks"
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="no progress bars and only warnings (progress bars show on a terminal only anyway)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    if args.quiet:
+        os.environ[QUIET] = "1"  # every progress bar, in this process and in its workers
     if not args.verbose:  # timm announces every checkpoint it loads, faiss which CPU build it picked
         for name in ("timm", "faiss"):
             logging.getLogger(name).setLevel(logging.WARNING)

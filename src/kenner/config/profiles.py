@@ -46,12 +46,13 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 DESCRIPTIONS = {
-    "base": "the defaults: linear head, AdamW, cross-entropy, early stopping on val macro-F1",
-    "center_std": "standardise embeddings (mean/std of the training rows)",
+    "base": "the defaults: linear head on standardised embeddings, AdamW, cross-entropy, early stopping on val "
+    "macro-F1 (ties: lower val loss), temperature scaling",
+    "center_std": "standardise embeddings (mean/std of the training rows; on by default)",
     "effective": "effective-number class weights (Cui et al. 2019)",
     "hardmine": "last epochs resample training rows by their loss (hard mining)",
     "gelu_ln": "hidden blocks use LayerNorm + GELU (MLP heads)",
-    "calib": "temperature scaling fitted on the validation set",
+    "calib": "temperature scaling fitted on the validation set (on by default)",
     "full": "effective + center_std + hardmine + gelu_ln + calib",
     "logit_train": "logit-adjusted loss in training (Menon et al. 2021)",
     "logit_infer": "post-hoc logit adjustment at inference",

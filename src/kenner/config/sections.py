@@ -201,7 +201,7 @@ class HeadConfig:
     gelu_ln: bool = knob(False, "hidden blocks use LayerNorm + GELU instead of ReLU")
     dropout: float = knob(0.0, "dropout after each hidden block (linear head: on its input)", ge=0, lt=1)
     standardize: str = knob(
-        "none", "feature normalisation fitted on the training rows only", ("none", "center", "standardize")
+        "standardize", "feature normalisation fitted on the training rows only", ("none", "center", "standardize")
     )
     logit_adjust: str = knob(
         "none", "logit adjustment by the train class prior (Menon et al. 2021)", ("none", "train", "infer", "both")
@@ -214,7 +214,9 @@ class HeadConfig:
     crt_epochs: int = knob(
         0, "classifier re-training: freeze the body, re-train the last layer class-balanced for N epochs", ge=0
     )
-    calibrate: bool = knob(False, "fit a softmax temperature on the validation split (argmax unchanged)")
+    calibrate: bool = knob(
+        True, "fit a softmax temperature on the validation split, when there is one (argmax unchanged)"
+    )
     manifold_mixup: float = knob(0.0, "manifold mixup alpha at the first hidden layer (0 = off)", ge=0)
     feature_noise: float = knob(0.0, "std of Gaussian noise added to embeddings (0 = off)", ge=0)
     feature_scale: float = knob(0.0, "std of channel-wise multiplicative scaling of embeddings (0 = off)", ge=0)

@@ -42,12 +42,12 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from PIL import Image
-from tqdm import tqdm
 
 from kenner import __version__
 from kenner.data.images import file_sha256, inspect_image
 from kenner.errors import DataError, ImageError, KennerError
 from kenner.io import atomic_write_text
+from kenner.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def download_images(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(fetch, row.url): row for row in todo}
         try:
-            for future in tqdm(as_completed(futures), total=len(futures), desc="download", unit="url", disable=None):
+            for future in progress_bar(as_completed(futures), total=len(futures), desc="download", unit="url"):
                 outcome = state.place(futures[future], future.result())
                 if outcome.status == "failed":
                     summary.failed += 1

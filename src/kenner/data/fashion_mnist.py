@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from kenner.errors import KennerError
 from kenner.io import atomic_write_bytes
 from kenner.paths import kenner_cache_root
+from kenner.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def export_folder(
     """Write a stratified subset as ``out_dir/<class>/fmnist<index>.png`` (each image its own group)."""
     images, labels = load(split, root)
     indices = stratified_indices(labels, per_class, seed)
-    for index in tqdm(indices, desc="exporting Fashion-MNIST", unit="img", disable=None):
+    for index in progress_bar(indices, desc="exporting Fashion-MNIST", unit="img"):
         path = out_dir / CLASSES[labels[index]] / f"fmnist{split}{index:05d}.png"
         if not path.exists():
             buffer = io.BytesIO()

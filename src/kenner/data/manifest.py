@@ -29,13 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from kenner.data.columns import KNOWN, holds_image_paths, metadata_columns, misspelled_column
 from kenner.data.grouping import Grouping, dominant_groups
 from kenner.data.images import inspect_image
 from kenner.errors import DataError, ImageError, KennerError
 from kenner.io import atomic_write_text
+from kenner.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -498,7 +497,7 @@ def _check_images(
     problems: dict[Path, str] = {}
     with (
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-        tqdm(total=len(paths), desc="checking images", unit="img", disable=None) as bar,
+        progress_bar(total=len(paths), desc="checking images", unit="img") as bar,
     ):
         for image_path, (size, reason) in zip(paths, pool.map(check, paths), strict=True):
             bar.update()

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from kenner.data.images import file_sha256, load_image
 from kenner.encoders.base import Encoder
 from kenner.encoders.store import EmbeddingStore, HashCache, ShardQuarantinedError
 from kenner.errors import ImageError, KennerError
+from kenner.progress import progress_bar
 
 HASH_CACHE_NAME = "hashes.sqlite"
 FLUSH_SECONDS = 10.0  # longest stretch of computed embeddings held only in memory
@@ -57,12 +57,12 @@ def hash_images(
     if todo:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             digests = list(
-                tqdm(
+                progress_bar(
                     pool.map(file_sha256, todo),
                     total=len(todo),
                     desc="hashing images",
                     unit="img",
-                    disable=None if progress else True,
+                    show=progress,
                 )
             )
         known.update(zip(todo, digests, strict=True))
@@ -173,7 +173,7 @@ def _encode_into_store(
 
     starts = range(0, len(paths), batch_size)
     batches = [paths[start : start + batch_size] for start in starts]
-    bar = tqdm(total=len(paths), desc=f"embedding with {encoder.name}", unit="img", disable=None if progress else True)
+    bar = progress_bar(total=len(paths), desc=f"embedding with {encoder.name}", unit="img", show=progress)
     try:
         with torch.inference_mode():
             for start, batch in zip(starts, _prefetch(prepare, batches, num_workers), strict=True):

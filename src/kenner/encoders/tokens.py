@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from kenner.data.images import load_image
 from kenner.encoders.base import Encoder
 from kenner.errors import KennerError
+from kenner.progress import progress_bar
 
 
 def mask_weighted_pool(tokens: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
@@ -53,7 +53,7 @@ def pooled_tokens(
     transform = encoder.preprocessing.transform()
     size = encoder.preprocessing.size
     chunks = []
-    for start in tqdm(range(0, len(paths), batch_size), desc="patch tokens", unit="batch", disable=None):
+    for start in progress_bar(range(0, len(paths), batch_size), desc="patch tokens", unit="batch"):
         batch = torch.stack(
             [
                 transform(load_image(path, background=background, max_side=size))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,8 @@ from kenner.losses.logit_adjustment import log_prior
 HEAD_SECTIONS = ("head", "optim", "schedule", "early_stopping", "arcface", "loss")
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def head_params(cfg: RunConfig) -> dict[str, Any]:
@@ -175,7 +178,7 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
             X_val = self._check_X(X_val, "validation embeddings")
             y_val_index = encode_labels(y_val, self.classes_, "validation labels", rows=len(X_val))
         if params["calibrate"] and not has_val:
-            raise KennerError("--calibrate fits the temperature on validation data; pass X_val and y_val")
+            log.info("no validation rows: the head's probabilities are not calibrated (temperature 1)")
         device = resolve_device(params["device"])
         n_classes = len(self.classes_)
         self.mean_, self.scale_ = fit_standardizer(X, params["standardize"])
@@ -199,7 +202,7 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
             )
         self.model_ = model.eval()
         self.temperature_ = 1.0
-        if params["calibrate"]:
+        if params["calibrate"] and has_val:
             self.temperature_ = fit_temperature(self._logits(X_val), y_val_index)
         self.fit_seconds_ = time.perf_counter() - start
         return self

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from kenner.device import resolve_device
 from kenner.errors import KennerError
@@ -47,6 +46,7 @@ from kenner.loop.epochs import INFERENCE_CHUNK, make_generator, make_optimizer, 
 from kenner.loop.history import epoch_record
 from kenner.loop.schedulers import build_scheduler, step_scheduler
 from kenner.losses.logit_adjustment import log_prior
+from kenner.progress import progress_bar
 
 # Parameters that may differ between heads trained together.
 PER_HEAD = ("lr", "weight_decay", "label_smoothing", "class_weight", "effective_beta", "calibrate")
@@ -249,8 +249,6 @@ def fit_multihead(
     X = as_embeddings(X, "training embeddings")
     y_index = encode_labels(y, classes, "training labels", rows=len(X))
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
-    if any(s["calibrate"] for s in settings) and not has_val:
-        raise KennerError("--calibrate fits the temperature on validation data; pass X_val and y_val")
     device = torch.device(device) if device is not None else resolve_device(p["device"])
     n_heads, n_classes = len(settings), len(classes)
     mean, scale = fit_standardizer(X, p["standardize"])
@@ -275,7 +273,7 @@ def fit_multihead(
         groups = _optimiser_groups(settings, initial, device, p)
         scheduler = build_scheduler(groups.optimizer, epochs=p["epochs"], monitor=monitor, **schedule_of(p))
         augment = FeatureAugment(p["feature_noise"], p["feature_scale"], p["feature_aug_p"])
-        for epoch in tqdm(range(1, p["epochs"] + 1), desc=f"{n_heads} heads", unit="epoch", disable=None, leave=False):
+        for epoch in progress_bar(range(1, p["epochs"] + 1), desc=f"{n_heads} heads", unit="epoch", leave=False):
             epoch_start = time.perf_counter()
             active = groups.active
             rates = {
@@ -334,7 +332,7 @@ def fit_multihead(
         fit_seconds=0.0,
     )
     fit.fit_seconds = time.perf_counter() - start
-    if any(s["calibrate"] for s in settings):
+    if has_val and any(s["calibrate"] for s in settings):  # without validation rows: temperature 1
         fit.calibrate(X_val, y_val)
     return fit
 

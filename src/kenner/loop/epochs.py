@@ -29,11 +29,11 @@ import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.utils import common_functions as pml_common
 from torch import nn
-from tqdm.auto import tqdm
 
 from kenner.loop.early_stopping import EarlyStopping
 from kenner.loop.history import epoch_record
 from kenner.loop.schedulers import Scheduler, step_scheduler
+from kenner.progress import progress_bar
 
 INFERENCE_CHUNK = 8192
 
@@ -124,7 +124,7 @@ def run_epochs(
     device = next(module.parameters()).device
     history: list[dict[str, Any]] = []
     best_state = None
-    bar = tqdm(range(1, epochs + 1), desc=phase, unit="epoch", disable=None, leave=False)
+    bar = progress_bar(range(1, epochs + 1), desc=phase, unit="epoch", leave=False)
     for epoch in bar:
         start = time.perf_counter()
         extra = before_epoch(epoch - 1) if before_epoch is not None else {}

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from kenner.config.compose import compose_config
 from kenner.config.profiles import PROFILES
@@ -35,6 +34,7 @@ from kenner.heads.multihead import batch_key, fit_multihead
 from kenner.io import atomic_write_text
 from kenner.methods import METHODS
 from kenner.methods.base import TaskData
+from kenner.progress import progress_bar
 from kenner.runs.data import check_views, embedder_for, load_data, resolve_split, task_data, with_background
 from kenner.runs.sweep_report import (
     KNOBS,
@@ -219,8 +219,9 @@ def _fit_group(runs: list[SweepRun], task: _Task) -> Iterator[dict[str, Any]]:
             task.X_train, task.y_train, X_val=task.X_val, y_val=task.y_val, classes=classes
         )
         start = time.perf_counter()
-        temperature = fit_temperature(head.logits(task.X_val), task.y_val) if params[0]["calibrate"] else 1.0
-        calib_seconds = [time.perf_counter() - start if params[0]["calibrate"] else 0.0]
+        calibrated = params[0]["calibrate"] and task.X_val is not None
+        temperature = fit_temperature(head.logits(task.X_val), task.y_val) if calibrated else 1.0
+        calib_seconds = [time.perf_counter() - start if calibrated else 0.0]
         start = time.perf_counter()
         logits = head.logits(task.X_eval)[None]
         shared_eval = time.perf_counter() - start
@@ -349,7 +350,7 @@ def sweep_tasks(
         groups: dict[Any, list[SweepRun]] = {}
         for run in todo:
             groups.setdefault(batch_key(head_params(run.config)) or run.name, []).append(run)
-        bar = tqdm(total=len(todo), desc=f"sweep {safe_name(encoder)}", unit="config", disable=None)
+        bar = progress_bar(total=len(todo), desc=f"sweep {safe_name(encoder)}", unit="config")
         for group in groups.values():
             for row in _fit_group(group, task):
                 results = pd.concat([results, pd.DataFrame([row])], ignore_index=True)

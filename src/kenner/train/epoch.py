@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from kenner.evaluate.binary import choose_threshold
 from kenner.evaluate.metrics import macro_f1_rows
 from kenner.evaluate.neighbours import recall_at_1
 from kenner.heads.feature_aug import mixup as mix
+from kenner.progress import progress_bar
 from kenner.train.model import FinetuneNet
 from kenner.train.precision import TrainSettings
 
@@ -55,8 +55,8 @@ def train_one_epoch(
     device, accum = torch.device(settings.device), settings.accum_steps
     total_loss, correct, seen, started = 0.0, 0, 0, time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    progress = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None)
-    for step, (pixels, labels) in enumerate(progress):
+    bar = progress_bar(loader, desc=desc, unit="batch", leave=False)
+    for step, (pixels, labels) in enumerate(bar):
         pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         targets: torch.Tensor = labels
         if mixup > 0:
@@ -74,7 +74,7 @@ def train_one_epoch(
         total_loss += float(loss.detach()) * len(labels)
         correct += int((logits.detach().argmax(dim=1) == labels).sum())
         seen += len(labels)
-        progress.set_postfix(loss=f"{total_loss / seen:.4f}")
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
     seconds = time.perf_counter() - started
     return {
         "loss": total_loss / max(seen, 1),
@@ -91,7 +91,7 @@ def predict_logits(
     model.eval()
     device = torch.device(settings.device)
     logits, features = [], []
-    for pixels, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+    for pixels, _ in progress_bar(loader, desc=desc, unit="batch", leave=False):
         with autocast(settings):
             feats = model.features(pixels.to(device, non_blocking=True))
             logits.append(model.head.classify(feats).float().cpu())
