@@ -184,7 +184,7 @@ def test_plain_linear_fit_matches_a_hand_written_adamw_loop() -> None:
     """The documented seeding contract reproduces a linear head's training."""
     X, y = blobs([30, 20, 10], dim=6)
     clf = EmbeddingClassifier(
-        epochs=3, batch_size=16, lr=0.05, weight_decay=0.01, label_smoothing=0.1, device="cpu"
+        epochs=3, batch_size=16, lr=0.05, weight_decay=0.01, label_smoothing=0.1, standardize="none", device="cpu"
     ).fit(X, y)
     generator = make_generator(0)
     weight, bias = linear_init(6, 3, generator)
@@ -218,7 +218,7 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     X, y = blobs([40, 40], sep=1.0)
     X_val, y_val = blobs([40, 40], sep=1.0, seed=5)
     y_val = 1 - y_val  # the better the head fits, the worse it scores on these labels
-    clf = EmbeddingClassifier(epochs=50, batch_size=8, lr=0.02, patience=3, device="cpu")
+    clf = EmbeddingClassifier(epochs=50, batch_size=8, lr=0.02, patience=3, standardize="none", device="cpu")
     clf.fit(X, y, X_val=X_val, y_val=y_val)
     f1s = [r["val_macro_f1"] for r in clf.history_]
     assert len(f1s) == clf.best_epoch_ + 3 < 50
