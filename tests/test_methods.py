@@ -119,6 +119,18 @@ def test_every_method_runs_folds_background_reject_evaluate_and_predict(
         np.stack(evaluated.loc[shared, "topk_scores"]), np.stack(trained.loc[shared, "topk_scores"]), atol=1e-5
     )
 
+    assert main(["export", str(fold), "--format", "arrays", "--cache-dir", str(cache)]) == 0
+    arrays = fold / "export_arrays"
+    test_rows = trained[trained["split"] == "test"]
+    names = json.loads((arrays / "names.json").read_text())
+    top = [labels[0] for labels in test_rows["topk_labels"]]
+    assert [names[i] for i in np.load(arrays / "predictions.npy")] == top
+    assert [names[i] for i in np.load(arrays / "true_labels.npy")] == test_rows["true"].tolist()
+    summary = json.loads((arrays / "summary.json").read_text())
+    assert summary["n"] == len(test_rows) and len(summary["best_classes"]) >= 1 and "prediction_cv" in summary
+    assert (arrays / "embeddings.npy").is_file() == METHODS.get(method).uses_embeddings
+    assert "Best and worst classes by F1" in (fold / "report.md").read_text()
+
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(fold), str(manifest), "-k", "2", "--output", str(out), *common]) == 0
     rows = list(csv.DictReader(out.open()))

@@ -108,3 +108,22 @@ def test_recall_at_1_of_embeddings_against_a_gallery_and_leave_one_out():
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     assert recall_at_1(queries, labels, features, y) == pytest.approx(np.mean(y[(q @ z.T).argmax(axis=1)] == labels))
     assert np.isnan(recall_at_1(features[:1], y[:1]))
+
+
+def test_prediction_cv_and_the_best_and_worst_classes():
+    """The face-name track's figures: how evenly classes are predicted, and the 5 best and worst names."""
+    from kenner.evaluate.metrics import per_class_table, prediction_cv, ranked_classes
+
+    assert prediction_cv([0, 1, 2, 3], 4) == 0.0  # every class predicted equally often
+    counts = np.array([4, 0, 0, 0])
+    assert prediction_cv([0, 0, 0, 0], 4) == pytest.approx(counts.std() / counts.mean())
+    y_true = np.repeat(np.arange(7), 4)
+    y_pred = y_true.copy()
+    y_pred[:3] = 1  # class 0 mostly wrong
+    table = per_class_table(y_true, y_pred, [f"name{i}" for i in range(7)])
+    ranked = ranked_classes(table)
+    assert [name for name, _ in ranked["worst_classes"]][:2] == ["name0", "name1"]
+    assert len(ranked["best_classes"]) == len(ranked["worst_classes"]) == 5
+    assert all(f1 == 1.0 for _, f1 in ranked["best_classes"])
+    metrics = classification_metrics(y_true, y_pred, None, [f"name{i}" for i in range(7)])
+    assert metrics["prediction_cv"] == pytest.approx(prediction_cv(y_pred, 7))

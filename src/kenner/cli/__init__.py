@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "kenner.cli.compare",
     "kenner.cli.sweep",
     "kenner.cli.use",
+    "kenner.cli.export",
     "kenner.cli.data",
     "kenner.cli.demo",
     "kenner.cli.download",

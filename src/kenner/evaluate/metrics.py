@@ -34,7 +34,9 @@ def classification_metrics(
     """Metrics of one split; class indices refer to ``class_names``.
 
     Keys: ``n``, ``accuracy``, ``top{k}_accuracy`` (k > 1, needs ``proba`` and more than k classes),
-    ``macro_f1``, ``weighted_f1``, ``macro_precision``, ``macro_recall``, ``ece`` (needs ``proba``).
+    ``macro_f1``, ``weighted_f1``, ``macro_precision``, ``macro_recall``, ``ece`` (needs ``proba``),
+    ``prediction_cv`` (std / mean of how often each class is predicted: 0 when every class is predicted
+    equally often; high when a few classes take most answers).
     With ``background_class``: ``macro_f1_fg``, ``weighted_f1_fg``, ``macro_precision_fg``,
     ``macro_recall_fg`` (averaged over the foreground classes only) and ``accuracy_fg`` (accuracy
     on samples whose true class is foreground); each only when it is defined.
@@ -53,6 +55,7 @@ def classification_metrics(
                     top_k_accuracy_score(y_true, proba, k=k, labels=np.arange(n_classes))
                 )
     metrics.update(_averaged(y_true, y_pred, labels, suffix=""))
+    metrics["prediction_cv"] = prediction_cv(y_pred, n_classes)
     if proba is not None:
         metrics["ece"] = expected_calibration_error(proba, y_true)
     if background_class is not None:
@@ -69,6 +72,19 @@ def classification_metrics(
         if is_fg.any():
             metrics["accuracy_fg"] = float(accuracy_score(y_true[is_fg], y_pred[is_fg]))
     return metrics
+
+
+def prediction_cv(y_pred: Sequence[int], n_classes: int) -> float:
+    """Coefficient of variation of the predicted-class counts over all ``n_classes`` classes."""
+    counts = np.bincount(np.asarray(y_pred, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    return float(counts.std() / counts.mean()) if counts.mean() > 0 else float("nan")
+
+
+def ranked_classes(table: pd.DataFrame, n: int = 5) -> dict[str, list[list]]:
+    """The ``n`` best and worst classes by F1 among those present (``[[name, f1], ...]``) of a per-class table."""
+    present = table[table["support"] > 0].sort_values(["f1", "support", "class"], ascending=[False, False, True])
+    pairs = [[str(row["class"]), float(row["f1"])] for _, row in present.iterrows()]
+    return {"best_classes": pairs[:n], "worst_classes": pairs[::-1][:n]}
 
 
 def macro_f1_rows(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kenner.evaluate.metrics import classification_metrics, per_class_table
+from kenner.evaluate.metrics import classification_metrics, per_class_table, ranked_classes
 from kenner.evaluate.plots import plot_confusion_matrix
 from kenner.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -117,6 +117,10 @@ def write_evaluation(
                 y[mask], predicted[mask], proba[mask], class_names, background_class=background_class
             )
             metrics[name].update((extra_metrics or {}).get(name, {}))
+    focus_name = report_split(split)
+    focus = split == focus_name
+    table = per_class_table(y[focus], predicted[focus], class_names)
+    metrics[focus_name].update(ranked_classes(table))
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_predictions(
         out_dir / "predictions.parquet",
@@ -129,9 +133,6 @@ def write_evaluation(
         accepted=accepted,
         metadata=metadata,
     )
-    focus_name = report_split(split)
-    focus = split == focus_name
-    table = per_class_table(y[focus], predicted[focus], class_names)
     atomic_write_text(out_dir / "per_class.csv", table.to_csv(index=False))
     plot_confusion_matrix(y[focus], predicted[focus], class_names, out_dir / "confusion_matrix.png")
     return Evaluation(metrics, table, focus_name)

@@ -22,6 +22,7 @@ MAIN_METRICS = (
     "macro_precision",
     "macro_recall",
     "ece",
+    "prediction_cv",
     "accuracy_fg",
     "macro_f1_fg",
     "weighted_f1_fg",
@@ -76,6 +77,9 @@ def write_report(run_dir: str | Path, context: Mapping[str, Any]) -> Path:
     per_class = context.get("per_class")
     if per_class is not None and len(per_class):
         parts.append(_section(f"Worst {WORST_CLASSES} classes by F1 (test)", _worst_classes(per_class)))
+    ranked = next((m for m in reversed(list(context.get("metrics", {}).values())) if "best_classes" in m), None)
+    if ranked:
+        parts.append(_section("Best and worst classes by F1", _ranked(ranked)))
     for title, markdown in context.get("sections", ()):
         parts.append(_section(title, markdown.strip()))
     return atomic_write_text(run_dir / "report.md", "\n\n".join(parts) + "\n")
@@ -111,6 +115,20 @@ def _worst_classes(per_class: pd.DataFrame) -> str:
     worst = present.sort_values(["f1", "support", "class"], ascending=[True, False, True]).head(WORST_CLASSES)
     columns = ["class", "support", "precision", "recall", "f1"]
     return markdown_table(columns, [[format_number(row[c]) for c in columns] for _, row in worst.iterrows()])
+
+
+def _ranked(metrics: Mapping[str, Any]) -> str:
+    """The 5 best and 5 worst classes side by side, with the prediction CV (how evenly classes are predicted)."""
+    best, worst = metrics["best_classes"], metrics["worst_classes"]
+    rows = [
+        [f"{b[0]} ({b[1]:.3f})" if b else "", f"{w[0]} ({w[1]:.3f})" if w else ""]
+        for b, w in zip(
+            best + [None] * (len(worst) - len(best)), worst + [None] * (len(best) - len(worst)), strict=True
+        )
+    ]
+    cv = metrics.get("prediction_cv")
+    note = f"\n\nPrediction CV (std / mean of how often each class is predicted): {cv:.3f}." if cv is not None else ""
+    return markdown_table(["best", "worst"], rows) + note
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
