@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seeds", default="0", metavar="S,...", help="seeds; several give mean ± std without folds (default: 0)"
     )
     parser.add_argument("--out-dir", required=True, help="comparison folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace method run folders that hold runs with other settings (default: refuse)",
+    )
     add_method_options(parser, method=False)
     add_config_options(parser, skip=("seed",))
     parser.set_defaults(func=cmd_compare)
@@ -72,7 +77,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             )
             label = spec + (f"@{safe_name(encoder)}" if encoder and len(encoders) > 1 else "")
             entries.append(Entry(label, cfg))
-    table = compare(entries, args.out_dir, seeds=seeds)
+    table = compare(entries, args.out_dir, seeds=seeds, overwrite=args.overwrite)
     best = table.loc[table["chosen_on_val"]].iloc[0]
     for row in table.sort_values("test_macro_f1", ascending=False).itertuples():
         print(f"{row.test_macro_f1:.4f}  {row.method}{'  (chosen on val)' if row.chosen_on_val else ''}")

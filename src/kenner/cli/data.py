@@ -39,8 +39,11 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from kenner.config.tree import build_config
+    from kenner.io import writable_file
     from kenner.runs.embed import embed_dataset
 
     cfg = build_config([explicit_layer(args, EMBED_SECTIONS)])
+    if args.output:
+        writable_file(args.output, "--output")  # before any embedding
     print(embed_dataset(cfg, output=args.output))
     return 0

@@ -29,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--mlp", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--reference", default="base", help="profile the summary compares others with")
     parser.add_argument("--out-dir", required=True, help="sweep folder (results.csv, results.md, summary.md)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a sweep folder made for another dataset or split (default: refuse)",
+    )
     methods = section_methods()
     add_config_flags(parser, SHARED_SECTIONS, section_methods=methods, skip=("encoder",))
     add_config_flags(parser, GRID_SECTIONS, section_methods=methods, grid=True)
@@ -66,7 +71,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         profiles=tuple(p.strip() for p in args.profiles.split(",") if p.strip()),
         values=values,
     )
-    results = run_sweep(grid, base, args.out_dir, reference=args.reference)
+    results = run_sweep(grid, base, args.out_dir, reference=args.reference, overwrite=args.overwrite)
     for row in results.sort_values("macro_f1_fg", ascending=False).head(5).itertuples():
         print(f"{row.macro_f1_fg:.4f}  {row.name}")
     print(f"{len(results)} runs; results: {args.out_dir}/results.md  summary: {args.out_dir}/summary.md")

@@ -40,6 +40,11 @@ def _add_run_options(parser: argparse.ArgumentParser, *, method: bool) -> None:
         help="fine-tuning: continue from this checkpoint (default: RUN/checkpoints/latest_model.pt when there is one)",
     )
     resume.add_argument("--fresh", action="store_true", help="fine-tuning: ignore existing checkpoints")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run folder that holds a run with other settings (default: refuse)",
+    )
     add_config_options(parser)
 
 
@@ -50,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kenner.runs.driver import train
     from kenner.runs.folder import headline
 
-    result = train(cfg, resume=args.resume, fresh=args.fresh)
+    result = train(cfg, resume=args.resume, fresh=args.fresh, overwrite=args.overwrite)
     if result.folds is not None:
         print(f"mean over {cfg.split.folds} folds:")
     print(headline(result.metrics))

@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--format", choices=("csv", "json"), help="output format (default: from --output's suffix, else csv)"
     )
     predict.add_argument("--output", help="write here instead of stdout")
+    predict.add_argument(
+        "--on-bad-image",
+        choices=("fail", "skip"),
+        default="fail",
+        help="an image that cannot be used: stop (fail), or answer its item with the reason (skip) (default: fail)",
+    )
     _add_common(predict)
     predict.set_defaults(func=cmd_predict)
 
@@ -65,11 +71,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from kenner.io import atomic_write_text
+    from kenner.io import atomic_write_text, writable_file
     from kenner.runs.predict import format_predictions, predict_run
 
     fmt = args.format or ("json" if args.output and args.output.endswith(".json") else "csv")
-    results = predict_run(args.run, args.images, k=args.top_k, cache_dir=args.cache_dir, device=args.device)
+    if args.output:
+        writable_file(args.output, "--output")  # before any embedding
+    results = predict_run(
+        args.run,
+        args.images,
+        k=args.top_k,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        on_bad_image=args.on_bad_image,
+    )
     text = format_predictions(results, fmt)
     if args.output:
         atomic_write_text(args.output, text)

@@ -20,13 +20,15 @@ import pandas as pd
 from kenner.config.tree import RunConfig
 from kenner.evaluate.plots import plot_bars
 from kenner.evaluate.report import format_number, markdown_table
-from kenner.io import atomic_write_text
+from kenner.io import atomic_write_json, atomic_write_text
+from kenner.runs.claim import claim_folder
 from kenner.runs.data import split_dataset
 from kenner.runs.driver import RunResult, train
 from kenner.runs.folds import aggregate_folds
 
 log = logging.getLogger(__name__)
 
+COMPARE_CONFIG = "compare_config.json"
 COLUMNS = ("macro_f1", "accuracy", "top5_accuracy", "ece", "reject_coverage")
 
 
@@ -38,11 +40,23 @@ class Entry:
     config: RunConfig
 
 
-def compare(entries: list[Entry], out_dir: str | Path, *, seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
+def compare(
+    entries: list[Entry], out_dir: str | Path, *, seeds: tuple[int, ...] = (0,), overwrite: bool = False
+) -> pd.DataFrame:
     """Run every entry (once per seed) on one split (``--splits DIR``, else made once in ``out_dir/splits``)
-    and write the comparison."""
+    and write the comparison. The folder holds one dataset and split (``compare_config.json``): rerunning
+    reuses its runs; another dataset or split is refused unless ``overwrite``."""
     out_dir = Path(out_dir)
     first = entries[0].config
+    description = first.to_dict(("data", "split"))
+    with claim_folder(out_dir, description, record=COMPARE_CONFIG, overwrite=overwrite):
+        atomic_write_json(out_dir / COMPARE_CONFIG, description)
+        return _compare(entries, out_dir, first, seeds, overwrite)
+
+
+def _compare(
+    entries: list[Entry], out_dir: Path, first: RunConfig, seeds: tuple[int, ...], overwrite: bool
+) -> pd.DataFrame:
     split_dir = Path(first.split.splits) if first.split.splits else out_dir / "splits"
     if not first.split.splits and not (split_dir / ("fold_0" if first.split.folds else "") / "train_ids.json").exists():
         log.info(split_dataset(first.data, first.split, split_dir))
@@ -53,7 +67,7 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: tuple[int, ...]
             folder = out_dir / safe_label(entry.label) / (f"seed_{seed}" if len(seeds) > 1 else "")
             cfg = entry.config.replace(out_dir=str(folder), splits=str(split_dir), seed=seed)
             log.info("compare: %s%s", entry.label, f" (seed {seed})" if len(seeds) > 1 else "")
-            results.append(train(cfg))
+            results.append(train(cfg, overwrite=overwrite))
         rows.append(_row(entry, results))
     table = pd.DataFrame(rows)
     chosen = int(table["val_macro_f1"].fillna(-1).to_numpy().argmax())

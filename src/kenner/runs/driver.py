@@ -18,13 +18,15 @@ from kenner.config.tree import RunConfig
 from kenner.data.manifest import Dataset
 from kenner.data.splits import save_split, split_of_samples
 from kenner.encoders import check_encoder
+from kenner.encoders.embedder import Embedder
 from kenner.encoders.views import resolve_mode
 from kenner.evaluate.outputs import write_evaluation
 from kenner.evaluate.report import write_report
-from kenner.io import atomic_write_json, atomic_write_text
+from kenner.io import atomic_write_json, atomic_write_text, writable_dir
 from kenner.methods import METHODS
 from kenner.methods.base import FitContext, Method, TaskData
 from kenner.methods.registry import MethodSpec
+from kenner.runs.claim import claim_folder
 from kenner.runs.data import (
     check_views,
     embedder_for,
@@ -90,14 +92,39 @@ class _Run:
 
 
 def train(
-    cfg: RunConfig, *, resume: str | None = None, fresh: bool = False, tracker: Tracker | None = None
+    cfg: RunConfig,
+    *,
+    resume: str | None = None,
+    fresh: bool = False,
+    overwrite: bool = False,
+    tracker: Tracker | None = None,
 ) -> RunResult:
-    """Run ``cfg`` into ``cfg.out_dir`` (one run, or one per fold plus ``folds_summary.md``)."""
+    """Run ``cfg`` into ``cfg.out_dir`` (one run, or one per fold plus ``folds_summary.md``).
+
+    The folder is locked while the run writes it and holds one configuration: the same one again reuses its
+    split (and fine-tuning resumes from its checkpoints); another one is refused unless ``overwrite``.
+    """
     spec = METHODS.get(cfg.method)
     check_encoder(cfg.encoder.encoder, weights=cfg.encoder.weights)  # an unreachable hub fails before any work
+    embedder = embedder_for(cfg)
+    writable_dir(embedder.cache_dir, "--cache-dir")
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "run_config.json", cfg.to_dict(spec.all_sections))
+    description = cfg.to_dict(spec.all_sections)
+    continuable = any(out_dir.glob("**/checkpoints/latest_model.pt"))
+    with claim_folder(out_dir, description, record="run_config.json", overwrite=overwrite, continuable=continuable):
+        atomic_write_json(out_dir / "run_config.json", description)
+        return _train(cfg, spec, out_dir, embedder, resume, fresh, tracker)
+
+
+def _train(
+    cfg: RunConfig,
+    spec: MethodSpec,
+    out_dir: Path,
+    embedder: Embedder,
+    resume: str | None,
+    fresh: bool,
+    tracker: Tracker | None,
+) -> RunResult:
     dataset, exclusions = load_data(cfg.data, out_dir, cache_dir=cfg.encoder.cache_dir)
     check_views(dataset, cfg.encoder.views)
     run = _Run(
@@ -111,7 +138,6 @@ def train(
         resume,
         fresh,
     )
-    embedder = embedder_for(cfg)
     if not cfg.split.folds:
         data = task_data(
             dataset,

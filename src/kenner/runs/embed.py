@@ -10,7 +10,7 @@ import numpy as np
 from kenner.config.tree import RunConfig
 from kenner.data.manifest import Exclusion, write_exclusions
 from kenner.encoders import check_encoder
-from kenner.io import atomic_write_bytes
+from kenner.io import atomic_write_bytes, writable_dir
 from kenner.runs.data import EXCLUDED, embedder_for, load_data
 
 LISTED = 20
@@ -21,8 +21,9 @@ def embed_dataset(cfg: RunConfig, *, output: str | None = None) -> str:
     also write an ``.npz`` with ids, labels, groups and one array per view, and the images and files left out
     (``--on-bad-image skip``, unusable files of a folder) to ``excluded.csv`` beside it. Returns a summary."""
     check_encoder(cfg.encoder.encoder, weights=cfg.encoder.weights)
-    dataset, exclusions = load_data(cfg.data, cache_dir=cfg.encoder.cache_dir, min_classes=1)
     embedder = embedder_for(cfg)
+    writable_dir(embedder.cache_dir, "--cache-dir")
+    dataset, exclusions = load_data(cfg.data, cache_dir=cfg.encoder.cache_dir, min_classes=1)
     per_view = embedder.per_view([sample.paths for sample in dataset.samples], dataset.views)
     summary = (
         f"{len(dataset.samples)} samples x {len(dataset.views)} view(s) embedded with {cfg.encoder.encoder} "

@@ -31,10 +31,11 @@ from kenner.evaluate.metrics import classification_metrics
 from kenner.heads import EmbeddingClassifier, head_params
 from kenner.heads.calibration import fit_temperature
 from kenner.heads.multihead import batch_key, fit_multihead
-from kenner.io import atomic_write_text
+from kenner.io import atomic_write_json, atomic_write_text
 from kenner.methods import METHODS
 from kenner.methods.base import TaskData
 from kenner.progress import progress_bar
+from kenner.runs.claim import claim_folder
 from kenner.runs.data import check_views, embedder_for, load_data, resolve_split, task_data, with_background
 from kenner.runs.sweep_report import (
     KNOBS,
@@ -49,6 +50,7 @@ from kenner.runs.tracking import NullTracker, Tracker, tracker_for
 log = logging.getLogger(__name__)
 
 HEAD_METHODS = ("linear", "mlp", "arcface")
+SWEEP_CONFIG = "sweep_config.json"
 SHORT = {"weight_decay": "wd", "label_smoothing": "ls", "mixup": "mix"}
 
 
@@ -279,16 +281,33 @@ def check_grid(grid: Grid) -> None:
 
 
 def run_sweep(
-    grid: Grid, base: dict[str, Any], out_dir: str | Path, *, reference: str = "base", tracker: Tracker | None = None
+    grid: Grid,
+    base: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    reference: str = "base",
+    overwrite: bool = False,
+    tracker: Tracker | None = None,
 ) -> pd.DataFrame:
     """``kenner sweep``: load the dataset that ``base`` (the fields every run shares, by name) describes, save
-    one split in ``out_dir/splits``, and sweep ``grid`` for every encoder on it (:func:`sweep_tasks`)."""
+    one split in ``out_dir/splits``, and sweep ``grid`` for every encoder on it (:func:`sweep_tasks`).
+
+    The folder holds one dataset and split (``sweep_config.json``): rerunning extends and resumes the sweep;
+    another dataset or split is refused unless ``overwrite``."""
     check_grid(grid)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     probe = compose_config(dict(METHODS.items()), explicit=to_nested({**base, "encoder": grid.encoders[0]}))
     for encoder in grid.encoders:
         check_encoder(encoder, weights=probe.encoder.weights)
+    description = probe.to_dict(("data", "split"))
+    with claim_folder(out_dir, description, record=SWEEP_CONFIG, overwrite=overwrite):
+        atomic_write_json(out_dir / SWEEP_CONFIG, description)
+        return _run_sweep(grid, base, out_dir, probe, reference, tracker)
+
+
+def _run_sweep(
+    grid: Grid, base: dict[str, Any], out_dir: Path, probe: RunConfig, reference: str, tracker: Tracker | None
+) -> pd.DataFrame:
     dataset, _ = load_data(probe.data, out_dir, cache_dir=probe.encoder.cache_dir)
     check_views(dataset, probe.encoder.views)
     split = resolve_split(dataset, probe.split, out_dir)

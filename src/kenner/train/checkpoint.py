@@ -91,6 +91,7 @@ def resume_path(checkpoint_dir: Path, *, resume: str | None, fresh: bool) -> Pat
     (auto-resume), or None for a fresh start (``--fresh`` ignores existing checkpoints)."""
     if resume and fresh:
         raise KennerError("--resume and --fresh contradict each other; pass one of them")
+    remove_stale_temporaries(checkpoint_dir)
     if resume:
         if not Path(resume).is_file():
             raise KennerError(f"--resume {resume}: no such checkpoint file")
@@ -99,3 +100,12 @@ def resume_path(checkpoint_dir: Path, *, resume: str | None, fresh: bool) -> Pat
     if fresh or not latest.is_file():
         return None
     return latest
+
+
+def remove_stale_temporaries(checkpoint_dir: Path) -> list[Path]:
+    """Delete half-written checkpoints (``.<name>.tmp-<pid>``) that a killed run left behind; the run folder's
+    lock means no other process is writing here now. Returns what was removed."""
+    stale = sorted(checkpoint_dir.glob(".*.tmp-*")) if checkpoint_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
