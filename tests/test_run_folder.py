@@ -56,6 +56,19 @@ def test_the_same_run_again_reuses_its_folder_and_other_settings_are_refused(
     assert not (run / "model" / "head.json").exists() and (run / "model" / "retrieval.json").exists()
 
 
+def test_a_run_refused_for_its_input_leaves_the_folder_free(
+    coins: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    (tmp_path / "bad.csv").write_text("id,label,obverse_path\nx,cat,missing.png\n")
+    manifest, cache = coins
+    flags = ["--out-dir", str(run), "--cache-dir", cache, *FAST]
+    assert main(["train", "--data", str(tmp_path / "bad.csv"), *flags]) == 2
+    one_line_error(capsys)
+    assert main(["train", "--data", str(manifest), *flags]) == 0  # nothing was done, so nothing to protect
+    assert json.loads((run / "run_config.json").read_text())["data"]["data"] == str(manifest)
+
+
 def test_a_folder_being_written_is_locked(
     coins: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -36,6 +36,8 @@ def claim_folder(
         saved_path = out_dir / record
         if overwrite and saved_path.is_file():
             _empty(out_dir)
+        elif saved_path.is_file() and not _holds_work(out_dir, record):
+            saved_path.unlink()  # a run that stopped before any work (bad input): nothing to keep
         elif saved_path.is_file():
             changed = differences(read_json(saved_path), description, continuable=continuable)
             if changed:
@@ -88,6 +90,11 @@ def _lock(out_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _holds_work(out_dir: Path, record: str) -> bool:
+    """Whether ``out_dir`` holds anything besides its lock and its run record."""
+    return any(entry.name not in (LOCK_FILE, record) for entry in out_dir.iterdir())
 
 
 def _empty(out_dir: Path) -> None:
