@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "kenner.cli.sweep",
     "kenner.cli.use",
     "kenner.cli.export",
+    "kenner.cli.serve",
     "kenner.cli.data",
     "kenner.cli.demo",
     "kenner.cli.download",

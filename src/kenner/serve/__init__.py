@@ -1,0 +1,1 @@
+"""kenner serve: an HTTP API (FastAPI) and a web UI (Gradio) for trained runs."""
