@@ -27,7 +27,7 @@ ALLOWED = {
     "runs": {"config", "data", "encoders", "heads", "loop", "losses", "evaluate", "retrieval", "train", "methods"},
     "serve": {"config", "data", "encoders", "evaluate", "methods", "runs", "retrieval"},
     "scale": {"config", "data", "encoders", "heads", "evaluate", "methods", "runs"},
-    "cli": {"config", "methods", "runs", "data", "evaluate", "encoders"},
+    "cli": {"config", "methods", "runs", "data", "evaluate", "encoders", "serve"},
 }
 
 
