@@ -314,3 +314,37 @@ def test_a_run_that_cannot_load_is_reported_by_ready_not_by_a_crash(tmp_path: Pa
         assert ready.status_code == 503 and "nothing" in ready.json()["error"]["message"]
         predict = client.post("/v1/predict", files={"image": ("a.png", _png(), "image/png")})
         assert predict.status_code == 503 and json.loads(predict.text)["error"]["status"] == 503
+
+
+@pytest.mark.parametrize("method", ["linear", "knn"])
+def test_onnx_export_agrees_with_torch_and_serves_the_same_answers(method: str, runs: dict[str, Path]) -> None:
+    run, cache, data = runs[method], runs["cache"], runs["data"]
+    assert main(["export", str(run), "--format", "onnx", "--cache-dir", str(cache), "-q"]) == 0
+    info = json.loads((run / "export_onnx" / "onnx.json").read_text())
+    assert (run / "export_onnx" / "model.onnx").stat().st_size > 0
+    assert info["check"]["images"] > 0 and info["check"]["max_abs_diff"] <= info["check"]["tolerance"]
+    assert info["outputs"] == (["embeddings", "probabilities"] if method == "linear" else ["embeddings"])
+    if method == "linear":
+        files = _files(data, "ses01_0") + _files(data, "aur03_1")
+    else:
+        files = [
+            ("image", (f"{i}.png", (data / "obverse" / f"{i}.png").read_bytes(), "image/png"))
+            for i in ("ses01_0", "aur03_1")
+        ]
+    answers = {}
+    for backend in ("torch", "onnx"):
+        app = create_app(lambda b=backend: load_engine(run, backend=b, cache_dir=str(cache), device="cpu"))
+        with TestClient(app) as client:
+            assert _wait_ready(client.get)["backend"] == backend
+            response = client.post("/v1/predict", params={"top_k": 3, "neighbours": 2}, files=files)
+            assert response.status_code == 200, response.text
+            answers[backend] = response.json()["results"]
+    for torch_result, onnx_result in zip(answers["torch"], answers["onnx"], strict=True):
+        assert onnx_result["predicted"] == torch_result["predicted"]
+        assert [p["label"] for p in onnx_result["predictions"]] == [p["label"] for p in torch_result["predictions"]]
+        np.testing.assert_allclose(
+            [p["probability"] for p in onnx_result["predictions"]],
+            [p["probability"] for p in torch_result["predictions"]],
+            atol=1e-3,
+        )
+        assert [n["id"] for n in onnx_result["neighbours"]] == [n["id"] for n in torch_result["neighbours"]]

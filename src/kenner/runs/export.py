@@ -4,6 +4,8 @@
 ``true_labels.npy``, ``names.json`` (class names), ``results.csv`` (per-class precision, recall, F1),
 ``summary.json`` (accuracy, prediction CV, the 5 best and worst classes) and, for methods that read
 embeddings, ``embeddings.npy`` (the encoder's embeddings of those rows, from the cache).
+
+``onnx``: ``model.onnx`` (encoder + head in one model, dynamic batch) and ``onnx.json``; see :mod:`kenner.runs.onnx`.
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ def export_arrays(model: RunModel, out_dir: Path) -> list[Path]:
     if model.embedder is not None:
         files.append(_npy(out_dir / "embeddings.npy", _embeddings(model, rows["sample_id"].tolist())))
     return files
+
+
+@EXPORTS.register("onnx")
+def export_onnx(model: RunModel, out_dir: Path) -> list[Path]:
+    """One ONNX model, encoder + head (dynamic batch), checked against torch (see :mod:`kenner.runs.onnx`)."""
+    from kenner.runs.onnx import export_onnx_run
+
+    return export_onnx_run(model, out_dir)
 
 
 def _embeddings(model: RunModel, ids: list[str]) -> np.ndarray:

@@ -9,12 +9,10 @@ Methods that read pixels themselves (fine-tuning, side with token pooling) get t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from kenner.data.images import load_image
@@ -26,6 +24,7 @@ from kenner.io import read_json
 from kenner.methods.base import Prediction
 from kenner.methods.gallery import GalleryPredictor
 from kenner.runs.load import RunModel, load_predictor
+from kenner.runs.onnx import Runner
 
 
 @dataclass
@@ -38,14 +37,10 @@ class Query:
     neighbours: int = 0
 
 
-# pixels of every view [B, 3, H, W] per view -> (embeddings per view, class probabilities or None)
-OnnxRunner = Callable[[dict[str, torch.Tensor]], tuple[dict[str, np.ndarray], np.ndarray | None]]
-
-
 class Engine:
     """A run ready to answer queries. ``onnx``: a runner of the run's exported ONNX model (``--backend onnx``)."""
 
-    def __init__(self, model: RunModel, *, onnx: OnnxRunner | None = None, preprocessing: Preprocessing | None = None):
+    def __init__(self, model: RunModel, *, onnx: Runner | None = None, preprocessing: Preprocessing | None = None):
         self.model = model
         self.onnx = onnx
         self.gallery = model.predictor if isinstance(model.predictor, GalleryPredictor) else None
@@ -177,7 +172,7 @@ def load_engine(
 ) -> Engine:
     """The run in ``run_dir`` ready to serve; ``backend="onnx"``: through its ONNX export (exported if missing)."""
     if backend == "onnx":
-        from kenner.runs.onnx import onnx_engine_parts
+        from kenner.runs.onnx import onnx_engine_parts  # onnxruntime is loaded only for this backend
 
         model, runner, preprocessing = onnx_engine_parts(run_dir, cache_dir=cache_dir)
         return Engine(model, onnx=runner, preprocessing=preprocessing)
