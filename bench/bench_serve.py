@@ -99,6 +99,26 @@ def measure(run: Path, payloads: list[bytes], *, max_batch: int, clients: int, r
     }
 
 
+def encoder_rates(device: str, images: int = 64) -> dict[int, float]:
+    """Images/s of the default encoder alone (as the server builds it) at batch 1 and batch 8."""
+    import torch
+
+    from kenner.device import resolve_device
+    from kenner.encoders import create_encoder
+
+    encoder = create_encoder("default", device=str(resolve_device(device)))
+    size = encoder.preprocessing.size
+    pixels = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0))
+    rates = {}
+    for batch in (1, 8):
+        encoder.embed(pixels[:batch])
+        start = time.perf_counter()
+        for first in range(0, images, batch):
+            encoder.embed(pixels[first : first + batch])
+        rates[batch] = images / (time.perf_counter() - start)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
@@ -113,6 +133,7 @@ def main() -> None:
             batch: measure(run, payloads, max_batch=batch, clients=args.clients, requests=args.requests, extra=extra)
             for batch in (16, 1)
         }
+    rates = encoder_rates(args.device)
     print("### `kenner serve` under load on loopback (`bench/bench_serve.py`)\n")
     print(
         f"{args.clients} concurrent clients, {args.requests} requests each configuration (after a warm-up), one "
@@ -127,6 +148,10 @@ def main() -> None:
         print(f"| {name} | {row['rps']:.1f} | {row['p50']:.0f} | {row['p95']:.0f} | {row['mean_batch']:.2f} |")
     ratio, p95 = rows[16]["rps"] / rows[1]["rps"], rows[16]["p95"] / rows[1]["p95"]
     print(f"\nThroughput ratio batched / unbatched: **{ratio:.2f}x**; p95 latency ratio: {p95:.2f}.")
+    print(
+        f"\nThe encoder alone, same device: {rates[1]:.1f} images/s at batch 1, {rates[8]:.1f} at batch 8 "
+        f"({rates[8] / rates[1]:.2f}x): batching can win the server at most this much."
+    )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-pixels", type=int, default=50_000_000, help="largest image accepted, in pixels (default: 50000000)"
     )
+    parser.add_argument(
+        "--runs-dir", help="folder of runs the web UI at /ui browses and trains into (default: the run's parent folder)"
+    )
+    parser.add_argument("--no-ui", action="store_true", help="the API only, no web UI at /ui")
     parser.add_argument("--cache-dir", help="embedding cache, where the encoder's files are (default: $KENNER_CACHE)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.set_defaults(func=cmd_serve)
@@ -46,17 +50,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from kenner.errors import KennerError
     from kenner.runs.folder import read_model_info
-    from kenner.serve.app import ServeSettings, create_app
+    from kenner.serve.app import ServeSettings, UiSettings, create_app
     from kenner.serve.engine import load_engine
     from kenner.serve.uploads import Limits
 
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0 or args.max_pixels < 1:
         raise KennerError("--max-batch, --max-upload-mb and --max-pixels must be positive, --max-wait-ms at least 0")
-    read_model_info(Path(args.run))  # a folder that is no run is refused now, not after the server started
+    info = read_model_info(Path(args.run))  # a folder that is no run is refused now, not after the server started
+    ui = None
+    if not args.no_ui:
+        from kenner.serve.ui import default_runs_dir
+
+        ui = UiSettings(info["input_views"], Path(args.runs_dir) if args.runs_dir else default_runs_dir(Path(args.run)))
     settings = ServeSettings(
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         limits=Limits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels),
+        ui=ui,
     )
     app = create_app(
         lambda: load_engine(args.run, backend=args.backend, cache_dir=args.cache_dir, device=args.device), settings

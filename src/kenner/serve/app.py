@@ -48,6 +48,15 @@ class ServeSettings:
     max_wait_ms: float = 5.0
     limits: Limits = field(default_factory=Limits)
     max_items: int = 64
+    ui: UiSettings | None = None
+
+
+@dataclass
+class UiSettings:
+    """The web UI at ``/ui``: the views the served run reads and the folder of runs it browses and trains into."""
+
+    views: list[str]
+    runs_dir: Path
 
 
 @dataclass
@@ -169,6 +178,17 @@ def create_app(load: Callable[[], Engine], settings: ServeSettings | None = None
             "backend": loaded.backend,
             "results": results,
         }
+
+    if settings.ui is not None:
+        import gradio as gr
+
+        from kenner.serve.jobs import Jobs
+        from kenner.serve.ui import build_ui
+
+        jobs = Jobs()
+        app.state.jobs = jobs
+        blocks = build_ui(lambda: state.engine, settings.ui.views, settings.ui.runs_dir, jobs)
+        gr.mount_gradio_app(app, blocks, path="/ui", allowed_paths=[str(settings.ui.runs_dir)])
 
     @app.get("/v1/gallery/{index}/thumbnail", summary="a gallery item's image, small", responses=ERRORS)
     def thumbnail(index: int) -> Response:
