@@ -23,10 +23,18 @@ $(FMNIST):
 	    || echo "could not install dataset-fashion-mnist; the demo test will be skipped"; \
 	else echo "install Debian's dataset-fashion-mnist (or run 'kenner demo' online to download it)"; fi
 
+# The web UI's browser tests drive Debian's chromium with Playwright (no browser download).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null \
+	    || echo "could not install chromium; the web UI's browser tests will be skipped"; \
+	else echo "install Debian's chromium for the web UI's browser tests (they are skipped without it)"; fi
+
 demo: setup $(FMNIST)
 	$(BIN)/kenner demo
 
-test: setup $(FMNIST)
+test: setup $(FMNIST) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

@@ -1,16 +1,20 @@
 """The web UI at ``/ui`` in a real headless browser: Debian's chromium driven by Playwright for Python.
 
 Upload an image and read the label, open a run and see its confusion matrix, compare runs, change two knobs,
-train and see the new run finish and appear under Runs. Screenshots of each tab go to ``docs/``.
+train and see the new run finish and appear under Runs. ``KENNER_UI_SCREENSHOTS=docs`` keeps a screenshot of each
+tab (the ones in ``docs/`` were taken so).
 """
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from kenner.cli import main
 from kenner.serve.app import ServeSettings, UiSettings, create_app
@@ -19,7 +23,6 @@ from synthetic import write_two_view_dataset
 from test_serve import serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 expect = sync_api.expect
 pytestmark = pytest.mark.skipif(
@@ -56,8 +59,13 @@ def page(ui: tuple[str, Path, Path]) -> Iterator[object]:
 
 
 def _screenshot(page, name: str) -> None:
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / f"ui_{name}.png"), full_page=True, type="png", scale="css")
+    """A small PNG of the page, kept in ``$KENNER_UI_SCREENSHOTS`` (``docs/`` holds the last ones taken)."""
+    folder = os.environ.get("KENNER_UI_SCREENSHOTS")
+    png = page.screenshot(full_page=True, type="png", scale="css")
+    assert png.startswith(b"\x89PNG")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Image.open(io.BytesIO(png)).convert("RGB").quantize(64).save(Path(folder) / f"ui_{name}.png", optimize=True)
 
 
 def _choose(page, dropdown: str, option: str) -> None:
