@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -30,6 +32,7 @@ from kenner.cli import main
 from kenner.runs.predict import predict_run
 from kenner.serve.app import ServeSettings, create_app
 from kenner.serve.batching import MicroBatcher
+from kenner.serve.browse import confused_pairs, find_runs, misclassified, runs_table
 from kenner.serve.engine import load_engine
 from kenner.serve.uploads import Limits
 from synthetic import write_two_view_dataset
@@ -348,3 +351,23 @@ def test_onnx_export_agrees_with_torch_and_serves_the_same_answers(method: str, 
             atol=1e-3,
         )
         assert [n["id"] for n in onnx_result["neighbours"]] == [n["id"] for n in torch_result["neighbours"]]
+
+
+def test_run_browser_lists_runs_and_finds_confused_pairs_and_their_images(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    root = tmp_path / "runs"
+    run = root / "coins" / "linear"
+    shutil.copytree(runs["linear"], run)
+    table = runs_table(root)
+    assert list(table["run"]) == ["coins/linear"] and table["method"][0] == "linear"
+    assert find_runs(root) == [run]
+    # one test row answered wrongly: the pair is found and its image comes back from the run's dataset
+    predictions = pd.read_parquet(run / "predictions.parquet")
+    row = predictions.index[(predictions["split"] == "test") & (predictions["true"] == "aureus")][0]
+    predictions.loc[row, "predicted"] = "denarius"
+    predictions.to_parquet(run / "predictions.parquet")
+    assert confused_pairs(run)[0] == ("aureus", "denarius", 1)
+    ((path, caption),) = misclassified(run, "aureus", "denarius")
+    sample_id = predictions.loc[row, "sample_id"]
+    assert Path(path) == (runs["data"] / "obverse" / f"{sample_id}.png").resolve() and sample_id in caption
