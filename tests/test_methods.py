@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,29 @@ def test_every_method_runs_folds_background_reject_evaluate_and_predict(
         for sample_id in test_ids & set(by_id):  # new images are predicted as the run predicted them
             expected = trained.loc[sample_id, "predicted"]
             assert by_id[sample_id]["predicted"] == (expected if isinstance(expected, str) else "unclassifiable")
+
+    # `kenner serve` answers as `kenner predict` did, for every method (4 items in one request)
+    from fastapi.testclient import TestClient
+
+    from kenner.serve.app import create_app
+    from kenner.serve.engine import load_engine
+
+    table = pd.read_csv(manifest, sep="\t").head(4)
+    app = create_app(lambda: load_engine(fold, cache_dir=str(cache), device="cpu"))
+    with TestClient(app) as client:
+        while client.get("/ready").status_code == 503 and not app.state.kenner.loaded.is_set():
+            time.sleep(0.05)
+        views = client.get("/v1/info").json()["input_views"]
+        files = [
+            (view, (f"{row['id']}.png", (manifest.parent / row[f"{view}_path"]).read_bytes(), "image/png"))
+            for _, row in table.iterrows()
+            for view in views
+        ]
+        response = client.post("/v1/predict", params={"top_k": 2}, files=files)
+    assert response.status_code == 200, response.text
+    by_id = {row["id"]: row for row in rows}
+    for sample_id, result in zip(table["id"], response.json()["results"], strict=True):
+        expected = by_id[sample_id]
+        assert result["predicted"] == expected["predicted"], (method, sample_id)
+        assert result["predictions"][0]["label"] == expected["label_1"]
+        assert abs(result["predictions"][0]["probability"] - float(expected["probability_1"])) < 1e-4

@@ -164,6 +164,15 @@ def _bad(kind: str, tmp_path: Path) -> bytes:
     return path.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def limited(runs: dict[str, Path]) -> Iterator[TestClient]:
+    """A client of the linear run's app with small limits: 200 kB per file, 250,000 pixels per image."""
+    app = _app(runs["linear"], runs["cache"], limits=Limits(max_bytes=200_000, max_pixels=500 * 500))
+    with TestClient(app) as client:
+        _wait_ready(client.get)
+        yield client
+
+
 @pytest.mark.parametrize(
     ("case", "status", "words"),
     [
@@ -180,11 +189,10 @@ def _bad(kind: str, tmp_path: Path) -> bytes:
     ],
 )
 def test_bad_uploads_get_a_4xx_naming_the_file_and_the_server_keeps_answering(
-    case: str, status: int, words: str, runs: dict[str, Path], tmp_path: Path
+    case: str, status: int, words: str, runs: dict[str, Path], limited: TestClient, tmp_path: Path
 ) -> None:
     good = _files(runs["data"], "aur00_0")
     reverse = good[1]
-    limits = Limits(max_bytes=200_000, max_pixels=500 * 500)
     requests = {
         "not_an_image": {"files": [("obverse", ("notes.png", b"just text", "image/png")), reverse]},
         "corrupt": {"files": [("obverse", ("broken.png", _bad("corrupt", tmp_path), "image/png")), reverse]},
@@ -197,20 +205,18 @@ def test_bad_uploads_get_a_4xx_naming_the_file_and_the_server_keeps_answering(
         "bad_base64": {"json": {"images": [{"obverse": "%%%", "reverse": "AAAA"}]}},
         "bad_top_k": {"files": good, "params": {"top_k": 0}},
     }
-    with TestClient(_app(runs["linear"], runs["cache"], limits=limits)) as client:
-        _wait_ready(client.get)
-        response = client.post("/v1/predict", **requests[case])
-        assert response.status_code == status, response.text
-        error = response.json()["error"]
-        assert words in error["message"].lower() and "Traceback" not in response.text
-        filename = requests[case].get("files", [(None, (None,))])[0][1][0]
-        if case in ("not_an_image", "corrupt", "truncated", "too_large", "too_many_pixels", "empty"):
-            assert error["file"] == filename and error["field"] == "obverse"
-        if case == "wrong_field":
-            assert error["field"] == "photo"
-        assert "/tmp" not in error["message"] and "kenner-serve-" not in error["message"]
-        still = client.post("/v1/predict", files=good)
-        assert still.status_code == 200 and still.json()["results"][0]["predictions"][0]["label"] == "aureus"
+    response = limited.post("/v1/predict", **requests[case])
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert words in error["message"].lower() and "Traceback" not in response.text
+    filename = requests[case].get("files", [(None, (None,))])[0][1][0]
+    if case in ("not_an_image", "corrupt", "truncated", "too_large", "too_many_pixels", "empty"):
+        assert error["file"] == filename and error["field"] == "obverse"
+    if case == "wrong_field":
+        assert error["field"] == "photo"
+    assert "/tmp" not in error["message"] and "kenner-serve-" not in error["message"]
+    still = limited.post("/v1/predict", files=good)
+    assert still.status_code == 200 and still.json()["results"][0]["predictions"][0]["label"] == "aureus"
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_answers(runs: dict[str, Path]) -> None:

@@ -85,10 +85,10 @@ class Engine:
     def pixels(self, path: Path) -> torch.Tensor | None:
         """The encoder's input tensor [3, H, W] for one image (None when the method reads files itself).
         Raises ``ImageError`` for an image that cannot be decoded."""
-        if self._transform is None:
-            load_image(path, background=self.model.embedder.background if self.model.embedder else (255, 255, 255))
-            return None
         background = tuple(self.model.info["background_color"])
+        if self._transform is None:
+            load_image(path, background=background)  # decodable: the method reads the file itself
+            return None
         return self._transform(load_image(path, background=background, max_side=self.preprocessing.resize))
 
     def answer(self, queries: list[Query], pixels: list[dict[str, torch.Tensor | None]]) -> list[dict[str, Any]]:
