@@ -289,7 +289,17 @@ def test_kenner_serve_cli_binds_loopback_and_serves_the_run(runs: dict[str, Path
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-c", "import sys; from kenner.cli import main; sys.exit(main(sys.argv[1:]))"]
-    args = ["serve", str(runs["knn"]), "--port", str(port), "--cache-dir", str(runs["cache"]), "--device", "cpu"]
+    args = [
+        "serve",
+        str(runs["knn"]),
+        "--port",
+        str(port),
+        "--cache-dir",
+        str(runs["cache"]),
+        "--device",
+        "cpu",
+        "--no-ui",
+    ]
     process = subprocess.Popen([*command, *args, "-q"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
