@@ -387,3 +387,22 @@ def test_run_browser_lists_runs_and_finds_confused_pairs_and_their_images(
     ((path, caption),) = misclassified(run, "aureus", "denarius")
     sample_id = predictions.loc[row, "sample_id"]
     assert Path(path) == (runs["data"] / "obverse" / f"{sample_id}.png").resolve() and sample_id in caption
+
+
+def test_background_job_runs_kenner_and_keeps_its_output(tmp_path: Path) -> None:
+    from kenner.serve.jobs import Jobs
+
+    jobs = Jobs()
+    job = jobs.start(["--version"], tmp_path / "none")
+    deadline = time.monotonic() + 60
+    while job.state == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert job.state == "finished" and job.progress() == 1.0 and "kenner 0.1" in job.tail()
+    assert jobs.latest() is job and not jobs.cancel(job.id)  # a finished job is not cancelled
+    failing = jobs.start(["train", "--data", str(tmp_path / "missing")], tmp_path / "run")
+    while failing.state == "running":
+        assert time.monotonic() < deadline + 60
+        time.sleep(0.1)
+    time.sleep(0.3)  # the output copier drains the terminal
+    assert failing.state == "failed" and "kenner: error:" in failing.tail()

@@ -1,10 +1,16 @@
-"""Background training jobs of the web UI: ``kenner train`` (or ``kenner sweep``) in a subprocess each, with
-their output kept, their state polled and a cancel that stops them the way Ctrl-C does (SIGTERM)."""
+"""Background training jobs of the web UI: ``kenner train`` in a subprocess each, with its output kept, its state
+and progress polled and a cancel that stops it the way Ctrl-C does (SIGTERM).
+
+The job's output goes through a pseudo-terminal where there is one, so kenner's progress bars are drawn (they show
+on terminals only) and the UI reads the current bar's percentage from the output.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,6 +23,7 @@ import kenner
 
 COMMAND = [sys.executable, "-c", "import sys; from kenner.cli import main; sys.exit(main(sys.argv[1:]))"]
 TAIL_LINES = 12
+PERCENT = re.compile(r"(\d{1,3})%\|")
 
 
 @dataclass
@@ -56,6 +63,13 @@ class Job:
             return ""
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
 
+    def progress(self) -> float | None:
+        """The fraction the current progress bar shows (1 once finished; None before the first bar)."""
+        if self.state == "finished":
+            return 1.0
+        found = PERCENT.findall(self.tail(3))
+        return int(found[-1]) / 100 if found else None
+
     def status(self) -> str:
         return (
             f"job {self.id} {self.state} after {self.seconds:.0f} s: kenner {' '.join(self.argv[:1])} → {self.out_dir}"
@@ -78,8 +92,7 @@ class Jobs:
         log = self._logs / f"job{job_id}.log"
         source = str(Path(kenner.__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
-        with open(log, "wb") as handle:
-            process = subprocess.Popen([*COMMAND, *argv], stdout=handle, stderr=subprocess.STDOUT, env=env)
+        process = _start([*COMMAND, *argv], log, env)
         job = Job(job_id, list(argv), Path(out_dir), process, log)
         with self._lock:
             self._jobs[job_id] = job
@@ -104,3 +117,27 @@ class Jobs:
         for job in self._jobs.values():
             if job.process.poll() is None:
                 job.process.terminate()
+
+
+def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``command`` with its output (through a pseudo-terminal where the system has them) copied to ``log``."""
+    try:
+        import pty
+
+        master, slave = pty.openpty()
+    except (ImportError, OSError):
+        with open(log, "wb") as handle:
+            return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(command, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    threading.Thread(target=_copy, args=(master, log), daemon=True).start()
+    return process
+
+
+def _copy(master: int, log: Path) -> None:
+    """Append what the job writes to its terminal to ``log`` until it closes it."""
+    with open(log, "ab") as handle, contextlib.suppress(OSError):
+        while chunk := os.read(master, 4096):
+            handle.write(chunk)
+            handle.flush()
+    os.close(master)

@@ -33,7 +33,7 @@ ENCODERS = ("default", "hf:facebook/dinov2-small", "timm:convnext_tiny", "open_c
 def knob_help(section: type, name: str) -> str:
     """The ``--flag`` help of a config field (the same text ``kenner train --help`` shows)."""
     field = next(f for f in dataclasses.fields(section) if f.name == name)
-    return f"--{flag_name(name)}: {field.metadata['help']}"
+    return f"{flag_name(name)}: {field.metadata['help']}"
 
 
 def _choices(section: type, name: str) -> list[str]:
@@ -165,6 +165,9 @@ def build_ui(engine: Callable[[], Engine | None], views: list[str], runs_dir: Pa
                 lr = gr.Number(
                     value=OptimConfig.lr, label="learning rate", info=knob_help(OptimConfig, "lr"), elem_id="train-lr"
                 )
+                dropout = gr.Slider(
+                    0, 0.9, value=HeadConfig.dropout, step=0.05, label="dropout", info=knob_help(HeadConfig, "dropout")
+                )
             with gr.Row():
                 standardize = gr.Dropdown(
                     _choices(HeadConfig, "standardize"),
@@ -185,9 +188,6 @@ def build_ui(engine: Callable[[], Engine | None], views: list[str], runs_dir: Pa
                     value=HeadConfig.balanced_softmax,
                     label="balanced softmax",
                     info=knob_help(HeadConfig, "balanced_softmax"),
-                )
-                dropout = gr.Slider(
-                    0, 0.9, value=HeadConfig.dropout, step=0.05, label="dropout", info=knob_help(HeadConfig, "dropout")
                 )
             with gr.Row():
                 train_button = gr.Button("Train", variant="primary", elem_id="train-button")
@@ -216,7 +216,13 @@ def build_ui(engine: Callable[[], Engine | None], views: list[str], runs_dir: Pa
                 job = jobs.get(current) if current else None
                 if job is None:
                     return "", ""
-                return job.status(), job.tail()
+                progress = job.progress()
+                bar = (
+                    ""
+                    if progress is None
+                    else f" — {'█' * round(20 * progress)}{'░' * (20 - round(20 * progress))} {progress:.0%}"
+                )
+                return job.status() + bar, job.tail()
 
             def cancel(current: int | None) -> str:
                 job = jobs.get(current) if current else None
