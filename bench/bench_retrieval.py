@@ -18,6 +18,7 @@ Prints a Markdown snippet to stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -83,7 +84,7 @@ def speed(args: argparse.Namespace) -> list[str]:
 
 
 def real(args: argparse.Namespace, work: Path) -> list[str]:
-    from kenner.cli import main as kenner
+    from kenner.cli import main
     from kenner.data import fashion_mnist
     from kenner.io import read_json
     from kenner.paths import kenner_cache_root
@@ -93,6 +94,11 @@ def real(args: argparse.Namespace, work: Path) -> list[str]:
     data_dir = fashion_mnist.export_folder(
         kenner_cache_root() / f"fashion_mnist_retrieval_{args.per_class}", per_class=args.per_class, seed=0
     )
+
+    def kenner(argv: list[str]) -> int:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the Markdown snippet
+            return main(argv)
+
     data = ["--data", str(data_dir), "--quiet", *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
     common = [*data, "--epochs", str(args.epochs), "--no-track"]
     started = time.perf_counter()
