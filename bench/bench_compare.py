@@ -60,11 +60,12 @@ def main() -> None:
             sys.exit(code)
         lines = (out / "comparison.md").read_text(encoding="utf-8").splitlines()[2:]
         table = "\n".join(line for line in lines if not line.startswith("!["))
+    finetuning = f"; fine-tuning at {args.img_size} px" if "finetune" in args.methods else ""
     print("### Every method on one set of folds (`bench/bench_compare.py`)\n")
     print(
         f"Fashion-MNIST, {args.per_class} images per class ({10 * args.per_class} images, one image per group), "
         f"{args.folds} group-aware folds, default encoder (EfficientNet-Lite0)"
-        f"{f'; fine-tuning at {args.img_size} px' if 'finetune' in args.methods else ''}. Command: `kenner compare --data fashion_mnist/ --methods {args.methods} "
+        f"{finetuning}. Command: `kenner compare --data fashion_mnist/ --methods {args.methods} "
         f"--folds {args.folds} --img-size {args.img_size}`.\n"
     )
     print(table.strip())
