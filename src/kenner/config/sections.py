@@ -92,6 +92,12 @@ class EncoderConfig:
         shown="$KENNER_CACHE/embeddings, KENNER_CACHE defaulting to ~/.cache/kenner",
     )
     embed_batch_size: int = knob(64, "images per encoder forward pass", ge=1)
+    fusion: str = knob(
+        "concat",
+        "how an encoder ensemble combines: concat (L2-normalised embeddings side by side), late (one model per "
+        "encoder, probabilities averaged) or learned (late, with per-encoder weights fitted on val)",
+        ("concat", "late", "learned"),
+    )
     backend: str = knob(
         "auto",
         "encoder runtime (auto: ONNX Runtime for the packaged EfficientNet-Lite encoders on CPU)",
