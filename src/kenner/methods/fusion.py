@@ -91,9 +91,9 @@ class FusedPredictor(Predictor):
     def summary(self) -> dict[str, Any]:
         return {
             "fusion": self.fusion,
-            "fusion weights": {
-                encoder: round(float(w), 4) for encoder, w in zip(self.encoders, self.weights, strict=True)
-            },
+            "fusion weights": ", ".join(
+                f"{encoder} {w:.3f}" for encoder, w in zip(self.encoders, self.weights, strict=True)
+            ),
         }
 
     def extras(self, data: TaskData, prediction: Prediction, out_dir: Path) -> Extras:
