@@ -21,7 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "one batched model. Rerunning skips finished configurations. Each configuration is one tracked run.",
     )
     grid = parser.add_argument_group("grid (comma-separated values; every combination runs)")
-    grid.add_argument("--encoders", default="default", metavar="SPEC,...", help="encoder specs (default: default)")
+    grid.add_argument(
+        "--encoders",
+        default="default",
+        metavar="SPEC,...",
+        help="encoder specs; a+b is an ensemble, its embeddings side by side (default: default)",
+    )
     grid.add_argument(
         "--methods", default="linear", metavar="M,...", help="head methods: linear, mlp, arcface (default: linear)"
     )
@@ -35,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace a sweep folder made for another dataset or split (default: refuse)",
     )
     methods = section_methods()
-    add_config_flags(parser, SHARED_SECTIONS, section_methods=methods, skip=("encoder",))
+    add_config_flags(parser, SHARED_SECTIONS, section_methods=methods, skip=("encoder", "fusion"))
     add_config_flags(parser, GRID_SECTIONS, section_methods=methods, grid=True)
     shortcuts = parser.add_mutually_exclusive_group()
     shortcuts.add_argument("--wandb", dest="track", action="store_const", const="wandb", help="track with W&B")
@@ -66,7 +71,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if sizes:
             values["hidden_sizes"] = sizes
     grid = Grid(
-        encoders=tuple(e.strip() for e in args.encoders.split(",") if e.strip()),
+        encoders=tuple(e.strip().replace("+", ",") for e in args.encoders.split(",") if e.strip()),
         methods=methods,
         profiles=tuple(p.strip() for p in args.profiles.split(",") if p.strip()),
         values=values,
