@@ -35,12 +35,18 @@ def coins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _common(cache: Path) -> list[str]:
-    return ["--cache-dir", str(cache), "--device", "cpu", "--backend", "torch"]
+    """Flags of predict and evaluate (the encoder runtime is the run's)."""
+    return ["--cache-dir", str(cache), "--device", "cpu"]
+
+
+def _fit_flags(cache: Path) -> list[str]:
+    """Flags of train, compare and sweep: torch saves exporting each encoder to ONNX in the test's cache."""
+    return [*_common(cache), "--backend", "torch"]
 
 
 def _train(manifest: Path, cache: Path, run: Path, method: str, fusion: str, *extra: str) -> None:
     args = ["train", "--method", method, "--data", str(manifest), "--out-dir", str(run), "--encoder", ENSEMBLE]
-    args += ["--fusion", fusion, "--no-track", "--num-workers", "0", "-q", *_common(cache), *FAST[method], *extra]
+    args += ["--fusion", fusion, "--no-track", "--num-workers", "0", "-q", *_fit_flags(cache), *FAST[method], *extra]
     assert main(args) == 0
 
 
@@ -109,7 +115,7 @@ def test_ensembles_are_refused_where_one_encoder_is_needed(
     coins: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest, cache = coins
-    base = ["train", "--data", str(manifest), "--no-track", *_common(cache)]
+    base = ["train", "--data", str(manifest), "--no-track", *_fit_flags(cache)]
     for encoder, extra, message in [
         (ENSEMBLE, ["--method", "finetune"], "reads pixels through one encoder"),
         (ENSEMBLE, ["--method", "linear", "--weights", str(manifest)], "takes none"),
@@ -125,7 +131,7 @@ def test_compare_runs_single_encoders_beside_each_fusion(coins: tuple[Path, Path
     manifest, cache = coins
     out = tmp_path / "compare"
     args = ["compare", "--data", str(manifest), "--methods", "linear,blend", "--encoders", "default,efficientnet_lite1"]
-    args += ["--fusion", "concat,late", "--epochs", "30", "--out-dir", str(out), "--no-track", "-q", *_common(cache)]
+    args += ["--fusion", "concat,late", "--epochs", "30", "--out-dir", str(out), "--no-track", "-q", *_fit_flags(cache)]
     assert main(args) == 0
     table = pd.read_csv(out / "comparison.csv")
     ensemble = "default+efficientnet_lite1"
@@ -156,7 +162,7 @@ def test_sweep_takes_an_ensemble_as_a_plus_b(coins: tuple[Path, Path], tmp_path:
     manifest, cache = coins
     out = tmp_path / "sweep"
     args = ["sweep", "--data", str(manifest), "--encoders", "default,default+efficientnet_lite1", "--epochs", "30"]
-    assert main([*args, "--out-dir", str(out), "--no-track", "-q", *_common(cache)]) == 0
+    assert main([*args, "--out-dir", str(out), "--no-track", "-q", *_fit_flags(cache)]) == 0
     results = pd.read_csv(out / "results.csv")
     assert set(results["encoder"]) == {"default", ENSEMBLE}
     assert results["macro_f1"].notna().all()
