@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--fusion",
+        dest="fusions",
         metavar="F,...",
         help="also compare ensembles fused each of these ways (concat, late, learned): the a+b items of --encoders, "
         "else all of --encoders together (default: concat for a+b items)",
@@ -63,7 +64,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         decision["target_precision"] = DEFAULT_TARGET_PRECISION
     specs = [item.strip() for item in args.methods.split(",") if item.strip()]
     encoders = [item.strip() for item in (args.encoders or "").split(",") if item.strip()] or [None]
-    fusions = [item.strip() for item in (args.fusion or "").split(",") if item.strip()]
+    fusions = [item.strip() for item in (args.fusions or "").split(",") if item.strip()]
     entries_of = encoder_entries(encoders, fusions)
     several = len(entries_of) > 1
     try:
