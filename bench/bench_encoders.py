@@ -17,6 +17,7 @@ re-runs skip the encoders.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -46,23 +47,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "compare"
         started = time.perf_counter()
-        code = kenner(
-            [
-                "compare",
-                "--data",
-                str(data),
-                "--methods",
-                args.methods,
-                "--encoders",
-                args.encoders,
-                "--fusion",
-                args.fusion,
-                "--out-dir",
-                str(out),
-                "--no-track",
-                "-q",
-            ]
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the Markdown snippet alone
+            code = kenner(
+                [
+                    "compare",
+                    "--data",
+                    str(data),
+                    "--methods",
+                    args.methods,
+                    "--encoders",
+                    args.encoders,
+                    "--fusion",
+                    args.fusion,
+                    "--out-dir",
+                    str(out),
+                    "--no-track",
+                    "-q",
+                ]
+            )
         if code != 0:
             sys.exit(code)
         seconds = time.perf_counter() - started
