@@ -156,14 +156,19 @@ def test_encoder_entries_of_compare() -> None:
         encoder_entries(three, ["sum"])
 
 
-def test_sweep_takes_an_ensemble_as_a_plus_b(coins: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("fusion", ["concat", "learned"])
+def test_sweep_takes_an_ensemble_as_a_plus_b(fusion: str, coins: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, cache = coins
     out = tmp_path / "sweep"
     args = ["sweep", "--data", str(manifest), "--encoders", "default,default+efficientnet_lite1", "--epochs", "30"]
-    assert main([*args, "--out-dir", str(out), "--no-track", "-q", *_fit_flags(cache)]) == 0
+    args += ["--fusion", fusion, "--lr", "0.001,0.01", "--out-dir", str(out), "--no-track", "-q", *_fit_flags(cache)]
+    assert main(args) == 0
     results = pd.read_csv(out / "results.csv")
-    assert set(results["encoder"]) == {"default", ENSEMBLE}
-    assert results["macro_f1"].notna().all()
+    assert set(results["encoder"]) == {"default", ENSEMBLE} and len(results) == 4
+    assert results["macro_f1"].notna().all() and (results["accuracy"] > 0.6).all()
+    ensemble = results[results["encoder"] == ENSEMBLE]
+    assert ensemble["name"].str.contains("_learned_" if fusion == "learned" else "default_efficientnet_lite1_lin").all()
+    assert (ensemble["batched_heads"] == 2).all()
 
 
 def test_learned_fusion_weights_favour_the_encoder_that_is_right() -> None:

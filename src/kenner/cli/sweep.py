@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--encoders",
         default="default",
         metavar="SPEC,...",
-        help="encoder specs; a+b is an ensemble, its embeddings side by side (default: default)",
+        help="encoder specs; a+b is an ensemble, fused as --fusion says (default: default)",
     )
     grid.add_argument(
         "--methods", default="linear", metavar="M,...", help="head methods: linear, mlp, arcface (default: linear)"
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace a sweep folder made for another dataset or split (default: refuse)",
     )
     methods = section_methods()
-    add_config_flags(parser, SHARED_SECTIONS, section_methods=methods, skip=("encoder", "fusion"))
+    add_config_flags(parser, SHARED_SECTIONS, section_methods=methods, skip=("encoder",))
     add_config_flags(parser, GRID_SECTIONS, section_methods=methods, grid=True)
     shortcuts = parser.add_mutually_exclusive_group()
     shortcuts.add_argument("--wandb", dest="track", action="store_const", const="wandb", help="track with W&B")

@@ -35,6 +35,15 @@ def block_samples(samples: Samples, start: int, stop: int) -> Samples:
     return Samples(samples.ids, samples.paths, embedder=None, views=samples.views).with_embeddings(per_view)
 
 
+def ensemble_blocks(data: TaskData) -> list[TaskData]:
+    """``data`` once per encoder of its ensemble, each with only that encoder's block of the embeddings."""
+    ends = np.cumsum(data.samples.embedder.dims)
+    return [
+        dataclasses.replace(data, samples=block_samples(data.samples, int(end - dim), int(end)))
+        for end, dim in zip(ends, data.samples.embedder.dims, strict=True)
+    ]
+
+
 def fit_fusion_weights(scores: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     """Weights on the simplex for averaging the members' class probabilities that minimise the log-loss of
     ``y`` (equal weights when there is nothing to fit on)."""
