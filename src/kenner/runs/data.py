@@ -26,7 +26,7 @@ from kenner.data.splits import (
     save_split,
     split_of_samples,
 )
-from kenner.encoders.embedder import Embedder
+from kenner.encoders.embedder import AnyEmbedder, make_embedder
 from kenner.encoders.extract import HASH_CACHE_NAME, hash_images
 from kenner.encoders.store import HashCache
 from kenner.encoders.views import resolve_mode
@@ -175,15 +175,15 @@ def resolve_folds(dataset: Dataset, cfg: SplitConfig, out_dir: Path) -> list[Spl
     return folds
 
 
-def embedder_for(cfg: RunConfig) -> Embedder:
-    """The run's encoder and cache (the encoder itself is built only when embeddings are needed)."""
-    return Embedder(cfg.encoder, cfg.compute, background=cfg.data.background_color)
+def embedder_for(cfg: RunConfig) -> AnyEmbedder:
+    """The run's encoder (or ensemble) and cache (encoders are built only when embeddings are needed)."""
+    return make_embedder(cfg.encoder, cfg.compute, background=cfg.data.background_color)
 
 
 def task_data(
     dataset: Dataset,
     split: Split | np.ndarray,
-    embedder: Embedder | None,
+    embedder: AnyEmbedder | None,
     views: str,
     *,
     class_names: list[str] | None = None,

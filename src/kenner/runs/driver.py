@@ -18,13 +18,15 @@ from kenner.config.tree import RunConfig
 from kenner.data.manifest import Dataset
 from kenner.data.splits import save_split, split_of_samples
 from kenner.encoders import check_encoder
-from kenner.encoders.embedder import Embedder
+from kenner.encoders.embedder import AnyEmbedder
 from kenner.encoders.views import resolve_mode
+from kenner.errors import KennerError
 from kenner.evaluate.outputs import write_evaluation
 from kenner.evaluate.report import write_report
 from kenner.io import atomic_write_json, atomic_write_text, writable_dir
 from kenner.methods import METHODS
 from kenner.methods.base import FitContext, Method, TaskData
+from kenner.methods.fusion import fused_method
 from kenner.methods.registry import MethodSpec
 from kenner.runs.claim import claim_folder
 from kenner.runs.data import (
@@ -105,6 +107,11 @@ def train(
     split (and fine-tuning resumes from its checkpoints); another one is refused unless ``overwrite``.
     """
     spec = METHODS.get(cfg.method)
+    if "," in cfg.encoder.encoder and not spec.uses_embeddings:
+        raise KennerError(
+            f"{cfg.method} reads pixels through one encoder; an encoder ensemble ({cfg.encoder.encoder}) works with "
+            "the methods on cached embeddings"
+        )
     check_encoder(cfg.encoder.encoder, weights=cfg.encoder.weights)  # an unreachable hub fails before any work
     embedder = embedder_for(cfg)
     writable_dir(embedder.cache_dir, "--cache-dir")
@@ -120,7 +127,7 @@ def _train(
     cfg: RunConfig,
     spec: MethodSpec,
     out_dir: Path,
-    embedder: Embedder,
+    embedder: AnyEmbedder,
     resume: str | None,
     fresh: bool,
     tracker: Tracker | None,
@@ -130,7 +137,7 @@ def _train(
     run = _Run(
         cfg,
         spec,
-        spec.load()(),
+        fused_method(spec.load()(), name=spec.name, encoder=cfg.encoder.encoder, fusion=cfg.encoder.fusion),
         tracker or tracker_for(cfg.tracking),
         dataset,
         len(exclusions),
@@ -235,7 +242,11 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
                     data, source=str(run.dataset.source), excluded=run.excluded, dataset=run.dataset
                 ),
                 "splits": split_table(data),
-                "encoder": {"spec": cfg.encoder.encoder, "views": resolve_mode(run.view_names, cfg.encoder.views)},
+                "encoder": {
+                    "spec": cfg.encoder.encoder,
+                    **({"fusion": cfg.encoder.fusion} if "," in cfg.encoder.encoder else {}),
+                    "views": resolve_mode(run.view_names, cfg.encoder.views),
+                },
                 "head": {"method": cfg.method, "profile": cfg.profile or "none", **changed_settings(cfg, run.spec)},
                 "config": {**predictor.summary(), **timings},
                 "metrics": evaluation.metrics,
