@@ -66,6 +66,7 @@ def label_issues(y: np.ndarray, proba: np.ndarray) -> LabelIssues:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rows = np.asarray(
-            find_label_issues(labels=y, pred_probs=proba, return_indices_ranked_by="self_confidence"), dtype=np.int64
+            find_label_issues(labels=y, pred_probs=proba, return_indices_ranked_by="self_confidence", n_jobs=1),
+            dtype=np.int64,
         )
     return LabelIssues(rows, proba[rows].argmax(axis=1).astype(np.int64), proba[rows, y[rows]])

@@ -50,6 +50,7 @@ class AuditResult:
     seconds: dict[str, float]
     findings: Findings
     data: AuditedData
+    features: np.ndarray  # the unit vectors the findings were computed on, one per sample
 
 
 def default_audit_dir(cfg: RunConfig, run_dir: str | None) -> Path:
@@ -142,7 +143,7 @@ def audit_dataset(
         "label_issues": len(issues.rows),
         "outliers": len(outliers.rows),
     }
-    return AuditResult(out_dir, files, counts, seconds, findings, audited)
+    return AuditResult(out_dir, files, counts, seconds, findings, audited, features)
 
 
 def _split_source(cfg: SplitConfig, run_dir: str | None) -> str | None:
