@@ -51,8 +51,8 @@ def plant(folder: Path, out: Path, *, copies: int, flips: int, outliers: int, se
         planted["exact"].add((_id(source, out), f"{source.parent.name}/copyexact{n}"))
     for n, index in enumerate(chosen[copies : 2 * copies]):
         source = files[index]
-        image = Image.open(source).convert("L").resize((36, 36), Image.Resampling.BICUBIC)
-        image.save(source.parent / f"copyjpeg{n}.jpg", quality=75)
+        image = Image.open(source).convert("L").resize((56, 56), Image.Resampling.BICUBIC)
+        image.save(source.parent / f"copyjpeg{n}.jpg", quality=85)
         planted["resized"].add((_id(source, out), f"{source.parent.name}/copyjpeg{n}"))
     classes = sorted(path.name for path in out.iterdir())
     for index in chosen[2 * copies :]:
@@ -142,15 +142,19 @@ def main() -> None:
                 len(planted["resized"]),
             ),
             "label flips (cleanlab)": precision_recall({ids[r] for r in findings.issues.rows}, planted["flips"]),
+            f"label flips, the {len(planted['flips'])} ranked first": precision_recall(
+                {ids[r] for r in findings.issues.rows[: len(planted["flips"])]}, planted["flips"]
+            ),
             "outliers": precision_recall({ids[r] for r in findings.outliers.rows}, planted["outliers"]),
         }
+        missed = sorted(planted["outliers"] - {ids[r] for r in findings.outliers.rows})
         n = len(ids)
         features = result.features
 
     print("### kenner audit (bench/bench_audit.py)\n")
     print(
         f"Fashion-MNIST, {args.per_class} per class + planted: {args.copies} exact copies, {args.copies} resized "
-        f"(28→36 px) JPEG q75 copies under new ids, {args.flips} label flips, {args.outliers} outliers "
+        f"(28→56 px) JPEG q85 copies under new ids, {args.flips} label flips, {args.outliers} outliers "
         f"(flat colour / noise / Tux Paint stamp); {n} samples; default encoder; threshold "
         f"{findings.threshold:g}.\n"
     )
@@ -159,6 +163,8 @@ def main() -> None:
         shown = "—" if np.isnan(precision) else f"{precision:.2f}"
         print(f"| {name} | {shown} | {recall:.2f} | {flagged} |")
 
+    if missed:
+        print(f"\nOutliers not flagged: {', '.join(missed)}")
     neighbours = nearest(features, NEIGHBOURS)
     print("\n| threshold | resized copies found | exact copies found | pairs in all |\n|---|---|---|---|")
     for threshold in THRESHOLDS:

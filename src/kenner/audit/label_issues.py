@@ -16,6 +16,7 @@ from cleanlab.filter import find_label_issues
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from kenner.errors import KennerError
 
@@ -44,18 +45,26 @@ def out_of_fold_proba(
     with warnings.catch_warnings():  # a class with fewer groups than folds is expected in small collections
         warnings.simplefilter("ignore", UserWarning)
         fold_rows = list(splitter.split(features, y, groups))
-    for train, held_out in fold_rows:
-        present = np.unique(y[train])
-        if len(present) == 1:
-            proba[np.ix_(held_out, present)] = 1.0
-            continue
-        scaler = StandardScaler().fit(features[train])
-        model = LogisticRegression(C=c, max_iter=300, tol=1e-3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ConvergenceWarning: the ranking, not the last digit, matters here
-            model.fit(scaler.transform(features[train]), y[train])
-        proba[np.ix_(held_out, model.classes_)] = model.predict_proba(scaler.transform(features[held_out]))
+    with threadpool_limits(1):  # small fits: BLAS threads cost more than they give, and thrash on a busy machine
+        for train, held_out in fold_rows:
+            _fit_fold(features, y, train, held_out, proba, c)
     return proba
+
+
+def _fit_fold(
+    features: np.ndarray, y: np.ndarray, train: np.ndarray, held_out: np.ndarray, proba: np.ndarray, c: float
+) -> None:
+    """Fill ``proba[held_out]`` from a logistic regression fitted on ``train``."""
+    present = np.unique(y[train])
+    if len(present) == 1:
+        proba[np.ix_(held_out, present)] = 1.0
+        return
+    scaler = StandardScaler().fit(features[train])
+    model = LogisticRegression(C=c, max_iter=300, tol=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: the ranking, not the last digit, matters here
+        model.fit(scaler.transform(features[train]), y[train])
+    proba[np.ix_(held_out, model.classes_)] = model.predict_proba(scaler.transform(features[held_out]))
 
 
 def label_issues(y: np.ndarray, proba: np.ndarray) -> LabelIssues:
