@@ -4,10 +4,14 @@ A pair is two sample rows ``first < second``. Near-duplicates come from the shar
 (:mod:`kenner.audit.neighbours`): a pair is found when either sample is among the other's ``k`` nearest, so a
 set of more than ``k + 1`` copies of one image is reported through its nearest pairs, not all of them.
 
-The default threshold (``--near-duplicate-threshold``, 0.95) was chosen on Fashion-MNIST with the default encoder
-(bench/bench_audit.py, BENCHMARKS.md): resized and JPEG-recompressed copies score above it, while distinct
-garments of one class rarely reach it. The report shows pairs just above and just below it so that a user can
-check it on their own data.
+How close is "near" depends on the encoder and on the data: with the default encoder, distinct Tux Paint stamps
+are rarely closer than cosine 0.5 while distinct Fashion-MNIST garments often pass 0.9, and a resized or
+JPEG-recompressed copy scores 0.85-0.99 in both. So the default threshold is relative to the dataset: a pair is a
+near-duplicate when its cosine distance is below ``AUTO_FACTOR`` (0.4) times the median distance of a sample to
+its nearest neighbour, i.e. ``threshold = 1 - 0.4 x median nearest-neighbour distance``. The factor was chosen
+with bench/bench_audit.py (BENCHMARKS.md: recall of planted copies against all pairs found, per threshold).
+``--near-duplicate-threshold`` sets a fixed cosine instead; the report shows the pairs just above and just below
+the threshold so that a user can check it on their own data.
 """
 
 from __future__ import annotations
@@ -48,6 +52,18 @@ def _pairs(first: np.ndarray, second: np.ndarray, similarity: np.ndarray) -> Pai
     _, keep = np.unique(a * (max(int(b.max(initial=0)), 0) + 1) + b, return_index=True)
     keep = np.sort(keep)
     return Pairs(a[keep].astype(np.int64), b[keep].astype(np.int64), similarity[keep].astype(np.float32))
+
+
+AUTO_FACTOR = 0.4
+
+
+def resolve_threshold(neighbours: Neighbourhood, threshold: float | None) -> float:
+    """``threshold``, or the automatic one: ``1 - AUTO_FACTOR x`` the median nearest-neighbour cosine distance."""
+    if threshold is not None:
+        return float(threshold)
+    nearest_distance = neighbours.distances[:, 0] if neighbours.distances.shape[1] else np.zeros(1)
+    finite = nearest_distance[np.isfinite(nearest_distance)]
+    return float(1.0 - AUTO_FACTOR * np.median(finite)) if len(finite) else 1.0
 
 
 def similar_pairs(neighbours: Neighbourhood, low: float, high: float = np.inf) -> Pairs:

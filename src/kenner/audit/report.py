@@ -155,7 +155,7 @@ def _markdown(data: AuditedData, findings: Findings, sheets: dict[str, Path], to
     lines += [f"| {key} | {value} |" for key, value in findings.summary.items()]
     counts = {
         "leakage (pairs across splits)": len(leakage),
-        f"near-duplicate pairs (cosine >= {findings.threshold:g})": len(findings.near),
+        f"near-duplicate pairs (cosine >= {findings.threshold:.3f})": len(findings.near),
         "byte-identical pairs": len(findings.identical),
         "likely label errors": len(findings.issues.rows),
         "outliers": len(findings.outliers.rows),
@@ -175,7 +175,7 @@ def _markdown(data: AuditedData, findings: Findings, sheets: dict[str, Path], to
     else:
         lines.append("No pair of near-duplicate or identical images crosses the splits.")
 
-    lines += ["", f"## Near-duplicates ({len(findings.near)} pairs, cosine >= {findings.threshold:g})", ""]
+    lines += ["", f"## Near-duplicates ({len(findings.near)} pairs, cosine >= {findings.threshold:.3f})", ""]
     lines += _pair_table(data, findings.near, top) if len(findings.near) else ["None."]
     lines += ["", "### Around the threshold", ""]
     lines.append(
@@ -253,12 +253,12 @@ def _sheets(data: AuditedData, findings: Findings, out_dir: Path) -> dict[str, P
         ]
         sheets["leakage"] = write_contact_sheet(rows, out_dir / "leakage.png", "near-duplicates across splits")
     around = [
-        SheetRow(f"{side} {findings.threshold:g}: cosine {sim:.3f}", (_tile(data, a), _tile(data, b)))
+        SheetRow(f"{side} {findings.threshold:.3f}: cosine {sim:.3f}", (_tile(data, a), _tile(data, b)))
         for side, pairs in (("above", findings.above), ("below", findings.below))
         for a, b, sim in zip(pairs.first.tolist(), pairs.second.tolist(), pairs.similarity.tolist(), strict=True)
     ]
     if around:
-        title = f"pairs around the near-duplicate threshold {findings.threshold:g}"
+        title = f"pairs around the near-duplicate threshold {findings.threshold:.3f}"
         sheets["threshold"] = write_contact_sheet(around, out_dir / "threshold.png", title)
     issues = findings.issues
     if len(issues.rows):

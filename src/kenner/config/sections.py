@@ -47,8 +47,12 @@ class DataConfig:
         "merge the groups of near-duplicate images (embedding cosine >= --near-duplicate-threshold, same label) "
         "before splitting, so look-alike copies under other ids never cross splits",
     )
-    near_duplicate_threshold: float = knob(
-        0.95, "embedding cosine similarity from which two images count as near-duplicates", gt=0, le=1
+    near_duplicate_threshold: float | None = knob(
+        None,
+        "embedding cosine similarity from which two images count as near-duplicates",
+        gt=0,
+        le=1,
+        shown="auto: 1 - 0.4 x the dataset's median nearest-neighbour cosine distance",
     )
     exclude: str | None = knob(
         None,

@@ -19,7 +19,13 @@ import numpy as np
 
 from kenner.audit.confusable import confusable_pairs
 from kenner.audit.label_issues import label_issues, out_of_fold_proba
-from kenner.audit.near_duplicates import crossing, identical_pairs, near_duplicates, threshold_examples
+from kenner.audit.near_duplicates import (
+    crossing,
+    identical_pairs,
+    near_duplicates,
+    resolve_threshold,
+    threshold_examples,
+)
 from kenner.audit.neighbours import nearest, pair_features
 from kenner.audit.outliers import find_outliers
 from kenner.audit.report import AuditedData, Findings, write_audit
@@ -85,8 +91,9 @@ def audit_dataset(
 
     started = time.perf_counter()
     neighbours = nearest(features, NEIGHBOURS)
-    near = near_duplicates(neighbours, cfg.data.near_duplicate_threshold)
-    above, below = threshold_examples(neighbours, cfg.data.near_duplicate_threshold, AROUND_THRESHOLD)
+    threshold = resolve_threshold(neighbours, cfg.data.near_duplicate_threshold)
+    near = near_duplicates(neighbours, threshold)
+    above, below = threshold_examples(neighbours, threshold, AROUND_THRESHOLD)
     identical = identical_pairs([[hashes[path] for path in s.paths.values()] for s in dataset.samples])
     seconds["near-duplicates (kNN search)"] = time.perf_counter() - started
 
@@ -121,7 +128,7 @@ def audit_dataset(
         near=near,
         above=above,
         below=below,
-        threshold=cfg.data.near_duplicate_threshold,
+        threshold=threshold,
         issues=issues,
         outliers=outliers,
         confusable=confusable,
@@ -181,9 +188,11 @@ def _split_column(dataset: Dataset, cfg: SplitConfig, source: str | None) -> lis
     return split_of_samples(split, dataset.groups)
 
 
-def count_cross_split_duplicates(samples: Samples, split: np.ndarray, threshold: float) -> int:
-    """How many near-duplicate pairs (cosine >= ``threshold``) of ``samples`` lie in different splits."""
+def count_cross_split_duplicates(samples: Samples, split: np.ndarray, threshold: float | None) -> tuple[int, float]:
+    """How many near-duplicate pairs of ``samples`` lie in different splits, and the cosine threshold used
+    (``threshold``, or the automatic one when None)."""
     if len(samples) < 2:
-        return 0
-    pairs = near_duplicates(nearest(pair_features(samples.per_view()), NEIGHBOURS), threshold)
-    return int(crossing(pairs, split).sum())
+        return 0, 1.0
+    neighbours = nearest(pair_features(samples.per_view()), NEIGHBOURS)
+    threshold = resolve_threshold(neighbours, threshold)
+    return int(crossing(near_duplicates(neighbours, threshold), split).sum()), threshold

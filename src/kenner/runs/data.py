@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kenner.audit.near_duplicates import near_duplicates
+from kenner.audit.near_duplicates import near_duplicates, resolve_threshold
 from kenner.audit.neighbours import nearest, pair_features
 from kenner.config.sections import DataConfig, EncoderConfig, SplitConfig
 from kenner.config.tree import RunConfig
@@ -115,16 +115,18 @@ def load_data(
     return dataset, exclusions
 
 
-def group_near_duplicates(dataset: Dataset, threshold: float, embedder: Embedder) -> Dataset:
+def group_near_duplicates(dataset: Dataset, threshold: float | None, embedder: Embedder) -> Dataset:
     """``--group-duplicates``: the groups of near-duplicate samples with one label merged into one group (pairs
     with two labels are left apart: the audit lists them as label questions)."""
     features = pair_features(embedder.per_view([sample.paths for sample in dataset.samples], dataset.views))
-    pairs = near_duplicates(nearest(features, NEAR_DUPLICATE_NEIGHBOURS), threshold).as_tuples()
+    neighbours = nearest(features, NEAR_DUPLICATE_NEIGHBOURS)
+    threshold = resolve_threshold(neighbours, threshold)
+    pairs = near_duplicates(neighbours, threshold).as_tuples()
     labels = dataset.labels
     same = [(a, b) for a, b in pairs if labels[a] == labels[b]]
     dataset, merged = merge_pairs(dataset, same)
     log.info(
-        "--group-duplicates: %d near-duplicate pair(s) (cosine >= %g) join %d group(s) into others%s",
+        "--group-duplicates: %d near-duplicate pair(s) (cosine >= %.3f) join %d group(s) into others%s",
         len(same),
         threshold,
         merged,

@@ -265,13 +265,13 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
 
 def _warn_leakage(data: TaskData, cfg: RunConfig) -> None:
     """One warning line when near-duplicates of the dataset lie in different splits (on the run's embeddings)."""
-    crossing = count_cross_split_duplicates(data.samples, data.split, cfg.data.near_duplicate_threshold)
+    crossing, threshold = count_cross_split_duplicates(data.samples, data.split, cfg.data.near_duplicate_threshold)
     if crossing:
         log.warning(
-            "%d near-duplicate pair(s) (embedding cosine >= %g) cross this split: test scores may be optimistic; "
+            "%d near-duplicate pair(s) (embedding cosine >= %.3f) cross this split: test scores may be optimistic; "
             "'kenner audit' lists them, --group-duplicates keeps them in one split",
             crossing,
-            cfg.data.near_duplicate_threshold,
+            threshold,
         )
 
 
