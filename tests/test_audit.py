@@ -164,7 +164,7 @@ def test_report_puts_leakage_first_and_lists_every_finding(audited) -> None:
     assert all(row["split"] != row["other_split"] for row in leakage)
     flagged = audited.findings.issues.rows
     assert [row["id"] for row in rows if row["finding"] == "label_issue"] == [audited.data.ids[r] for r in flagged]
-    for name in ("leakage.png", "threshold.png", "label_issues.png"):
+    for name in ("leakage.png", "threshold.png", "label_issues.png", "outliers.png"):
         with Image.open(audited.out_dir / name) as sheet:
             assert sheet.width >= 2 * 112 and sheet.height > 112
 

@@ -26,6 +26,11 @@ class Outliers:
     rows: np.ndarray  # flagged rows, ranked
     cutoff: float
 
+    @property
+    def ranked(self) -> np.ndarray:
+        """Every row, farthest first."""
+        return np.argsort(-self.distance, kind="stable")
+
 
 def find_outliers(
     features: np.ndarray, y: np.ndarray, neighbours: Neighbourhood, *, k: int = 5, z: float = OUTLIER_Z

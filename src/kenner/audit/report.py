@@ -212,14 +212,16 @@ def _markdown(data: AuditedData, findings: Findings, sheets: dict[str, Path], to
     outliers = findings.outliers
     lines += ["", f"## Outliers ({len(outliers.rows)})", ""]
     lines.append(
-        f"Mean cosine distance to the 5 nearest samples above {outliers.cutoff:.4f} (median + 4 robust standard "
-        "deviations); the distance within the sample's own class beside it."
+        f"The samples farthest from all others by mean cosine distance to their 5 nearest samples; flagged as "
+        f"outliers above {outliers.cutoff:.4f} (median + 4 robust standard deviations). The distance within the "
+        "sample's own class beside it."
     )
-    lines += ["", "| # | id | label | kNN distance | within class | split |", "|---|---|---|---|---|---|"]
-    for rank, row in enumerate(outliers.rows.tolist()[:top], start=1):
+    lines += ["", "| # | id | label | kNN distance | within class | split | outlier |", "|---|---|---|---|---|---|---|"]
+    flagged = set(outliers.rows.tolist())
+    for rank, row in enumerate(outliers.ranked.tolist()[:top], start=1):
         lines.append(
             f"| {rank} | `{data.ids[row]}` | {data.labels[row]} | {outliers.distance[row]:.4f} | "
-            f"{outliers.class_distance[row]:.4f} | {data.split[row]} |"
+            f"{outliers.class_distance[row]:.4f} | {data.split[row]} | {'**yes**' if row in flagged else 'no'} |"
         )
     lines += _image(sheets, "outliers")
 
@@ -238,9 +240,9 @@ def _image(sheets: dict[str, Path], name: str) -> list[str]:
     return ["", f"![{name}]({sheets[name].name})"] if name in sheets else []
 
 
-def _tile(data: AuditedData, row: int, note: str = "") -> Tile:
-    second = f"{data.labels[row]} · {data.split[row]}"
-    return Tile(data.images[row], (data.ids[row], f"{second} {note}".strip()))
+def _tile(data: AuditedData, row: int, second: str | None = None) -> Tile:
+    """A sample's thumbnail captioned with its id and (by default) its label and split."""
+    return Tile(data.images[row], (data.ids[row], second or f"{data.labels[row]} · {data.split[row]}"))
 
 
 def _sheets(data: AuditedData, findings: Findings, out_dir: Path) -> dict[str, Path]:
@@ -263,15 +265,17 @@ def _sheets(data: AuditedData, findings: Findings, out_dir: Path) -> dict[str, P
     issues = findings.issues
     if len(issues.rows):
         tiles = [
-            _tile(data, row, f"→ {data.class_names[suggested]}")
+            _tile(data, row, f"{data.labels[row]} -> {data.class_names[suggested]}")
             for row, suggested in zip(issues.rows.tolist()[: SHEET_ROWS * 2], issues.suggested.tolist(), strict=False)
         ]
         sheets["label_issues"] = write_contact_sheet(
-            _grid(tiles), out_dir / "label_issues.png", "likely label errors: given label → suggested"
+            _grid(tiles), out_dir / "label_issues.png", "likely label errors: given label -> suggested"
         )
-    if len(findings.outliers.rows):
-        tiles = [_tile(data, row) for row in findings.outliers.rows.tolist()[: SHEET_ROWS * 2]]
-        sheets["outliers"] = write_contact_sheet(_grid(tiles), out_dir / "outliers.png", "outliers, farthest first")
+    outliers = findings.outliers
+    if len(outliers.distance):
+        tiles = [_tile(data, row) for row in outliers.ranked.tolist()[:SHEET_COLUMNS]]
+        title = f"farthest samples ({len(outliers.rows)} flagged as outliers)"
+        sheets["outliers"] = write_contact_sheet(_grid(tiles), out_dir / "outliers.png", title)
     return sheets
 
 
