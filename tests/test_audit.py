@@ -31,7 +31,7 @@ from kenner.errors import KennerError
 from kenner.methods.base import Samples
 from kenner.runs.audit import audit_dataset, count_cross_split_duplicates
 from kenner.runs.data import embedder_for, load_data
-from synthetic import blobs
+from synthetic import blobs, write_two_view_dataset
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 CLASSES = ("animals", "food", "vehicles")
@@ -310,3 +310,21 @@ def test_outliers_and_confusable_classes_on_blobs() -> None:
     x[y == 2] = x[y == 1] + np.random.default_rng(0).normal(scale=0.3, size=(30, 8))  # classes 1 and 2 overlap
     pairs = confusable_pairs(nearest(x, 5), y, 3)
     assert (pairs[0].first, pairs[0].second) == (1, 2) and pairs[0].score > 0.2
+
+
+def test_cli_audits_a_two_view_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest = write_two_view_dataset(tmp_path / "coins", groups_per_class=3)
+    out = tmp_path / "report"
+    argv = ["audit", "--data", str(manifest), "--output", str(out), "--backend", "torch", "--num-workers", "0"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache"), "--top", "3", "--audit-folds", "3", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "likely label error(s)" in printed and str(out / "audit.md") in printed
+    report = (out / "audit.md").read_text(encoding="utf-8")
+    assert "obverse, reverse" in report
+    rows = list(csv.DictReader((out / "audit.csv").open(encoding="utf-8")))
+    assert {row["finding"] for row in rows} >= {"confusable_classes"}
+    assert all(row["id"] in {"", *(f"{g}_{p}" for g in _coin_groups() for p in (0, 1))} for row in rows)
+
+
+def _coin_groups() -> list[str]:
+    return [f"{label[:3]}{g:02d}" for label in ("aureus", "denarius", "sestertius") for g in range(3)]
