@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "kenner.cli.use",
     "kenner.cli.export",
     "kenner.cli.data",
+    "kenner.cli.audit",
     "kenner.cli.demo",
     "kenner.cli.download",
 ]

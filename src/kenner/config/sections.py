@@ -42,6 +42,24 @@ class DataConfig:
         "(merge, listed in duplicates.csv), stop naming them (refuse), or ignore",
         ("merge", "refuse", "ignore"),
     )
+    group_duplicates: bool = knob(
+        False,
+        "merge the groups of near-duplicate images (embedding cosine >= --near-duplicate-threshold, same label) "
+        "before splitting, so look-alike copies under other ids never cross splits",
+    )
+    near_duplicate_threshold: float | None = knob(
+        None,
+        "embedding cosine similarity from which two images count as near-duplicates",
+        gt=0,
+        le=1,
+        shown="auto: 1 - 0.4 x the dataset's median nearest-neighbour cosine distance",
+    )
+    exclude: str | None = knob(
+        None,
+        "leave out the samples listed in FILE (one id a line, or a CSV with an id column such as kenner audit's "
+        "audit.csv); recorded in excluded.csv",
+        metavar="FILE",
+    )
     omit_classes: tuple[str, ...] = knob((), "classes to leave out, comma-separated", metavar="A,B")
     min_condition: float | None = knob(
         None, "keep samples whose mean condition rating is >= X (unrated ones are kept)", ge=0

@@ -28,6 +28,7 @@ from kenner.methods import METHODS
 from kenner.methods.base import FitContext, Method, TaskData
 from kenner.methods.fusion import fused_method
 from kenner.methods.registry import MethodSpec
+from kenner.runs.audit import count_cross_split_duplicates
 from kenner.runs.claim import claim_folder
 from kenner.runs.data import (
     check_views,
@@ -132,7 +133,7 @@ def _train(
     fresh: bool,
     tracker: Tracker | None,
 ) -> RunResult:
-    dataset, exclusions = load_data(cfg.data, out_dir, cache_dir=cfg.encoder.cache_dir)
+    dataset, exclusions = load_data(cfg.data, out_dir, cache_dir=cfg.encoder.cache_dir, embedder=embedder)
     check_views(dataset, cfg.encoder.views)
     run = _Run(
         cfg,
@@ -181,6 +182,8 @@ def _train(
 
 def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> RunResult:
     """Fit the method on one split and write the whole run folder."""
+    if run.spec.uses_embeddings:
+        _warn_leakage(data, cfg)
     data = run.method.task(with_background(data, cfg.data, seed=cfg["seed"]), cfg)
     atomic_write_json(out_dir / "class_to_idx.json", {name: i for i, name in enumerate(data.class_names)})
     with run.tracker.start_run(
@@ -269,6 +272,18 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
                 track.log_artifact(out_dir / name)
         track.log_artifacts(out_dir / MODEL_DIR)
     return RunResult(out_dir, out_dir / "report.md", evaluation.metrics, fit_seconds, predict_seconds)
+
+
+def _warn_leakage(data: TaskData, cfg: RunConfig) -> None:
+    """One warning line when near-duplicates of the dataset lie in different splits (on the run's embeddings)."""
+    crossing, threshold = count_cross_split_duplicates(data.samples, data.split, cfg.data.near_duplicate_threshold)
+    if crossing:
+        log.warning(
+            "%d near-duplicate pair(s) (embedding cosine >= %.3f) cross this split: test scores may be optimistic; "
+            "'kenner audit' lists them, --group-duplicates keeps them in one split",
+            crossing,
+            threshold,
+        )
 
 
 def _numbers(record: dict[str, Any]) -> dict[str, float]:

@@ -386,7 +386,7 @@ def run_sweep(
 def _run_sweep(
     grid: Grid, base: dict[str, Any], out_dir: Path, probe: RunConfig, reference: str, tracker: Tracker | None
 ) -> pd.DataFrame:
-    dataset, _ = load_data(probe.data, out_dir, cache_dir=probe.encoder.cache_dir)
+    dataset, _ = load_data(probe.data, out_dir, cache_dir=probe.encoder.cache_dir, embedder=embedder_for(probe))
     check_views(dataset, probe.encoder.views)
     split = resolve_split(dataset, probe.split, out_dir)
     tasks = {}
