@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
+STAMPS := /usr/share/tuxpaint/stamps
 
 .PHONY: setup demo test test-slow lint bench clean
 
@@ -23,6 +24,13 @@ $(FMNIST):
 	    || echo "could not install dataset-fashion-mnist; the demo test will be skipped"; \
 	else echo "install Debian's dataset-fashion-mnist (or run 'kenner demo' online to download it)"; fi
 
+# Tux Paint stamps (real images) for tests/test_audit.py and the benchmarks: Debian's tuxpaint-stamps-default.
+$(STAMPS):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq tuxpaint-stamps-default) >/dev/null \
+	    || echo "could not install tuxpaint-stamps-default; the audit tests on real images will be skipped"; \
+	else echo "install Debian's tuxpaint-stamps-default for the audit tests on real images"; fi
+
 # The web UI's browser tests drive Debian's chromium with Playwright (no browser download).
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
@@ -34,7 +42,7 @@ $(CHROMIUM):
 demo: setup $(FMNIST)
 	$(BIN)/kenner demo
 
-test: setup $(FMNIST) $(CHROMIUM)
+test: setup $(FMNIST) $(STAMPS) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
@@ -47,9 +55,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 # The benchmarks' real images come from Debian packages (Tux Paint stamps, Fashion-MNIST).
-bench: setup $(FMNIST)
-	@if [ ! -d /usr/share/tuxpaint/stamps ] && [ "$$(id -u)" = 0 ]; then \
-	  apt-get install -y -qq tuxpaint-stamps-default >/dev/null; fi
+bench: setup $(FMNIST) $(STAMPS)
 	$(BIN)/python bench/run_all.py
 
 clean:

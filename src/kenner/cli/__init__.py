@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "kenner.cli.export",
     "kenner.cli.serve",
     "kenner.cli.data",
+    "kenner.cli.audit",
     "kenner.cli.demo",
     "kenner.cli.download",
 ]

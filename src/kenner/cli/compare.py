@@ -25,7 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="methods to compare, e.g. knn,linear,mlp:full,metric,finetune",
     )
     parser.add_argument(
-        "--encoders", metavar="SPEC,...", help="compare each method with each of these encoders (default: --encoder)"
+        "--encoders",
+        metavar="SPEC,...",
+        help="compare each method with each of these encoders (default: --encoder); a+b is an ensemble",
+    )
+    parser.add_argument(
+        "--fusion",
+        dest="fusions",
+        metavar="F,...",
+        help="also compare ensembles fused each of these ways (concat, late, learned): the a+b items of --encoders, "
+        "else all of --encoders together (default: concat for a+b items)",
     )
     parser.add_argument(
         "--seeds", default="0", metavar="S,...", help="seeds; several give mean ± std without folds (default: 0)"
@@ -37,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace method run folders that hold runs with other settings (default: refuse)",
     )
     add_method_options(parser, method=False)
-    add_config_options(parser, skip=("seed",))
+    add_config_options(parser, skip=("seed", "fusion"))
     parser.set_defaults(func=cmd_compare)
 
 
@@ -45,10 +54,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from kenner.config.compose import compose_config
     from kenner.config.flags import explicit_layer
     from kenner.config.sections import SECTIONS
-    from kenner.config.tree import safe_name
     from kenner.errors import KennerError
     from kenner.methods import METHODS
-    from kenner.runs.compare import Entry, compare
+    from kenner.runs.compare import Entry, compare, encoder_entries, ensemble_name
 
     explicit = explicit_layer(args, SECTIONS)
     decision = explicit.setdefault("decision", {})
@@ -56,13 +64,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         decision["target_precision"] = DEFAULT_TARGET_PRECISION
     specs = [item.strip() for item in args.methods.split(",") if item.strip()]
     encoders = [item.strip() for item in (args.encoders or "").split(",") if item.strip()] or [None]
+    fusions = [item.strip() for item in (args.fusions or "").split(",") if item.strip()]
+    entries_of = encoder_entries(encoders, fusions)
+    several = len(entries_of) > 1
     try:
         seeds = tuple(int(seed) for seed in args.seeds.split(",") if seed.strip())
     except ValueError:
         raise KennerError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     entries = []
-    for encoder in encoders:
-        layer = {**explicit, "encoder": {**explicit.get("encoder", {}), **({"encoder": encoder} if encoder else {})}}
+    for encoder, fusion in entries_of:
+        chosen = {"encoder": encoder.replace("+", ",")} if encoder else {}
+        layer = {
+            **explicit,
+            "encoder": {**explicit.get("encoder", {}), **chosen, **({"fusion": fusion} if fusion else {})},
+        }
         for spec in specs:
             method, _, profile = spec.partition(":")
             cfg = compose_config(
@@ -75,7 +90,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 out_dir=args.out_dir,
                 warn=warn,
             )
-            label = spec + (f"@{safe_name(encoder)}" if encoder and len(encoders) > 1 else "")
+            tag = ensemble_name(encoder, fusion) if encoder else fusion
+            label = spec + (f"@{tag}" if tag and several else "")
             entries.append(Entry(label, cfg))
     table = compare(entries, args.out_dir, seeds=seeds, overwrite=args.overwrite)
     best = table.loc[table["chosen_on_val"]].iloc[0]

@@ -21,7 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "one batched model. Rerunning skips finished configurations. Each configuration is one tracked run.",
     )
     grid = parser.add_argument_group("grid (comma-separated values; every combination runs)")
-    grid.add_argument("--encoders", default="default", metavar="SPEC,...", help="encoder specs (default: default)")
+    grid.add_argument(
+        "--encoders",
+        default="default",
+        metavar="SPEC,...",
+        help="encoder specs; a+b is an ensemble, fused as --fusion says (default: default)",
+    )
     grid.add_argument(
         "--methods", default="linear", metavar="M,...", help="head methods: linear, mlp, arcface (default: linear)"
     )
@@ -66,7 +71,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if sizes:
             values["hidden_sizes"] = sizes
     grid = Grid(
-        encoders=tuple(e.strip() for e in args.encoders.split(",") if e.strip()),
+        encoders=tuple(e.strip().replace("+", ",") for e in args.encoders.split(",") if e.strip()),
         methods=methods,
         profiles=tuple(p.strip() for p in args.profiles.split(",") if p.strip()),
         values=values,

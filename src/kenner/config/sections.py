@@ -42,6 +42,24 @@ class DataConfig:
         "(merge, listed in duplicates.csv), stop naming them (refuse), or ignore",
         ("merge", "refuse", "ignore"),
     )
+    group_duplicates: bool = knob(
+        False,
+        "merge the groups of near-duplicate images (embedding cosine >= --near-duplicate-threshold, same label) "
+        "before splitting, so look-alike copies under other ids never cross splits",
+    )
+    near_duplicate_threshold: float | None = knob(
+        None,
+        "embedding cosine similarity from which two images count as near-duplicates",
+        gt=0,
+        le=1,
+        shown="auto: 1 - 0.4 x the dataset's median nearest-neighbour cosine distance",
+    )
+    exclude: str | None = knob(
+        None,
+        "leave out the samples listed in FILE (one id a line, or a CSV with an id column such as kenner audit's "
+        "audit.csv); recorded in excluded.csv",
+        metavar="FILE",
+    )
     omit_classes: tuple[str, ...] = knob((), "classes to leave out, comma-separated", metavar="A,B")
     min_condition: float | None = knob(
         None, "keep samples whose mean condition rating is >= X (unrated ones are kept)", ge=0
@@ -77,7 +95,10 @@ class EncoderConfig:
     """Which frozen encoder embeds the images, how views combine, and where embeddings are cached."""
 
     encoder: str = knob(
-        "default", "default | timm:NAME | hf:REPO_OR_DIR | open_clip:ARCH[@TAG] | local:DIR", metavar="SPEC"
+        "default",
+        "default | efficientnet_lite1 | efficientnet_lite2 | timm:NAME | hf:REPO_OR_DIR | open_clip:ARCH[@TAG] | "
+        "local:DIR; several, comma-separated, make an ensemble (see --fusion)",
+        metavar="SPEC",
     )
     weights: str | None = knob(None, "local weights file for timm encoders", metavar="FILE")
     pooling: str = knob("cls", "ViT pooling of hf encoders", ("cls", "mean", "cls+mean"))
@@ -89,8 +110,16 @@ class EncoderConfig:
         shown="$KENNER_CACHE/embeddings, KENNER_CACHE defaulting to ~/.cache/kenner",
     )
     embed_batch_size: int = knob(64, "images per encoder forward pass", ge=1)
+    fusion: str = knob(
+        "concat",
+        "how an encoder ensemble combines: concat (L2-normalised embeddings side by side), late (one model per "
+        "encoder, probabilities averaged) or learned (late, with per-encoder weights fitted on val)",
+        ("concat", "late", "learned"),
+    )
     backend: str = knob(
-        "auto", "encoder runtime (auto: ONNX Runtime for the default encoder on CPU)", ("auto", "torch", "onnx")
+        "auto",
+        "encoder runtime (auto: ONNX Runtime for the packaged EfficientNet-Lite encoders on CPU)",
+        ("auto", "torch", "onnx"),
     )
 
 

@@ -62,6 +62,17 @@ def merge_duplicates(dataset: Dataset, hashes: dict[Path, str], mode: str = "mer
     return replace(dataset, samples=samples, merged_groups={**dataset.merged_groups, **changed}), copies
 
 
+def merge_pairs(dataset: Dataset, pairs: list[tuple[int, int]]) -> tuple[Dataset, int]:
+    """``dataset`` with the groups of each pair of samples (row positions) merged into one group, named after the
+    smallest group of its connected set; returns it and how many groups were merged into another."""
+    joined = [Copies("", (dataset.samples[a], dataset.samples[b]), ()) for a, b in pairs]
+    merged = {group: target for group, target in _union(joined).items() if group != target}
+    if not merged:
+        return dataset, 0
+    samples = [replace(s, group=merged.get(s.group, s.group)) for s in dataset.samples]
+    return replace(dataset, samples=samples, merged_groups={**dataset.merged_groups, **merged}), len(merged)
+
+
 def write_duplicates(copies: list[Copies], path: str | os.PathLike) -> Path:
     """``group,sha256,sample_ids,groups,paths`` rows, one per shared image (atomically)."""
     buffer = io.StringIO()

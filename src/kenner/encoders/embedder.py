@@ -1,12 +1,15 @@
 """The Embedder: a run's encoder and embedding cache, turning image paths into embeddings.
 
 The encoder is built on first use, so a run that never needs embeddings (fine-tuning reads pixels) never
-loads it. Only images missing from the cache are encoded.
+loads it. Only images missing from the cache are encoded. An encoder ensemble (``--encoder a,b,c``) is an
+:class:`EnsembleEmbedder`: each member embeds through its own cache, and the embeddings are the members'
+L2-normalised embeddings side by side (``dims`` says where each one's block is).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import numpy as np
 
 from kenner.config.sections import ComputeConfig, EncoderConfig
 from kenner.device import resolve_device
-from kenner.encoders import create_encoder
+from kenner.encoders import create_encoder, ensemble_members
 from kenner.encoders.base import Encoder
 from kenner.encoders.extract import extract_embeddings
 from kenner.encoders.store import EmbeddingStore
@@ -73,6 +76,25 @@ class Embedder:
     def fingerprint(self) -> str:
         return self.encoder.fingerprint
 
+    @property
+    def built(self) -> bool:
+        """Whether the encoder was needed (and built)."""
+        return "encoder" in vars(self)
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def specs(self) -> list[str]:
+        """The encoder spec of each block of the embeddings (one here)."""
+        return [self.spec]
+
+    @property
+    def dims(self) -> list[int]:
+        """The width of each block of the embeddings (one here)."""
+        return [self.dim]
+
     def embed(self, paths: Sequence[Path]) -> np.ndarray:
         """float32 [len(paths), dim], rows in ``paths`` order (cached images are read, not computed)."""
         store = EmbeddingStore(self.cache_dir, self.encoder.fingerprint, self.encoder.dim)
@@ -90,3 +112,94 @@ class Embedder:
         matrix = self.embed([item[view] for view in views for item in items])
         n = len(items)
         return {view: matrix[i * n : (i + 1) * n] for i, view in enumerate(views)}
+
+
+def l2_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0).astype(np.float32, copy=False)
+
+
+class EnsembleEmbedder:
+    """Embeddings of an encoder ensemble: each member's L2-normalised embeddings, side by side.
+
+    ``fingerprint``: the members' fingerprints joined by ``+``; a trained run's must match member by member.
+    """
+
+    def __init__(
+        self,
+        encoder: EncoderConfig,
+        compute: ComputeConfig | None = None,
+        *,
+        background: Sequence[int] = (255, 255, 255),
+        fingerprint: str | None = None,
+    ) -> None:
+        specs = ensemble_members(encoder.encoder)
+        if encoder.weights is not None:
+            raise KennerError(f"--weights gives one encoder's weights; the ensemble {encoder.encoder!r} takes none")
+        expected = fingerprint.split("+") if fingerprint is not None else [None] * len(specs)
+        if len(expected) != len(specs):
+            raise KennerError(f"the run recorded {len(expected)} encoder fingerprints for the {len(specs)} of {specs}")
+        self.config = encoder
+        self.compute = compute or ComputeConfig()
+        self.background = tuple(int(v) for v in background)
+        self.members = [
+            Embedder(replace(encoder, encoder=spec), self.compute, background=background, fingerprint=member)
+            for spec, member in zip(specs, expected, strict=True)
+        ]
+
+    @property
+    def spec(self) -> str:
+        return self.config.encoder
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.members[0].cache_dir
+
+    @property
+    def encoder(self) -> Encoder:
+        raise KennerError(f"this needs one encoder, not the ensemble {self.spec!r}; pass --encoder SPEC")
+
+    @property
+    def fingerprint(self) -> str:
+        return "+".join(member.fingerprint for member in self.members)
+
+    @property
+    def built(self) -> bool:
+        return all(member.built for member in self.members)
+
+    @property
+    def specs(self) -> list[str]:
+        return [member.spec for member in self.members]
+
+    @property
+    def dims(self) -> list[int]:
+        return [member.dim for member in self.members]
+
+    @property
+    def dim(self) -> int:
+        return sum(self.dims)
+
+    def embed(self, paths: Sequence[Path]) -> np.ndarray:
+        """float32 [len(paths), sum(dims)]: every member's normalised embeddings of ``paths``, side by side."""
+        return np.concatenate([l2_rows(member.embed(paths)) for member in self.members], axis=1)
+
+    def per_view(self, items: Sequence[dict[str, Path]], views: Sequence[str]) -> dict[str, np.ndarray]:
+        matrix = self.embed([item[view] for view in views for item in items])
+        n = len(items)
+        return {view: matrix[i * n : (i + 1) * n] for i, view in enumerate(views)}
+
+
+AnyEmbedder = Embedder | EnsembleEmbedder
+
+
+def make_embedder(
+    encoder: EncoderConfig,
+    compute: ComputeConfig | None = None,
+    *,
+    background: Sequence[int] = (255, 255, 255),
+    fingerprint: str | None = None,
+) -> AnyEmbedder:
+    """An :class:`Embedder`, or an :class:`EnsembleEmbedder` when ``encoder.encoder`` names several encoders."""
+    kind = EnsembleEmbedder if len(ensemble_members(encoder.encoder)) > 1 else Embedder
+    return kind(encoder, compute, background=background, fingerprint=fingerprint)

@@ -54,6 +54,14 @@ register_method(
 )
 register_method(
     MethodSpec(
+        "blend",
+        "a head's probabilities blended with a kNN vote (alpha * head + (1 - alpha) * kNN), alpha chosen on val",
+        (*HEAD, "retrieval"),
+        "kenner.methods.blend:BlendMethod",
+    )
+)
+register_method(
+    MethodSpec(
         "metric",
         "a projection trained by metric learning (ArcFace + mined triplets, P x K batches), then a kNN "
         "vote over its Faiss gallery",

@@ -21,7 +21,7 @@ from kenner.encoders.views import combine_views, resolve_mode
 
 if TYPE_CHECKING:
     from kenner.config.tree import RunConfig
-    from kenner.encoders.embedder import Embedder
+    from kenner.encoders.embedder import AnyEmbedder
     from kenner.retrieval.index import Neighbours
 
 SPLITS = ("train", "val", "test")
@@ -35,7 +35,7 @@ class Samples:
     """
 
     def __init__(
-        self, ids: Sequence[str], paths: Sequence[dict[str, Path]], *, embedder: Embedder | None, views: str
+        self, ids: Sequence[str], paths: Sequence[dict[str, Path]], *, embedder: AnyEmbedder | None, views: str
     ) -> None:
         if len(ids) != len(paths):
             raise ValueError(f"{len(ids)} ids but {len(paths)} path entries")

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kenner.config.tree import RunConfig
+from kenner.config.tree import RunConfig, safe_name
+from kenner.errors import KennerError
 from kenner.evaluate.plots import plot_bars
 from kenner.evaluate.report import format_number, markdown_table
 from kenner.io import atomic_write_json, atomic_write_text
+from kenner.methods.fusion import FUSIONS
 from kenner.runs.claim import claim_folder
 from kenner.runs.data import split_dataset
 from kenner.runs.driver import RunResult, train
@@ -86,6 +88,28 @@ def _compare(
     return table
 
 
+def encoder_entries(encoders: list[str | None], fusions: list[str]) -> list[tuple[str | None, str | None]]:
+    """The (encoder, fusion) pairs a comparison runs: every single encoder of ``encoders`` (None: the config's),
+    and every ensemble (``a+b`` items, else all of ``encoders`` when ``fusions`` are asked for) fused each way
+    of ``fusions`` (default concat). With only the config's encoder (``--encoder a,b``), that one fused each way."""
+    unknown = [fusion for fusion in fusions if fusion not in FUSIONS]
+    if unknown:
+        raise KennerError(f"--fusion: unknown {', '.join(unknown)}; use {', '.join(FUSIONS)}")
+    if encoders == [None] and fusions:
+        return [(None, fusion) for fusion in fusions]
+    pairs: list[tuple[str | None, str | None]] = [(e, None) for e in encoders if e is None or "+" not in e]
+    ensembles = [encoder for encoder in encoders if encoder and "+" in encoder]
+    if fusions and not ensembles and None not in encoders and len(encoders) > 1:
+        ensembles = ["+".join(e for e in encoders if e)]
+    return pairs + [(ensemble, fusion) for ensemble in ensembles for fusion in fusions or ["concat"]]
+
+
+def ensemble_name(encoder: str, fusion: str | None) -> str:
+    """An entry's encoder part: ``efficientnet_lite1``, or ``default+efficientnet_lite1(late)`` for an ensemble."""
+    members = "+".join(safe_name(member) for member in encoder.replace("+", ",").split(","))
+    return f"{members}({fusion})" if fusion else members
+
+
 def safe_label(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
 
@@ -96,7 +120,11 @@ def _row(entry: Entry, results: list[RunResult]) -> dict[str, Any]:
         summary = results[0].folds
     else:
         summary = aggregate_folds([result.metrics for result in results])
-    row: dict[str, Any] = {"method": entry.label, "encoder": entry.config.encoder.encoder}
+    encoder = entry.config.encoder
+    row: dict[str, Any] = {
+        "method": entry.label,
+        "encoder": encoder.encoder + (f" ({encoder.fusion})" if "," in encoder.encoder else ""),
+    }
     for key in COLUMNS:
         figure = summary.get("test", {}).get(key)
         row[f"test_{key}"] = figure["mean"] if figure else np.nan

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kenner.config.sections import DataConfig, SplitConfig
+from kenner.audit.near_duplicates import near_duplicates, resolve_threshold
+from kenner.audit.neighbours import nearest, pair_features
+from kenner.config.sections import DataConfig, EncoderConfig, SplitConfig
 from kenner.config.tree import RunConfig
 from kenner.data.background import background_images, background_label, draw_background
-from kenner.data.duplicates import merge_duplicates, write_duplicates
+from kenner.data.duplicates import merge_duplicates, merge_pairs, write_duplicates
+from kenner.data.exclude import exclude_ids
 from kenner.data.filters import apply_filters
 from kenner.data.manifest import Dataset, Exclusion, load_dataset, write_exclusions
 from kenner.data.splits import (
@@ -26,7 +29,7 @@ from kenner.data.splits import (
     save_split,
     split_of_samples,
 )
-from kenner.encoders.embedder import Embedder
+from kenner.encoders.embedder import AnyEmbedder, make_embedder
 from kenner.encoders.extract import HASH_CACHE_NAME, hash_images
 from kenner.encoders.store import HashCache
 from kenner.encoders.views import resolve_mode
@@ -41,22 +44,33 @@ EXCLUDED = "excluded.csv"
 DUPLICATES = "duplicates.csv"
 SPLIT_WARNINGS = "split_warnings.txt"
 WARNINGS_SHOWN = 5
+NEAR_DUPLICATE_NEIGHBOURS = 10
 
 
 def load_data(
-    cfg: DataConfig, out_dir: Path | None = None, *, cache_dir: str | None = None, min_classes: int = 2
+    cfg: DataConfig,
+    out_dir: Path | None = None,
+    *,
+    cache_dir: str | None = None,
+    min_classes: int = 2,
+    embedder: AnyEmbedder | None = None,
 ) -> tuple[Dataset, list[Exclusion]]:
-    """Load, validate and filter a dataset and merge the groups of identical images (``--duplicates``);
-    what was left out goes to ``out_dir/excluded.csv``, the merged copies to ``out_dir/duplicates.csv``.
+    """Load, validate and filter a dataset (less the ids of ``--exclude``), merge the groups of identical images
+    (``--duplicates``) and, with ``--group-duplicates``, of near-duplicates; what was left out goes to
+    ``out_dir/excluded.csv``, the merged copies to ``out_dir/duplicates.csv``.
 
     ``cache_dir``: the embedding cache whose hash cache remembers the images' content hashes. A dataset with
     fewer than ``min_classes`` classes is refused (training needs two; evaluating and embedding do not).
+    ``embedder``: the run's, for ``--group-duplicates`` (the default encoder when not given).
     """
     if not cfg.data:
         raise KennerError("no dataset given: pass --data FOLDER_OR_MANIFEST")
     dataset, exclusions = load_dataset(
         cfg.data, on_bad_image=cfg.on_bad_image, group_by=cfg.group_by, group_regex=cfg.group_regex
     )
+    if cfg.exclude:
+        dataset, listed = exclude_ids(dataset, cfg.exclude)
+        exclusions = [*exclusions, *listed]
     dataset, filtered = apply_filters(
         dataset,
         omit_classes=cfg.omit_classes,
@@ -82,7 +96,7 @@ def load_data(
             f"classes: {', '.join(dataset.classes[:20])}"
         )
     if cfg.duplicates != "ignore":
-        dataset, copies = merge_duplicates(dataset, _content_hashes(dataset, cache_dir), cfg.duplicates)
+        dataset, copies = merge_duplicates(dataset, content_hashes(dataset, cache_dir), cfg.duplicates)
         if copies:
             where = ""
             if out_dir is not None:
@@ -94,10 +108,34 @@ def load_data(
                 len({c.group for c in copies}),
                 where,
             )
+    if cfg.group_duplicates:
+        dataset = group_near_duplicates(
+            dataset, cfg.near_duplicate_threshold, embedder or make_embedder(EncoderConfig(cache_dir=cache_dir))
+        )
     return dataset, exclusions
 
 
-def _content_hashes(dataset: Dataset, cache_dir: str | None) -> dict[Path, str]:
+def group_near_duplicates(dataset: Dataset, threshold: float | None, embedder: AnyEmbedder) -> Dataset:
+    """``--group-duplicates``: the groups of near-duplicate samples with one label merged into one group (pairs
+    with two labels are left apart: the audit lists them as label questions)."""
+    features = pair_features(embedder.per_view([sample.paths for sample in dataset.samples], dataset.views))
+    neighbours = nearest(features, NEAR_DUPLICATE_NEIGHBOURS)
+    threshold = resolve_threshold(neighbours, threshold)
+    pairs = near_duplicates(neighbours, threshold).as_tuples()
+    labels = dataset.labels
+    same = [(a, b) for a, b in pairs if labels[a] == labels[b]]
+    dataset, merged = merge_pairs(dataset, same)
+    log.info(
+        "--group-duplicates: %d near-duplicate pair(s) (cosine >= %.3f) join %d group(s) into others%s",
+        len(same),
+        threshold,
+        merged,
+        f"; {len(pairs) - len(same)} pair(s) with two labels left apart" if len(pairs) > len(same) else "",
+    )
+    return dataset
+
+
+def content_hashes(dataset: Dataset, cache_dir: str | None) -> dict[Path, str]:
     """The SHA-256 of every image of ``dataset``, through the embedding cache's hash cache (without it when the
     cache folder cannot be written: the hashes are then computed and not kept)."""
     paths = list(dict.fromkeys(path for sample in dataset.samples for path in sample.paths.values()))
@@ -175,15 +213,15 @@ def resolve_folds(dataset: Dataset, cfg: SplitConfig, out_dir: Path) -> list[Spl
     return folds
 
 
-def embedder_for(cfg: RunConfig) -> Embedder:
-    """The run's encoder and cache (the encoder itself is built only when embeddings are needed)."""
-    return Embedder(cfg.encoder, cfg.compute, background=cfg.data.background_color)
+def embedder_for(cfg: RunConfig) -> AnyEmbedder:
+    """The run's encoder (or ensemble) and cache (encoders are built only when embeddings are needed)."""
+    return make_embedder(cfg.encoder, cfg.compute, background=cfg.data.background_color)
 
 
 def task_data(
     dataset: Dataset,
     split: Split | np.ndarray,
-    embedder: Embedder | None,
+    embedder: AnyEmbedder | None,
     views: str,
     *,
     class_names: list[str] | None = None,

@@ -18,14 +18,17 @@ from kenner.config.tree import RunConfig
 from kenner.data.manifest import Dataset
 from kenner.data.splits import save_split, split_of_samples
 from kenner.encoders import check_encoder
-from kenner.encoders.embedder import Embedder
+from kenner.encoders.embedder import AnyEmbedder
 from kenner.encoders.views import resolve_mode
+from kenner.errors import KennerError
 from kenner.evaluate.outputs import write_evaluation
 from kenner.evaluate.report import write_report
 from kenner.io import atomic_write_json, atomic_write_text, writable_dir
 from kenner.methods import METHODS
 from kenner.methods.base import FitContext, Method, TaskData
+from kenner.methods.fusion import fused_method
 from kenner.methods.registry import MethodSpec
+from kenner.runs.audit import count_cross_split_duplicates
 from kenner.runs.claim import claim_folder
 from kenner.runs.data import (
     check_views,
@@ -105,6 +108,11 @@ def train(
     split (and fine-tuning resumes from its checkpoints); another one is refused unless ``overwrite``.
     """
     spec = METHODS.get(cfg.method)
+    if "," in cfg.encoder.encoder and not spec.uses_embeddings:
+        raise KennerError(
+            f"{cfg.method} reads pixels through one encoder; an encoder ensemble ({cfg.encoder.encoder}) works with "
+            "the methods on cached embeddings"
+        )
     check_encoder(cfg.encoder.encoder, weights=cfg.encoder.weights)  # an unreachable hub fails before any work
     embedder = embedder_for(cfg)
     writable_dir(embedder.cache_dir, "--cache-dir")
@@ -120,17 +128,17 @@ def _train(
     cfg: RunConfig,
     spec: MethodSpec,
     out_dir: Path,
-    embedder: Embedder,
+    embedder: AnyEmbedder,
     resume: str | None,
     fresh: bool,
     tracker: Tracker | None,
 ) -> RunResult:
-    dataset, exclusions = load_data(cfg.data, out_dir, cache_dir=cfg.encoder.cache_dir)
+    dataset, exclusions = load_data(cfg.data, out_dir, cache_dir=cfg.encoder.cache_dir, embedder=embedder)
     check_views(dataset, cfg.encoder.views)
     run = _Run(
         cfg,
         spec,
-        spec.load()(),
+        fused_method(spec.load()(), name=spec.name, encoder=cfg.encoder.encoder, fusion=cfg.encoder.fusion),
         tracker or tracker_for(cfg.tracking),
         dataset,
         len(exclusions),
@@ -174,6 +182,8 @@ def _train(
 
 def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> RunResult:
     """Fit the method on one split and write the whole run folder."""
+    if run.spec.uses_embeddings:
+        _warn_leakage(data, cfg)
     data = run.method.task(with_background(data, cfg.data, seed=cfg["seed"]), cfg)
     atomic_write_json(out_dir / "class_to_idx.json", {name: i for i, name in enumerate(data.class_names)})
     with run.tracker.start_run(
@@ -235,7 +245,11 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
                     data, source=str(run.dataset.source), excluded=run.excluded, dataset=run.dataset
                 ),
                 "splits": split_table(data),
-                "encoder": {"spec": cfg.encoder.encoder, "views": resolve_mode(run.view_names, cfg.encoder.views)},
+                "encoder": {
+                    "spec": cfg.encoder.encoder,
+                    **({"fusion": cfg.encoder.fusion} if "," in cfg.encoder.encoder else {}),
+                    "views": resolve_mode(run.view_names, cfg.encoder.views),
+                },
                 "head": {"method": cfg.method, "profile": cfg.profile or "none", **changed_settings(cfg, run.spec)},
                 "config": {**predictor.summary(), **timings},
                 "metrics": evaluation.metrics,
@@ -258,6 +272,18 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
                 track.log_artifact(out_dir / name)
         track.log_artifacts(out_dir / MODEL_DIR)
     return RunResult(out_dir, out_dir / "report.md", evaluation.metrics, fit_seconds, predict_seconds)
+
+
+def _warn_leakage(data: TaskData, cfg: RunConfig) -> None:
+    """One warning line when near-duplicates of the dataset lie in different splits (on the run's embeddings)."""
+    crossing, threshold = count_cross_split_duplicates(data.samples, data.split, cfg.data.near_duplicate_threshold)
+    if crossing:
+        log.warning(
+            "%d near-duplicate pair(s) (embedding cosine >= %.3f) cross this split: test scores may be optimistic; "
+            "'kenner audit' lists them, --group-duplicates keeps them in one split",
+            crossing,
+            threshold,
+        )
 
 
 def _numbers(record: dict[str, Any]) -> dict[str, float]:

@@ -27,7 +27,7 @@ def embed_dataset(cfg: RunConfig, *, output: str | None = None) -> str:
     per_view = embedder.per_view([sample.paths for sample in dataset.samples], dataset.views)
     summary = (
         f"{len(dataset.samples)} samples x {len(dataset.views)} view(s) embedded with {cfg.encoder.encoder} "
-        f"(fingerprint {embedder.fingerprint}, dim {embedder.encoder.dim})"
+        f"(fingerprint {embedder.fingerprint}, dim {embedder.dim})"
     )
     if output:
         buffer = io.BytesIO()

@@ -42,10 +42,12 @@ def evaluate_run(
         bg=0,
         background_dir=None,
         background_class=background_class or cfg.data.background_class,
+        exclude=cfg.data.exclude if own else None,  # the run's own leave-outs and groups, not another dataset's
+        group_duplicates=cfg.data.group_duplicates and own,
     )
     target = Path(out_dir) if out_dir else run_dir / "eval"
     target.mkdir(parents=True, exist_ok=True)
-    dataset, exclusions = load_data(data_cfg, target, cache_dir=cache_dir, min_classes=1)
+    dataset, exclusions = load_data(data_cfg, target, cache_dir=cache_dir, min_classes=1, embedder=model.embedder)
     if dataset.views != model.info["view_names"]:
         raise KennerError(
             f"{data_cfg.data}: views {', '.join(dataset.views)} differ from the run's "

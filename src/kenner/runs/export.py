@@ -92,7 +92,7 @@ def _embeddings(model: RunModel, ids: list[str]) -> np.ndarray:
     """The encoder's embeddings (views combined as the run did) of the run's rows ``ids``: the run's task data
     rebuilt as the driver built it (its split, background rows, the method's task), read from the cache."""
     cfg = build_config([load_config_file(model.run_dir / "run_config.json")])
-    dataset, _ = load_data(cfg.data, min_classes=1)
+    dataset, _ = load_data(cfg.data, min_classes=1, embedder=model.embedder)
     split = split_of_samples(load_split(model.run_dir / "splits"), dataset.groups)
     data = task_data(
         dataset, np.asarray(split), model.embedder, model.info["views"], background_class=cfg.data.background_class

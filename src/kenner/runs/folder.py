@@ -57,11 +57,12 @@ def write_model_info(
 ) -> Path:
     """What loading and applying the run needs besides the predictor's own files."""
     embedder = data.samples.embedder
-    built = embedder is not None and "encoder" in vars(embedder)  # the encoder was needed (and built)
+    built = embedder is not None and embedder.built  # the encoder was needed (and built)
     info = {
         "kenner_version": __version__,
         "method": cfg.method,
-        "encoder": absolute_spec(cfg.encoder.encoder),
+        "encoder": ",".join(absolute_spec(member) for member in cfg.encoder.encoder.split(",")),
+        "fusion": cfg.encoder.fusion if "," in cfg.encoder.encoder else None,
         "weights": str(Path(cfg.encoder.weights).resolve()) if cfg.encoder.weights else None,
         "pooling": cfg.encoder.pooling,
         "backend": cfg.encoder.backend,

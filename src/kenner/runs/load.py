@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from kenner.config.sections import ComputeConfig, EncoderConfig
-from kenner.encoders.embedder import Embedder
+from kenner.encoders.embedder import AnyEmbedder, make_embedder
 from kenner.methods import METHODS
 from kenner.methods.base import Prediction, Predictor, Samples
+from kenner.methods.fusion import load_model_predictor
 from kenner.methods.registry import MethodSpec
 from kenner.runs.decide import Decider
 from kenner.runs.folder import MODEL_DIR, read_model_info
@@ -37,7 +38,7 @@ class RunModel:
     spec: MethodSpec
     predictor: Predictor
     decider: Decider
-    embedder: Embedder | None
+    embedder: AnyEmbedder | None
 
     @property
     def class_names(self) -> list[str]:
@@ -63,7 +64,7 @@ def load_predictor(run_dir: str | Path, *, cache_dir: str | None = None, device:
     run_dir = Path(run_dir)
     info = read_model_info(run_dir)
     spec = METHODS.get(info["method"])
-    predictor = spec.load().predictor.load(run_dir / MODEL_DIR, class_names=info["class_names"], device=device)
+    predictor = load_model_predictor(spec.name, run_dir / MODEL_DIR, class_names=info["class_names"], device=device)
     embedder = None
     if info.get("fingerprint"):
         encoder = EncoderConfig(
@@ -74,7 +75,7 @@ def load_predictor(run_dir: str | Path, *, cache_dir: str | None = None, device:
             cache_dir=cache_dir,
             backend=info["backend"],
         )
-        embedder = Embedder(
+        embedder = make_embedder(
             encoder, ComputeConfig(device=device), background=info["background_color"], fingerprint=info["fingerprint"]
         )
     return RunModel(run_dir, info, spec, predictor, Decider.from_dict(info["decision"], info["class_names"]), embedder)

@@ -34,6 +34,7 @@ from kenner.heads.multihead import batch_key, fit_multihead
 from kenner.io import atomic_write_json, atomic_write_text
 from kenner.methods import METHODS
 from kenner.methods.base import TaskData
+from kenner.methods.fusion import ensemble_blocks, fit_fusion_weights
 from kenner.progress import progress_bar
 from kenner.runs.claim import claim_folder
 from kenner.runs.data import check_views, embedder_for, load_data, resolve_split, task_data, with_background
@@ -123,10 +124,11 @@ def expand_grid(
             label = "_".join([dataset, safe_name(encoder), method, *map(fmt, combo), profile])
             skipped.append((label, str(error)))
             continue
+        fused = "," in encoder and cfg.encoder.fusion != "concat"
         config_name = "_".join(
             [
                 dataset,
-                safe_name(encoder),
+                safe_name(encoder) + (f"_{cfg.encoder.fusion}" if fused else ""),
                 arch(cfg),
                 f"mix{fmt(cfg.loss.mixup)}",
                 f"ls{fmt(cfg.loss.label_smoothing)}",
@@ -178,15 +180,15 @@ def _task(data: TaskData) -> _Task:
 
 
 def _metrics(
-    y: np.ndarray, logits: np.ndarray, temperature: float, class_names: list[str], background: str | None
+    y: np.ndarray, proba: np.ndarray, uncalibrated: np.ndarray | None, class_names: list[str], background: str | None
 ) -> dict[str, float]:
-    """The results-table metrics of one head; ``ece_uncalibrated`` is the ECE at temperature 1."""
-    proba = _softmax(logits / temperature)
+    """The results-table metrics of class probabilities; ``ece_uncalibrated`` is the ECE of ``uncalibrated``
+    (the probabilities at temperature 1; None: ``proba`` are those)."""
     metrics = classification_metrics(y, proba.argmax(1), proba, class_names, background_class=background)
     for key in METRICS[:4]:
         metrics.setdefault(key, metrics[key.removesuffix("_fg")])
     metrics["ece_uncalibrated"] = (
-        metrics["ece"] if temperature == 1.0 else expected_calibration_error(_softmax(logits), y)
+        metrics["ece"] if uncalibrated is None else expected_calibration_error(uncalibrated, y)
     )
     return {key: metrics[key] for key in (*METRICS, "macro_f1")}
 
@@ -197,8 +199,26 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def _fit_group(runs: list[SweepRun], task: _Task) -> Iterator[dict[str, Any]]:
-    """Fit a group of runs (one batched model where their settings allow) and yield each one's row."""
+@dataclass
+class _Fit:
+    """A group of runs fitted on one task: per run its logits on the evaluated rows (and on the val rows when
+    asked), temperature, best epoch and seconds."""
+
+    logits: np.ndarray
+    val_logits: np.ndarray | None
+    temperatures: list[float]
+    epochs: list[Any]
+    fit_seconds: float
+    calibration_seconds: list[float]
+    evaluation_seconds: float
+
+    def proba(self, index: int, *, val: bool = False) -> np.ndarray:
+        logits = self.val_logits if val else self.logits
+        return _softmax(logits[index] / self.temperatures[index])
+
+
+def _fit_heads(runs: list[SweepRun], task: _Task, *, with_val: bool = False) -> _Fit:
+    """Fit a group of runs (one batched model where their settings allow)."""
     configs = [run.config for run in runs]
     if any(c.head.calibrate for c in configs) and task.X_val is None:
         raise KennerError(
@@ -207,55 +227,113 @@ def _fit_group(runs: list[SweepRun], task: _Task) -> Iterator[dict[str, Any]]:
         )
     classes = np.arange(len(task.class_names))
     params = [head_params(cfg) for cfg in configs]
+    with_val = with_val and task.X_val is not None
     if len(runs) > 1 or batch_key(params[0]) is not None:
         fit = fit_multihead(task.X_train, task.y_train, params, classes=classes, X_val=task.X_val, y_val=task.y_val)
         start = time.perf_counter()
         logits = np.asarray(fit.logits(task.X_eval))
         shared_eval = (time.perf_counter() - start) / len(runs)
-        temperatures, epochs = [float(t) for t in fit.temperatures], list(fit.best_epochs)
-        fit_s = fit.fit_seconds / len(runs)
         n_calibrated = max(sum(c.head.calibrate for c in configs), 1)
-        calib_seconds = [fit.calibration_seconds / n_calibrated if c.head.calibrate else 0.0 for c in configs]
-    else:  # one head alone; its temperature is fitted apart so that its time is measured apart
-        head = EmbeddingClassifier(**{**params[0], "calibrate": False}).fit(
-            task.X_train, task.y_train, X_val=task.X_val, y_val=task.y_val, classes=classes
+        return _Fit(
+            logits,
+            np.asarray(fit.logits(task.X_val)) if with_val else None,
+            [float(t) for t in fit.temperatures],
+            list(fit.best_epochs),
+            fit.fit_seconds / len(runs),
+            [fit.calibration_seconds / n_calibrated if c.head.calibrate else 0.0 for c in configs],
+            shared_eval,
         )
+    # one head alone; its temperature is fitted apart so that its time is measured apart
+    head = EmbeddingClassifier(**{**params[0], "calibrate": False}).fit(
+        task.X_train, task.y_train, X_val=task.X_val, y_val=task.y_val, classes=classes
+    )
+    start = time.perf_counter()
+    calibrated = params[0]["calibrate"] and task.X_val is not None
+    temperature = fit_temperature(head.logits(task.X_val), task.y_val) if calibrated else 1.0
+    calib_seconds = [time.perf_counter() - start if calibrated else 0.0]
+    start = time.perf_counter()
+    logits = head.logits(task.X_eval)[None]
+    shared_eval = time.perf_counter() - start
+    val_logits = head.logits(task.X_val)[None] if with_val else None
+    return _Fit(logits, val_logits, [temperature], [head.best_epoch_], head.fit_seconds_, calib_seconds, shared_eval)
+
+
+def _fit_group(runs: list[SweepRun], task: _Task) -> Iterator[dict[str, Any]]:
+    """Fit a group of runs and yield each one's row."""
+    fit = _fit_heads(runs, task)
+    for index, run in enumerate(runs):
         start = time.perf_counter()
-        calibrated = params[0]["calibrate"] and task.X_val is not None
-        temperature = fit_temperature(head.logits(task.X_val), task.y_val) if calibrated else 1.0
-        calib_seconds = [time.perf_counter() - start if calibrated else 0.0]
+        temperature = fit.temperatures[index]
+        uncalibrated = None if temperature == 1.0 else _softmax(fit.logits[index])
+        metrics = _metrics(task.y_eval, fit.proba(index), uncalibrated, task.class_names, task.background)
+        seconds = fit.evaluation_seconds + time.perf_counter() - start
+        yield _row(run, task, metrics, temperature, fit.fit_seconds, fit.calibration_seconds[index], seconds,
+                   fit.epochs[index], len(runs))  # fmt: skip
+
+
+def _fit_fused_group(runs: list[SweepRun], tasks: list[_Task], fusion: str) -> Iterator[dict[str, Any]]:
+    """Fit a group of runs once per encoder of an ensemble (``tasks``: one per encoder's block) and yield each
+    run's row for the class probabilities averaged (``late``) or weighted on val (``learned``)."""
+    learned = fusion == "learned" and tasks[0].X_val is not None
+    fits = [_fit_heads(runs, task, with_val=learned) for task in tasks]
+    first = tasks[0]
+    for index, run in enumerate(runs):
         start = time.perf_counter()
-        logits = head.logits(task.X_eval)[None]
-        shared_eval = time.perf_counter() - start
-        temperatures, epochs, fit_s = [temperature], [head.best_epoch_], head.fit_seconds_
-    for run, head_logits, temperature, calib_s, epoch in zip(
-        runs, logits, temperatures, calib_seconds, epochs, strict=True
-    ):
-        start = time.perf_counter()
-        cfg = run.config
-        metrics = _metrics(task.y_eval, head_logits, temperature, task.class_names, task.background)
-        yield {
-            "name": run.name,
-            "config_name": run.config_name,
-            "encoder": run.encoder,
-            "profile": run.profile,
-            "method": cfg.method,
-            "head": arch(cfg),
-            "mixup": cfg.loss.mixup,
-            "label_smoothing": cfg.loss.label_smoothing,
-            "lr": cfg.optim.lr,
-            "weight_decay": cfg.optim.weight_decay,
-            "seed": cfg.optim.seed,
-            **metrics,
-            "temperature": temperature,
-            "fit_seconds": fit_s,
-            "calibration_seconds": calib_s,
-            "evaluation_seconds": shared_eval + time.perf_counter() - start,
-            "best_epoch": epoch,
-            "batched_heads": len(runs),
-            "eval_split": task.eval_split,
-            "config": json.dumps(cfg.to_dict(METHODS.get(cfg.method).sections), sort_keys=True),
-        }
+        weights = np.full(len(fits), 1.0 / len(fits))
+        if learned:
+            weights = fit_fusion_weights([fit.proba(index, val=True) for fit in fits], first.y_val)
+        proba = sum(w * fit.proba(index) for w, fit in zip(weights, fits, strict=True))
+        uncalibrated = sum(w * _softmax(fit.logits[index]) for w, fit in zip(weights, fits, strict=True))
+        metrics = _metrics(first.y_eval, proba, uncalibrated, first.class_names, first.background)
+        seconds = sum(fit.evaluation_seconds for fit in fits) + time.perf_counter() - start
+        yield _row(
+            run,
+            first,
+            metrics,
+            float(np.mean([fit.temperatures[index] for fit in fits])),
+            sum(fit.fit_seconds for fit in fits),
+            sum(fit.calibration_seconds[index] for fit in fits),
+            seconds,
+            max(fit.epochs[index] for fit in fits),
+            len(runs),
+        )
+
+
+def _row(
+    run: SweepRun,
+    task: _Task,
+    metrics: dict[str, float],
+    temperature: float,
+    fit_seconds: float,
+    calibration_seconds: float,
+    evaluation_seconds: float,
+    best_epoch: Any,
+    batched: int,
+) -> dict[str, Any]:
+    """One configuration's line of results.csv."""
+    cfg = run.config
+    return {
+        "name": run.name,
+        "config_name": run.config_name,
+        "encoder": run.encoder,
+        "profile": run.profile,
+        "method": cfg.method,
+        "head": arch(cfg),
+        "mixup": cfg.loss.mixup,
+        "label_smoothing": cfg.loss.label_smoothing,
+        "lr": cfg.optim.lr,
+        "weight_decay": cfg.optim.weight_decay,
+        "seed": cfg.optim.seed,
+        **metrics,
+        "temperature": temperature,
+        "fit_seconds": fit_seconds,
+        "calibration_seconds": calibration_seconds,
+        "evaluation_seconds": evaluation_seconds,
+        "best_epoch": best_epoch,
+        "batched_heads": batched,
+        "eval_split": task.eval_split,
+        "config": json.dumps(cfg.to_dict(METHODS.get(cfg.method).sections), sort_keys=True),
+    }
 
 
 def _check_resumable(run: SweepRun, row: pd.Series, path: Path) -> None:
@@ -308,7 +386,7 @@ def run_sweep(
 def _run_sweep(
     grid: Grid, base: dict[str, Any], out_dir: Path, probe: RunConfig, reference: str, tracker: Tracker | None
 ) -> pd.DataFrame:
-    dataset, _ = load_data(probe.data, out_dir, cache_dir=probe.encoder.cache_dir)
+    dataset, _ = load_data(probe.data, out_dir, cache_dir=probe.encoder.cache_dir, embedder=embedder_for(probe))
     check_views(dataset, probe.encoder.views)
     split = resolve_split(dataset, probe.split, out_dir)
     tasks = {}
@@ -365,13 +443,16 @@ def sweep_tasks(
             log.info("%s: %d of %d configurations already finished", encoder, len(runs) - len(todo), len(runs))
         if not todo:
             continue
+        fusion = todo[0].config.encoder.fusion
+        fused = fusion != "concat" and data.samples.embedder is not None and len(data.samples.embedder.dims) > 1
         task = _task(data)
+        blocks = [_task(block) for block in ensemble_blocks(data)] if fused else []
         groups: dict[Any, list[SweepRun]] = {}
         for run in todo:
             groups.setdefault(batch_key(head_params(run.config)) or run.name, []).append(run)
         bar = progress_bar(total=len(todo), desc=f"sweep {safe_name(encoder)}", unit="config")
         for group in groups.values():
-            for row in _fit_group(group, task):
+            for row in _fit_fused_group(group, blocks, fusion) if fused else _fit_group(group, task):
                 results = pd.concat([results, pd.DataFrame([row])], ignore_index=True)
                 atomic_write_text(path, results.to_csv(index=False))
                 track_row(tracker, row, sweep=out_dir.name)
