@@ -26,6 +26,7 @@ from kenner.config.tree import build_config, load_config_file
 from kenner.data.images import load_image
 from kenner.encoders import create_encoder
 from kenner.encoders.base import Encoder, Preprocessing
+from kenner.encoders.embedder import Embedder
 from kenner.encoders.views import resolve_mode
 from kenner.errors import KennerError
 from kenner.io import atomic_write_bytes, atomic_write_json, read_json
@@ -83,6 +84,8 @@ class RunModule(nn.Module):
 def torch_encoder(model: RunModel) -> Encoder:
     """The run's encoder on torch (CPU), checked to be the one the run was trained with."""
     info = model.info
+    if info.get("fingerprint") and not isinstance(model.embedder, Embedder):
+        raise KennerError(f"{model.run_dir}: a run on an encoder ensemble cannot be exported to ONNX yet")
     if not info.get("fingerprint"):
         raise KennerError(
             f"{model.run_dir}: a {info['method']!r} run reads pixels with its own backbone; ONNX export covers runs "

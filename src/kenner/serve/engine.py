@@ -4,7 +4,8 @@ Images are decoded and preprocessed exactly as the run's extraction does (``load
 the encoder's transform) and embedded in memory, one encoder batch for a whole micro-batch of queries; the
 embeddings go into :class:`kenner.methods.base.Samples` and through the run's predictor and decision rules
 (:meth:`kenner.runs.load.RunModel.answer`), as ``kenner predict`` does. Uploads never enter the embedding cache.
-Methods that read pixels themselves (fine-tuning, side with token pooling) get the files' paths.
+Methods that read pixels themselves (fine-tuning, side with token pooling) and encoder ensembles get the files'
+paths (an ensemble embeds them through the cache).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from kenner.data.images import load_image
 from kenner.encoders.base import Preprocessing
+from kenner.encoders.embedder import Embedder
 from kenner.evaluate.outputs import top_k
 from kenner.evaluate.reject import UNCLASSIFIABLE
 from kenner.evaluate.reject_report import rule_text
@@ -44,7 +46,9 @@ class Engine:
         self.model = model
         self.onnx = onnx
         self.gallery = model.predictor if isinstance(model.predictor, GalleryPredictor) else None
-        self.reads_embeddings = model.embedder is not None and not getattr(model.predictor, "mask_pooling", False)
+        # one encoder: embedded here in memory; an ensemble (or a method reading files) embeds from the files
+        pools_tokens = getattr(model.predictor, "mask_pooling", False)
+        self.reads_embeddings = isinstance(model.embedder, Embedder) and not pools_tokens
         if preprocessing is None and self.reads_embeddings:
             preprocessing = model.embedder.encoder.preprocessing
         self.preprocessing = preprocessing
