@@ -97,7 +97,9 @@ class _Strips:
         with Image.open(io.BytesIO(png)) as strip:
             strip.load()
             last = strip.crop((0, strip.height - 1, self.width, strip.height)).tobytes()
-            part = _reducible(strip).reduce(self.factor, (0, strip.height - count, self.width, strip.height))
+            box = (0, strip.height - count, self.width, strip.height)
+            # (Pillow 12.3's reduce(1, box) alters pixels of modes with alpha; a crop is what factor 1 means)
+            part = _reducible(strip).reduce(self.factor, box) if self.factor > 1 else _reducible(strip).crop(box)
         if self.result is None:
             self.result = Image.new(part.mode, (-(-self.width // self.factor), -(-self.height // self.factor)))
         self.result.paste(part, (0, self.done // self.factor))
