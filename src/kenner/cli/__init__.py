@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    was_quiet = os.environ.get(QUIET)
     if args.quiet:
-        os.environ[QUIET] = "1"  # every progress bar, in this process and in its workers
+        os.environ[QUIET] = "1"  # every progress bar, in this process and in its workers (for this command)
     if not args.verbose:  # timm announces every checkpoint it loads, faiss which CPU build it picked
         for name in ("timm", "faiss"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if was_quiet is None:
+            os.environ.pop(QUIET, None)
+        else:
+            os.environ[QUIET] = was_quiet
 
 
 if __name__ == "__main__":
