@@ -96,7 +96,7 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Hardware: device, precision, workers."""
+    """Hardware: device, precision, workers, Ray."""
 
     device: str = knob("auto", "auto (cuda if available) | cpu | cuda | cuda:N", metavar="DEVICE")
     num_workers: int = knob(2, "background image decoding workers", ge=0)
@@ -109,6 +109,17 @@ class ComputeConfig:
         None, "fine-tuning micro-batches per optimizer step", ge=1, shown="from the GPU's memory"
     )
     deterministic: bool = knob(False, "deterministic algorithms (reproducible, slower)")
+    ray: str | None = knob(
+        None,
+        "compute missing embeddings (and sweep groups) on a Ray cluster: its address (auto, ray://host:10001), "
+        "or no value for a local Ray instance",
+        metavar="ADDRESS",
+        const="local",
+        shown="off: this process",
+    )
+    ray_workers: int | None = knob(
+        None, "encoder actors of a --ray extraction", ge=1, shown="one per GPU, else the CPUs less one for reading"
+    )
 
 
 @dataclass(frozen=True)
