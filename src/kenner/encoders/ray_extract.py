@@ -11,6 +11,7 @@ job resumes from what the store holds, as the local path does.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from kenner.encoders.store import EmbeddingStore
 from kenner.errors import KennerError
 from kenner.progress import progress_bar
 
+_REMOTE_ERROR = re.compile(r"^kenner\.errors\.\w+: (.+)$", re.MULTILINE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOCAL = "local"  # --ray without an address: start (or join) a Ray instance on this machine
 ROWS_PER_TASK = 128  # images per decode task and per actor call: one shard each
 DECODE_CPUS = 0.5  # decoding waits on reads: two decode tasks per CPU (and unlike the actors' 1 CPU, this keeps
@@ -66,7 +69,8 @@ class RayFill:
     """Computes missing embeddings on Ray (a ``fill`` of :func:`kenner.encoders.extract.extract_embeddings`).
 
     ``build_encoder`` (picklable, called with the device) builds the encoder in each actor; ``workers`` actors
-    (default: one per GPU, else the cluster's CPUs less one, which the decode tasks use).
+    (default: one per GPU, else the cluster's CPUs less one, which the decode tasks use); ``rows_per_task`` images per
+    decode task and per shard.
     """
 
     def __init__(
@@ -80,8 +84,10 @@ class RayFill:
         batch_size: int = 64,
         background: tuple[int, int, int] = (255, 255, 255),
         progress: bool = True,
+        rows_per_task: int = ROWS_PER_TASK,
     ) -> None:
         self.address = address
+        self.rows_per_task = rows_per_task
         self.build_encoder = build_encoder
         self.preprocessing = preprocessing
         self.store_args = (str(store.cache_root), store.fingerprint, store.dim, store.dtype)
@@ -104,18 +110,18 @@ class RayFill:
         per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         items = [{"path": str(path), "key": key} for path, key in zip(paths, keys, strict=True)]
         dataset = (
-            ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // ROWS_PER_TASK)))
+            ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // self.rows_per_task)))
             .map_batches(
                 _decode,
                 fn_kwargs={"preprocessing": self.preprocessing, "background": self.background},
-                batch_size=ROWS_PER_TASK,
+                batch_size=self.rows_per_task,
                 batch_format="numpy",
                 num_cpus=DECODE_CPUS,
             )
             .map_batches(
                 _EmbedIntoStore,
                 fn_constructor_args=(self.build_encoder, self.store_args, self.batch_size, bool(gpus)),
-                batch_size=ROWS_PER_TASK,
+                batch_size=self.rows_per_task,
                 batch_format="numpy",
                 **per_actor,
                 **actor_pool(workers),
@@ -170,14 +176,20 @@ class _EmbedIntoStore:
         return {"key": np.asarray(keys)}
 
 
-def _explained(error: BaseException) -> BaseException:
-    """The KennerError (a bad image, a wrong fingerprint) a Ray task raised, else a KennerError saying what failed."""
+def _explained(error: BaseException) -> KennerError:
+    """The KennerError a Ray task raised (a bad image, a wrong fingerprint) as one line, else one saying what failed.
+
+    Ray hands the driver the remote traceback as text, so the error is found there by its class name.
+    """
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, KennerError):
             return KennerError(str(current))
+        found = _REMOTE_ERROR.search(str(current))
+        if found:
+            return KennerError(found.group(1).strip())
         current = getattr(current, "cause", None) or current.__cause__ or current.__context__
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return KennerError(f"the Ray extraction failed: {first_line}")
+    text = _ANSI.sub("", str(error)).strip()
+    return KennerError(f"the Ray extraction failed: {text.splitlines()[-1] if text else type(error).__name__}")
