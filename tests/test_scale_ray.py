@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import write_image
@@ -14,6 +15,8 @@ from kenner.encoders.embedder import Embedder
 from kenner.encoders.extract import hash_images
 from kenner.encoders.store import EmbeddingStore
 from kenner.errors import KennerError
+from kenner.runs.sweep import sweep_tasks
+from test_sweep import FIXED, RecordingTracker, _grid, _task
 
 pytest.importorskip("ray")
 
@@ -67,3 +70,31 @@ def test_a_broken_image_on_ray_is_one_error_naming_it(tmp_path: Path, ray_local:
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not a png at all")
     with pytest.raises(KennerError, match=r"broken\.png"):
         embedder(tmp_path / "cache", ray="local").embed([*paths, broken])
+
+
+TIMES = ("fit_seconds", "calibration_seconds", "evaluation_seconds")
+
+
+def test_a_ray_sweep_writes_the_local_sweeps_results(tmp_path: Path, ray_local: None) -> None:
+    """Each batched group is one Ray task on embeddings put in the object store once; results.csv (but for
+    the measured seconds) and what is tracked, in the driver, are the local sweep's."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)  # as in a Ray worker: the same arithmetic
+    grid = _grid(methods=("linear", "mlp"), hidden_sizes=["8"], profiles=("base", "calib"), lr=["0.01", "0.03"])
+    rows = {}
+    for where, ray in (("local", None), ("ray", "local")):
+        tracker = RecordingTracker()
+        sweep_tasks(
+            {"e": _task(3), "f": _task(4)}, grid, FIXED, tmp_path / where, dataset="d", tracker=tracker, ray=ray
+        )
+        rows[where] = pd.read_csv(tmp_path / where / "results.csv")
+        assert [run["name"] for run in tracker.runs] == rows[where]["name"].tolist()
+    assert len(rows["local"]) == 16 and rows["local"]["batched_heads"].max() > 1
+    pd.testing.assert_frame_equal(rows["ray"].drop(columns=list(TIMES)), rows["local"].drop(columns=list(TIMES)))
+
+
+def test_a_failing_group_on_ray_is_the_local_one_line_error(tmp_path: Path, ray_local: None) -> None:
+    task = _task(6)
+    task.split = np.where(task.split == "val", "train", task.split)
+    with pytest.raises(KennerError, match="validation rows"):
+        sweep_tasks({"e": task}, _grid(profiles=("calib",)), FIXED, tmp_path, dataset="d", ray="local")

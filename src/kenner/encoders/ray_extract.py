@@ -134,7 +134,7 @@ class RayFill:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(len(batch["key"]))
         except Exception as error:
-            raise _explained(error) from error
+            raise explain_ray_error(error) from error
         finally:
             bar.close()
 
@@ -176,7 +176,7 @@ class _EmbedIntoStore:
         return {"key": np.asarray(keys)}
 
 
-def _explained(error: BaseException) -> KennerError:
+def explain_ray_error(error: BaseException) -> KennerError:
     """The KennerError a Ray task raised (a bad image, a wrong fingerprint) as one line, else one saying what failed.
 
     Ray hands the driver the remote traceback as text, so the error is found there by its class name.
