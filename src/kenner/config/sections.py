@@ -244,7 +244,10 @@ class RetrievalConfig:
 
     gallery: str = knob("train", "gallery rows", ("train", "train+val"))
     index_factory: str = knob(
-        "Flat", "Faiss index_factory string (Flat = exact; IVF256,Flat; HNSW32; ...)", metavar="SPEC"
+        "auto",
+        "Faiss index_factory string (Flat = exact; IVF256,Flat; HNSW32; ...); auto: exact up to 100,000 gallery "
+        "vectors, IVF<sqrt(N)>,Flat with nprobe=nlist/8 above",
+        metavar="SPEC",
     )
     search_params: str = knob("", "Faiss search parameters, e.g. nprobe=16 or efSearch=128", metavar="K=V")
     vote: str = knob("temperature", "kNN vote", ("majority", "inverse_distance", "temperature"))
