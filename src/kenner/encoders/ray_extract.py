@@ -29,7 +29,7 @@ _REMOTE_ERROR = re.compile(r"^kenner\.errors\.\w+: (.+)$", re.MULTILINE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOCAL = "local"  # --ray without an address: start (or join) a Ray instance on this machine
 ROWS_PER_TASK = 128  # images per decode task and per actor call: one shard each
-DECODE_CPUS = 0.5  # decoding waits on reads: two decode tasks per CPU (and unlike the actors' 1 CPU, this keeps
+DECODE_CPUS = 0.25  # decoding waits on reads: several decode tasks per CPU (and unlike the actors' share, this keeps
 # Ray from fusing decoding into the actors, so decoding runs in tasks on the CPUs the actors leave free)
 
 
@@ -106,8 +106,11 @@ class RayFill:
         context.verbose_progress = False  # type: ignore[attr-defined]
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        workers = self.workers or (gpus if gpus else max(1, int(resources.get("CPU", 1)) - 1))
-        per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+        cpus = float(resources.get("CPU", 1))
+        workers = self.workers or (gpus if gpus else max(1, int(cpus) - 1))
+        # Actors never take the CPUs two decode tasks need (else no image is ever read): 1 CPU each when they fit.
+        share = round(min(1.0, max(DECODE_CPUS, (cpus - 2 * DECODE_CPUS) / workers)), 2)
+        per_actor = {"num_gpus": 1} if gpus else {"num_cpus": share}
         items = [{"path": str(path), "key": key} for path, key in zip(paths, keys, strict=True)]
         dataset = (
             ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // self.rows_per_task)))
