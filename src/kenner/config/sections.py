@@ -109,6 +109,9 @@ class ComputeConfig:
         None, "fine-tuning micro-batches per optimizer step", ge=1, shown="from the GPU's memory"
     )
     deterministic: bool = knob(False, "deterministic algorithms (reproducible, slower)")
+    nproc: int = knob(
+        1, "fine-tuning processes on this machine, data-parallel (DDP: gloo on CPU, NCCL with one GPU each)", ge=1
+    )
     ray: str | None = knob(
         None,
         "compute missing embeddings (and sweep groups) on a Ray cluster: its address (auto, ray://host:10001), "
