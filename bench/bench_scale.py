@@ -56,13 +56,16 @@ def labels_of(n: int) -> np.ndarray:
 
 
 def chunks(n: int, size: int = 16_384):
-    """Synthetic embeddings chunk by chunk: a class centre plus noise (never the whole matrix at once)."""
+    """Synthetic embeddings chunk by chunk: a class centre plus noise (never the whole matrix at once); the noise
+    (4x the centres' spread) makes neighbours ambiguous, so approximate search has a top-1 to miss."""
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, (CLASSES, DIM)).astype(np.float32)
     labels = labels_of(n)
     for start in range(0, n, size):
         part = labels[start : start + size]
-        noise = np.random.default_rng(start).normal(0, 1.2, (len(part), DIM)).astype(np.float32)
+        noise = (
+            np.random.default_rng(10**9 + start).normal(0, 4.0, (len(part), DIM)).astype(np.float32)
+        )  # not the centres
         yield start, (centres[part] + noise).astype(np.float16)
 
 
