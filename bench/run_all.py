@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-ORDER = ("extract", "onnx_encoder", "sweep", "retrieval", "finetune", "compare", "encoders", "audit", "serve")
+ORDER = ("extract", "onnx_encoder", "sweep", "retrieval", "finetune", "compare", "encoders", "audit", "serve", "scale")
 TITLE = """# Benchmarks
 
 Figures measured by the scripts in `bench/` (see `bench/README.md`); regenerate with `make bench`.

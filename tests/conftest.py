@@ -11,7 +11,7 @@ Every generated image has distinct bytes (a little seeded noise), so content has
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +156,21 @@ BAD_FILES = [
     ("cut.jpg", _truncated_jpeg, "truncated"),
     ("broken.png", _corrupt_png, "corrupt"),
 ]
+
+
+@pytest.fixture(scope="session")
+def _ray_session() -> Iterator[None]:
+    """One local Ray instance for the whole test session (started by the first test that needs it)."""
+    ray = pytest.importorskip("ray")
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session: None) -> None:
+    """A local Ray instance with 2 CPUs (the session's; started again if a simulated cluster replaced it)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

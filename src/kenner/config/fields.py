@@ -23,10 +23,14 @@ def knob(
     lt: float | None = None,
     metavar: str | None = None,
     shown: str | None = None,
+    const: str | None = None,
 ) -> Any:
     """A dataclass field whose ``help`` and ``choices`` become a ``--flag`` and whose bounds are validated;
-    ``shown`` is what ``--help`` says the default is when the value itself says little (None)."""
+    ``shown`` is what ``--help`` says the default is when the value itself says little (None); ``const`` is the
+    value of the flag given without one (``--ray`` alone)."""
     metadata: dict[str, Any] = {"help": help}
+    if const is not None:
+        metadata["const"] = const
     if shown is not None:
         metadata["shown"] = shown
     if choices is not None:

@@ -110,6 +110,7 @@ def _add_flag(group: Any, f: Any, help_text: str, *, grid: bool) -> None:
                 help=help_text + "; several values comma-separated",
             )
         return
+    optional_value = {"nargs": "?", "const": f.metadata["const"]} if "const" in f.metadata else {}
     group.add_argument(
         flag_name(f.name),
         dest=f.name,
@@ -117,6 +118,7 @@ def _add_flag(group: Any, f: Any, help_text: str, *, grid: bool) -> None:
         metavar=metavar,
         choices=choices if choices and not is_list else None,
         help=help_text,
+        **optional_value,
     )
 
 

@@ -125,7 +125,7 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Hardware: device, precision, workers."""
+    """Hardware: device, precision, workers, Ray."""
 
     device: str = knob("auto", "auto (cuda if available) | cpu | cuda | cuda:N", metavar="DEVICE")
     num_workers: int = knob(2, "background image decoding workers", ge=0)
@@ -138,6 +138,20 @@ class ComputeConfig:
         None, "fine-tuning micro-batches per optimizer step", ge=1, shown="from the GPU's memory"
     )
     deterministic: bool = knob(False, "deterministic algorithms (reproducible, slower)")
+    nproc: int = knob(
+        1, "fine-tuning processes on this machine, data-parallel (DDP: gloo on CPU, NCCL with one GPU each)", ge=1
+    )
+    ray: str | None = knob(
+        None,
+        "compute missing embeddings (and sweep groups) on a Ray cluster: its address (auto, ray://host:10001), "
+        "or no value for a local Ray instance",
+        metavar="ADDRESS",
+        const="local",
+        shown="off: this process",
+    )
+    ray_workers: int | None = knob(
+        None, "encoder actors of a --ray extraction", ge=1, shown="one per GPU, else the CPUs less one for reading"
+    )
 
 
 @dataclass(frozen=True)
@@ -262,7 +276,10 @@ class RetrievalConfig:
 
     gallery: str = knob("train", "gallery rows", ("train", "train+val"))
     index_factory: str = knob(
-        "Flat", "Faiss index_factory string (Flat = exact; IVF256,Flat; HNSW32; ...)", metavar="SPEC"
+        "auto",
+        "Faiss index_factory string (Flat = exact; IVF256,Flat; HNSW32; ...); auto: exact up to 100,000 gallery "
+        "vectors, IVF<sqrt(N)>,Flat with nprobe=nlist/8 above",
+        metavar="SPEC",
     )
     search_params: str = knob("", "Faiss search parameters, e.g. nprobe=16 or efSearch=128", metavar="K=V")
     vote: str = knob("temperature", "kNN vote", ("majority", "inverse_distance", "temperature"))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,18 +54,23 @@ class Embedder:
     def cache_dir(self) -> Path:
         return Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
 
+    @property
+    def encoder_settings(self) -> dict[str, Any]:
+        """What :func:`create_encoder` is called with, less the device."""
+        cfg = self.config
+        return {
+            "spec": cfg.encoder,
+            "weights": cfg.weights,
+            "pooling": cfg.pooling,
+            "backend": cfg.backend,
+            "cache_dir": self.cache_dir,
+        }
+
     @cached_property
     def encoder(self) -> Encoder:
         """The encoder, built now (on the run's device; ONNX Runtime where ``backend`` picks it)."""
         cfg = self.config
-        encoder = create_encoder(
-            cfg.encoder,
-            weights=cfg.weights,
-            pooling=cfg.pooling,
-            device=str(resolve_device(self.compute.device)),
-            backend=cfg.backend,
-            cache_dir=self.cache_dir,
-        )
+        encoder = build_encoder(self.encoder_settings, str(resolve_device(self.compute.device)))
         if self.expected_fingerprint is not None and encoder.fingerprint != self.expected_fingerprint:
             raise KennerError(
                 f"the encoder {cfg.encoder!r} now has fingerprint {encoder.fingerprint}, but the run was trained "
@@ -98,6 +104,19 @@ class Embedder:
     def embed(self, paths: Sequence[Path]) -> np.ndarray:
         """float32 [len(paths), dim], rows in ``paths`` order (cached images are read, not computed)."""
         store = EmbeddingStore(self.cache_dir, self.encoder.fingerprint, self.encoder.dim)
+        fill = None
+        if self.compute.ray:
+            from kenner.encoders.ray_extract import RayFill
+
+            fill = RayFill(
+                self.compute.ray,
+                partial(build_encoder, self.encoder_settings),
+                self.encoder.preprocessing,
+                store,
+                workers=self.compute.ray_workers,
+                batch_size=self.config.embed_batch_size,
+                background=self.background,
+            )
         return extract_embeddings(
             self.encoder,
             list(paths),
@@ -105,6 +124,7 @@ class Embedder:
             batch_size=self.config.embed_batch_size,
             num_workers=self.compute.num_workers,
             background=self.background,
+            fill=fill,
         )
 
     def per_view(self, items: Sequence[dict[str, Path]], views: Sequence[str]) -> dict[str, np.ndarray]:
@@ -112,6 +132,12 @@ class Embedder:
         matrix = self.embed([item[view] for view in views for item in items])
         n = len(items)
         return {view: matrix[i * n : (i + 1) * n] for i, view in enumerate(views)}
+
+
+def build_encoder(settings: dict[str, Any], device: str) -> Encoder:
+    """The encoder of ``settings`` (:attr:`Embedder.encoder_settings`) on ``device``: how a Ray actor builds its own."""
+    settings = dict(settings)
+    return create_encoder(settings.pop("spec"), device=device, **settings)
 
 
 def l2_rows(matrix: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from kenner.data.images import file_sha256, load_image
-from kenner.encoders.base import Encoder
+from kenner.encoders.base import Encoder, Preprocessing
 from kenner.encoders.store import EmbeddingStore, HashCache, ShardQuarantinedError
 from kenner.errors import ImageError, KennerError
 from kenner.progress import progress_bar
@@ -34,6 +34,9 @@ from kenner.progress import progress_bar
 HASH_CACHE_NAME = "hashes.sqlite"
 FLUSH_SECONDS = 10.0  # longest stretch of computed embeddings held only in memory
 _REPAIRS = 3  # rounds of recomputing what unreadable shards held before giving up
+
+# Computes the embeddings of (paths, their keys) missing from the store and writes them into it as shards.
+Fill = Callable[[list[Path], list[str]], None]
 
 
 def hash_images(
@@ -82,12 +85,14 @@ def extract_embeddings(
     flush_seconds: float = FLUSH_SECONDS,
     background: tuple[int, int, int] = (255, 255, 255),
     progress: bool = True,
+    fill: Fill | None = None,
 ) -> np.ndarray:
     """Embeddings of ``paths`` as float32 [len(paths), dim], rows in ``paths`` order.
 
     Only images whose content is not yet in ``store`` are encoded; results are read back from the
     store, so a cached run returns exactly what the first run stored. A file that cannot be decoded
-    raises ``ImageError`` naming it (shards finished before it are kept).
+    raises ``ImageError`` naming it (shards finished before it are kept). ``fill`` computes the missing
+    embeddings elsewhere (a Ray job: :mod:`kenner.encoders.ray_extract`); by default this process encodes them.
     """
     if encoder.fingerprint != store.fingerprint:
         raise KennerError(
@@ -108,18 +113,22 @@ def extract_embeddings(
     for _ in range(_REPAIRS):
         todo = store.missing(dict.fromkeys(hashes))
         if todo:
-            _encode_into_store(
-                encoder,
-                [first_path[key] for key in todo],
-                todo,
-                store,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                shard_size=shard_size,
-                flush_seconds=flush_seconds,
-                background=background,
-                progress=progress,
-            )
+            paths_todo = [first_path[key] for key in todo]
+            if fill is not None:
+                fill(paths_todo, todo)
+            else:
+                encode_into_store(
+                    encoder,
+                    paths_todo,
+                    todo,
+                    store,
+                    batch_size=batch_size,
+                    num_workers=num_workers,
+                    shard_size=shard_size,
+                    flush_seconds=flush_seconds,
+                    background=background,
+                    progress=progress,
+                )
             store.save_index()
         try:
             return store.get(hashes)
@@ -128,7 +137,68 @@ def extract_embeddings(
     raise KennerError(f"{store.path}: shards keep turning out unreadable; check the disk, or use another --cache-dir")
 
 
-def _encode_into_store(
+def prepare_batch(
+    paths: Sequence[str | os.PathLike], preprocessing: Preprocessing, background: tuple[int, int, int]
+) -> torch.Tensor:
+    """Decode ``paths`` (EXIF, alpha onto ``background``, JPEG draft mode never below the resize) and apply the
+    encoder's transform: the pixels [N, 3, size, size] the encoder embeds, the same on every machine."""
+    transform = preprocessing.transform()
+    tensors = []
+    for path in paths:
+        image = load_image(path, background=background, max_side=preprocessing.resize)
+        try:
+            tensors.append(transform(image))
+        except Exception as error:
+            raise ImageError(f"cannot preprocess image ({error})", path=str(path)) from error
+    return torch.stack(tensors)
+
+
+class ShardWriter:
+    """Writes embeddings into a store as they are computed: the first shard after ``first`` rows, each next one
+    twice as large up to ``shard_size``, and whatever is pending once ``flush_seconds`` have passed since the
+    last shard; :meth:`close` writes the rest (also when the work was interrupted)."""
+
+    def __init__(
+        self, store: EmbeddingStore, *, first: int, shard_size: int, flush_seconds: float = FLUSH_SECONDS
+    ) -> None:
+        self.store = store
+        self.shard_size = shard_size
+        self.flush_seconds = flush_seconds
+        self.target = max(1, min(first, shard_size))
+        self.last_flush = time.monotonic()
+        self.pending_keys: list[str] = []
+        self.pending_vectors: list[np.ndarray] = []
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Queue ``vectors`` under ``keys``, writing every shard that is due."""
+        self.pending_keys.extend(keys)
+        self.pending_vectors.append(np.asarray(vectors))
+        while len(self.pending_keys) >= self.target:
+            self._flush(self.target)
+        if self.pending_keys and time.monotonic() - self.last_flush >= self.flush_seconds:
+            self._flush(len(self.pending_keys))
+
+    def close(self) -> None:
+        """Write what is pending as one last shard."""
+        if self.pending_keys:
+            self._flush(len(self.pending_keys))
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _flush(self, count: int) -> None:
+        """Write the first ``count`` pending embeddings as one shard."""
+        shard_keys, shard_vectors = self.pending_keys[:count], np.concatenate(self.pending_vectors)
+        del self.pending_keys[:count]
+        self.pending_vectors[:] = [shard_vectors[count:]] if count < len(shard_vectors) else []
+        self.store.write(shard_keys, shard_vectors[:count])
+        self.target, self.last_flush = min(2 * self.target, self.shard_size), time.monotonic()
+
+
+def encode_into_store(
     encoder: Encoder,
     paths: list[Path],
     keys: list[str],
@@ -141,54 +211,23 @@ def _encode_into_store(
     background: tuple[int, int, int],
     progress: bool,
 ) -> None:
-    """Encode ``paths`` batch by batch, writing shards of ``keys`` that grow from one batch to ``shard_size``
-    images, and a shard of what is pending whenever ``flush_seconds`` have passed since the last one."""
+    """Encode ``paths`` in this process batch by batch (decoding ``num_workers`` batches ahead in threads), writing
+    shards of ``keys`` through a :class:`ShardWriter`."""
     preprocessing = encoder.preprocessing
-    transform = preprocessing.transform()
-    max_side = preprocessing.resize  # JPEGs decode downscaled (draft mode), never below the resize
-
-    def prepare(batch_paths: list[Path]) -> torch.Tensor:
-        tensors = []
-        for path in batch_paths:
-            image = load_image(path, background=background, max_side=max_side)
-            try:
-                tensors.append(transform(image))
-            except Exception as error:
-                raise ImageError(f"cannot preprocess image ({error})", path=str(path)) from error
-        return torch.stack(tensors)
-
-    pending_keys: list[str] = []
-    pending_vectors: list[np.ndarray] = []
-    target = min(batch_size, shard_size)  # the size of the next shard: one batch first, doubling to shard_size
-    last_flush = time.monotonic()
-
-    def flush(count: int) -> None:
-        """Write the first ``count`` pending embeddings as one shard."""
-        nonlocal target, last_flush
-        shard_keys, shard_vectors = pending_keys[:count], np.concatenate(pending_vectors)
-        del pending_keys[:count]
-        pending_vectors[:] = [shard_vectors[count:]] if count < len(shard_vectors) else []
-        store.write(shard_keys, shard_vectors[:count])
-        target, last_flush = min(2 * target, shard_size), time.monotonic()
-
     starts = range(0, len(paths), batch_size)
     batches = [paths[start : start + batch_size] for start in starts]
     bar = progress_bar(total=len(paths), desc=f"embedding with {encoder.name}", unit="img", show=progress)
+    writer = ShardWriter(store, first=batch_size, shard_size=shard_size, flush_seconds=flush_seconds)
     try:
         with torch.inference_mode():
-            for start, batch in zip(starts, _prefetch(prepare, batches, num_workers), strict=True):
-                vectors = encoder.embed(batch).cpu().numpy()
-                pending_keys.extend(keys[start : start + len(vectors)])
-                pending_vectors.append(vectors)
-                while len(pending_keys) >= target:
-                    flush(target)
-                if pending_keys and time.monotonic() - last_flush >= flush_seconds:
-                    flush(len(pending_keys))
+            batched = _prefetch(lambda batch: prepare_batch(batch, preprocessing, background), batches, num_workers)
+            for start, pixels in zip(starts, batched, strict=True):
+                vectors = encoder.embed(pixels).cpu().numpy()
+                writer.add(keys[start : start + len(vectors)], vectors)
                 bar.update(len(vectors))
     finally:
         bar.close()
-        if pending_keys:  # keep finished work when interrupted or when a later image fails
-            flush(len(pending_keys))
+        writer.close()  # keep finished work when interrupted or when a later image fails
 
 
 def _prefetch(

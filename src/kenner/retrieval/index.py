@@ -1,12 +1,16 @@
 """A Faiss gallery of labelled embeddings: build, search, save and load with a run.
 
 Vectors are L2-normalised and searched by inner product, so a search returns the **cosine
-similarity** of each neighbour. kenner defines the **distance** as ``1 - cosine`` (0 for identical
-directions, 2 for opposite ones); votes, reject thresholds and the CLI all use this distance.
+similarity** of each neighbour. The ``auto`` index is exact (``Flat``) up to :data:`EXACT_UP_TO` vectors and an
+inverted file above (``IVF<nlist>,Flat`` probing an eighth of its lists); on the synthetic 434,528-vector benchmark
+(``bench/bench_scale.py``) its Recall@1 was at least exact's, though its top-1 matched exact's for 65 % of queries.
+kenner defines the **distance** as ``1 - cosine`` (0 for identical directions, 2 for opposite ones); votes, reject
+thresholds and the CLI all use it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from io import BytesIO
@@ -21,6 +25,16 @@ from kenner.io import atomic_write_bytes, atomic_write_json, read_json
 INDEX_FILE = "gallery.faiss"
 LABELS_FILE = "gallery_labels.npy"
 META_FILE = "gallery.json"
+AUTO = "auto"
+EXACT_UP_TO = 100_000  # an exact search of this many 768-d vectors answers ~200 queries/s on 2 CPU cores
+
+
+def pick_index(n: int) -> tuple[str, str]:
+    """The Faiss factory and search parameters ``auto`` means for a gallery of ``n`` vectors."""
+    if n <= EXACT_UP_TO:
+        return "Flat", ""
+    nlist = 2 ** round(math.log2(math.sqrt(n)))
+    return f"IVF{nlist},Flat", f"nprobe={nlist // 8}"
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -93,9 +107,13 @@ class Gallery:
         """Index ``vectors`` (L2-normalised first) with their integer ``labels``.
 
         ``factory`` is any Faiss ``index_factory`` string ("Flat" = exact, "IVF256,Flat", "HNSW32",
-        "IVF256,PQ16"...); indexes that need training are trained on the gallery itself. Other keyword
-        arguments (``class_names``, ``ids``, ``paths``, ``search_params``) go to the constructor.
+        "IVF256,PQ16"...) or ``auto`` (:func:`pick_index`, with its search parameters unless some are given);
+        indexes that need training are trained on the gallery itself. Other keyword arguments (``class_names``,
+        ``ids``, ``paths``, ``search_params``) go to the constructor.
         """
+        if factory == AUTO:
+            factory, params = pick_index(len(vectors))
+            kwargs["search_params"] = kwargs.get("search_params") or params
         vectors = l2_normalize(vectors)
         if vectors.ndim != 2 or len(vectors) == 0:
             raise KennerError(f"a gallery needs a non-empty [N, D] matrix; got shape {vectors.shape}")

@@ -336,6 +336,43 @@ def _row(
     }
 
 
+def _fit_rows(runs: list[SweepRun], tasks: list[_Task], fusion: str | None) -> Iterator[dict[str, Any]]:
+    """The rows of one group: on one task, or (``fusion``) on one task per encoder of an ensemble, fused."""
+    return _fit_fused_group(runs, tasks, fusion) if fusion else _fit_group(runs, tasks[0])
+
+
+def _fit_rows_remote(runs: list[SweepRun], tasks: list[_Task], fusion: str | None) -> list[dict[str, Any]]:
+    """The rows of one group (what a Ray task runs)."""
+    return list(_fit_rows(runs, tasks, fusion))
+
+
+def _fitted_groups(
+    groups: list[list[SweepRun]], tasks: list[_Task], fusion: str | None, ray: str | None
+) -> Iterator[dict[str, Any]]:
+    """The rows of every group, group after group: fitted here, or (``ray``: a cluster address or ``local``) each
+    group as one Ray task on the embeddings put into the object store once, its rows yielded in the same order."""
+    if not ray:
+        for group in groups:
+            yield from _fit_rows(group, tasks, fusion)
+        return
+    from kenner.encoders.ray_extract import connect, explain_ray_error
+
+    connect(ray)
+    import ray as ray_api
+
+    tasks_ref = ray_api.put(tasks)
+    fit = ray_api.remote(num_cpus=1)(_fit_rows_remote)
+    pending = [fit.remote(group, tasks_ref, fusion) for group in groups]
+    try:
+        for ref in pending:
+            yield from ray_api.get(ref)
+    except ray_api.exceptions.RayError as error:
+        raise explain_ray_error(error) from error
+    finally:
+        for ref in pending:
+            ray_api.cancel(ref)
+
+
 def _check_resumable(run: SweepRun, row: pd.Series, path: Path) -> None:
     saved, now = json.loads(row["config"]), run.config.to_dict(METHODS.get(run.config.method).sections)
     changed = sorted(key for key in now if saved.get(key) != now[key])
@@ -405,6 +442,7 @@ def _run_sweep(
         bg=probe.data.bg,
         reference=reference,
         tracker=tracker or tracker_for(probe.tracking),
+        ray=probe.compute.ray,
     )
 
 
@@ -418,10 +456,12 @@ def sweep_tasks(
     bg: int = 0,
     reference: str = "base",
     tracker: Tracker | None = None,
+    ray: str | None = None,
 ) -> pd.DataFrame:
     """Every configuration of ``grid`` for every encoder's task data (encoder spec -> the rows of one split,
     background rows included); results are appended to ``out_dir/results.csv`` as they finish, finished
-    configurations are skipped. Returns all rows, finished earlier or now."""
+    configurations are skipped. With ``ray`` (a cluster address or ``local``) each batched group is a Ray task;
+    the rows, their order and the tracking (in this process) are those of a local sweep. Returns all rows."""
     check_grid(grid)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -451,13 +491,13 @@ def sweep_tasks(
         for run in todo:
             groups.setdefault(batch_key(head_params(run.config)) or run.name, []).append(run)
         bar = progress_bar(total=len(todo), desc=f"sweep {safe_name(encoder)}", unit="config")
-        for group in groups.values():
-            for row in _fit_fused_group(group, blocks, fusion) if fused else _fit_group(group, task):
-                results = pd.concat([results, pd.DataFrame([row])], ignore_index=True)
-                atomic_write_text(path, results.to_csv(index=False))
-                track_row(tracker, row, sweep=out_dir.name)
-                log.info("%s: macro_f1_fg=%.4f", row["name"], row["macro_f1_fg"])
-                bar.update()
+        tasks, fused_by = (blocks, fusion) if fused else ([task], None)
+        for row in _fitted_groups(list(groups.values()), tasks, fused_by, ray):
+            results = pd.concat([results, pd.DataFrame([row])], ignore_index=True)
+            atomic_write_text(path, results.to_csv(index=False))
+            track_row(tracker, row, sweep=out_dir.name)
+            log.info("%s: macro_f1_fg=%.4f", row["name"], row["macro_f1_fg"])
+            bar.update()
         bar.close()
     if skipped_all:
         atomic_write_text(out_dir / "skipped.md", "".join(f"- `{name}`: {why}\n" for name, why in skipped_all))

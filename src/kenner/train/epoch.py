@@ -44,9 +44,11 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     weight: torch.Tensor | None = None,
     desc: str = "training",
+    forward: nn.Module | None = None,
 ) -> dict[str, float]:
     """One pass over the training loader (the backbone frozen, in eval mode, when ``frozen``); returns the
-    mean loss, accuracy and images per second."""
+    mean loss, accuracy and images per second. ``forward`` computes the logits in place of ``model`` (the same
+    model wrapped in ``DistributedDataParallel``, which averages gradients across processes)."""
     model.train()
     if frozen:
         model.backbone.eval()  # keep BatchNorm statistics of the frozen backbone
@@ -62,7 +64,7 @@ def train_one_epoch(
         if mixup > 0:
             pixels, targets = mix(pixels, F.one_hot(labels, n_classes).float(), mixup)
         with autocast(settings):
-            logits = model(pixels, labels)
+            logits = (forward or model)(pixels, labels)
         loss = F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=label_smoothing)
         scaler.scale(loss / accum).backward()
         if (step + 1) % accum == 0 or step + 1 == len(loader):

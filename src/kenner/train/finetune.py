@@ -11,6 +11,7 @@ evaluates the returned :class:`~kenner.train.finetuned.FinetunedModel` and write
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, RandomSampler, Sampler
 
 from kenner.config.tree import RunConfig
 from kenner.encoders import create_encoder
@@ -31,6 +33,7 @@ from kenner.heads.training import class_weights
 from kenner.train.augment import eval_preprocessing, train_transform
 from kenner.train.checkpoint import BEST, LATEST, epoch_name, resume_path, save_checkpoint
 from kenner.train.data import ImageSamples, make_loader, train_sampler, view_plan
+from kenner.train.distributed import backend_for, barrier, process_group
 from kenner.train.epoch import epoch_line
 from kenner.train.finetuned import FinetunedModel, absolute_encoder
 from kenner.train.model import HEAD_FIELDS, build_model
@@ -59,8 +62,36 @@ def fit_finetune(
     ``paths[i]`` maps view name -> image of sample ``i``, ``y[i]`` is its class index into ``class_names``,
     ``split[i]`` one of ``train``/``val``/``test``. Checkpoints go to ``out_dir/checkpoints``; ``resume``
     names a checkpoint to continue from, ``fresh`` ignores existing ones. ``on_epoch`` gets each epoch's
-    history record (:mod:`kenner.loop.history`).
+    history record (:mod:`kenner.loop.history`). With ``--nproc N`` (> 1) this process is rank 0 of N
+    data-parallel processes (:mod:`kenner.train.distributed`): the global batch is still ``--batch-size``.
     """
+    checkpoint_dir = Path(out_dir) / CHECKPOINT_DIR
+    start_from = resume_path(checkpoint_dir, resume=resume, fresh=fresh)
+    args = (paths, y, split, class_names, cfg, checkpoint_dir, start_from)
+    world = cfg["nproc"]
+    if world == 1:
+        return _fit(*args, on_epoch=on_epoch)
+    if cfg["sampler"] != "random":
+        raise KennerError(f"--sampler {cfg['sampler']} draws whole batches in one process; use it with --nproc 1")
+    backend = backend_for(detect_device(cfg["device"]).device, world)
+    with process_group(world, backend, _fit, args):
+        return _fit(*args, on_epoch=on_epoch, rank=0, world=world)
+
+
+def _fit(
+    paths: list[dict[str, Path]],
+    y: np.ndarray,
+    split: np.ndarray,
+    class_names: list[str],
+    cfg: RunConfig,
+    checkpoint_dir: Path,
+    start_from: Path | None,
+    *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> FinetunedModel:
+    """The training of :func:`fit_finetune` as rank ``rank`` of ``world`` processes (only rank 0 writes)."""
     y, split = np.asarray(y, dtype=np.int64), np.asarray(split)
     train_idx, val_idx = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     if len(train_idx) == 0:
@@ -68,10 +99,12 @@ def fit_finetune(
     if cfg["freeze_epochs"] >= cfg["epochs"]:
         raise KennerError(f"--freeze-epochs must be below --epochs ({cfg['epochs']}), got {cfg['freeze_epochs']}")
     pos_index = _pos_index(cfg["pos_class"], class_names)
-    checkpoint_dir = Path(out_dir) / CHECKPOINT_DIR
-    start_from = resume_path(checkpoint_dir, resume=resume, fresh=fresh)
+    device = detect_device(cfg["device"])
+    if world > 1 and device.device.startswith("cuda") and torch.cuda.device_count() >= world:
+        device = dataclasses.replace(device, device=f"cuda:{rank}")  # one GPU per process
+        torch.cuda.set_device(rank)
     settings = auto_settings(
-        detect_device(cfg["device"]),
+        device,
         precision=cfg["precision"],
         num_workers=cfg["num_workers"],
         accum_steps=cfg["accum_steps"],
@@ -100,26 +133,38 @@ def fit_finetune(
                 max_side=pre.resize,
             )
 
-        micro = math.ceil(cfg["batch_size"] / settings.accum_steps)
+        micro = math.ceil(cfg["batch_size"] / settings.accum_steps / world)  # per process: the same global batch
         train_set = images(train_idx, train_transform(pre, cfg["aug_preset"], cfg["aug_backend"]))
-        sampler = train_sampler(cfg["sampler"], y[train_idx], micro, cfg["pk_k"]) or RandomSampler(train_set)
-        train_loader = make_loader(train_set, micro, settings, sampler=sampler, drop_last=len(train_idx) > micro)
+        if world > 1:
+            sampler: Sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg["seed"])
+        else:
+            sampler = train_sampler(cfg["sampler"], y[train_idx], micro, cfg["pk_k"]) or RandomSampler(train_set)
+        per_rank = math.ceil(len(train_idx) / world)
+        train_loader = make_loader(train_set, micro, settings, sampler=sampler, drop_last=per_rank > micro)
         val_loader = make_loader(images(val_idx, pre.transform()), micro, settings) if len(val_idx) else None
         weights = class_weights(np.bincount(y[train_idx], minlength=len(class_names)), cfg.fields("loss"))
         weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=settings.device)
         trainer = Trainer.create(cfg, settings, model, validated=val_loader is not None, weight=weight)
         if start_from is not None:
             trainer.restore(start_from, checkpoint_dir)
+        net = None
+        if world > 1:  # averages gradients across the processes; frozen epochs leave the backbone without any
+            ids = [rank] if device.device.startswith("cuda:") else None
+            net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=cfg["freeze_epochs"] > 0)
         started = time.perf_counter()
         while not trainer.done:
-            record, improved = trainer.epoch(train_loader, val_loader, y[val_idx], pos_index)
-            log.info(epoch_line(record, cfg["epochs"]))
-            if on_epoch is not None:
-                on_epoch(record)
-            targets = [checkpoint_dir / LATEST, *([checkpoint_dir / BEST] if improved else [])]
-            if cfg["checkpoint_every"] and record["epoch"] % cfg["checkpoint_every"] == 0:
-                targets.append(checkpoint_dir / epoch_name(record["epoch"]))
-            save_checkpoint(trainer.checkpoint(), *targets)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(trainer.state.epoch)
+            record, improved = trainer.epoch(train_loader, val_loader, y[val_idx], pos_index, forward=net)
+            if rank == 0:
+                log.info(epoch_line(record, cfg["epochs"]))
+                if on_epoch is not None:
+                    on_epoch(record)
+                targets = [checkpoint_dir / LATEST, *([checkpoint_dir / BEST] if improved else [])]
+                if cfg["checkpoint_every"] and record["epoch"] % cfg["checkpoint_every"] == 0:
+                    targets.append(checkpoint_dir / epoch_name(record["epoch"]))
+                save_checkpoint(trainer.checkpoint(), *targets)
+            barrier(world)
         fit_seconds = time.perf_counter() - started
         model.load_state_dict(trainer.best_weights(checkpoint_dir))
     spec, weights_file = absolute_encoder(cfg["encoder"], cfg["weights"])

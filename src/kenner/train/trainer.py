@@ -111,10 +111,16 @@ class Trainer:
         return bool(self.stopper.stopped[0]) or self.state.epoch >= self.cfg["epochs"]
 
     def epoch(
-        self, train_loader: DataLoader, val_loader: DataLoader | None, y_val: np.ndarray, pos_index: int | None
+        self,
+        train_loader: DataLoader,
+        val_loader: DataLoader | None,
+        y_val: np.ndarray,
+        pos_index: int | None,
+        *,
+        forward: nn.Module | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Train and validate one epoch, step the schedule and early stopping; returns the epoch's history
-        record and whether it is the new best."""
+        record and whether it is the new best. ``forward``: the model as training calls it (DDP-wrapped)."""
         cfg, state, monitor = self.cfg, self.state, self.stopper.monitor
         epoch, started = state.epoch, time.perf_counter()
         frozen = epoch < cfg["freeze_epochs"]
@@ -141,6 +147,7 @@ class Trainer:
             label_smoothing=cfg["label_smoothing"],
             weight=self.weight,
             desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+            forward=forward,
         )
         values: dict[str, dict[str, float]] = {}
         nets = {"model": self.model, "ema": self.ema.module if self.ema is not None else None}
