@@ -286,6 +286,24 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class ZeroShotConfig:
+    """Zero-shot prompts: what the classes are called and the sentences they are put in."""
+
+    class_names: str | None = knob(
+        None, "label -> display name in the prompts (JSON object or CSV/TSV label,name)", metavar="FILE"
+    )
+    templates: str = knob(
+        "simple",
+        "prompt templates: photo (1), simple (7), imagenet80 (CLIP's 80), or a CLIP_benchmark JSON file (a list "
+        "of strings with {c}, or an object of prompts per class)",
+        metavar="SET|FILE",
+    )
+    init: str = knob(
+        "random", "linear head: start from random weights or the zero-shot classifier", ("random", "zeroshot")
+    )
+
+
+@dataclass(frozen=True)
 class DecisionConfig:
     """How scores become answers: the binary threshold and the reject option ("unclassifiable")."""
 
@@ -333,6 +351,7 @@ SECTIONS: dict[str, type] = {
     "side": SideConfig,
     "augment": AugmentConfig,
     "finetune": FinetuneConfig,
+    "zeroshot": ZeroShotConfig,
     "decision": DecisionConfig,
     "tracking": TrackingConfig,
 }

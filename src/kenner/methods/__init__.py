@@ -20,8 +20,8 @@ FINETUNE_DEFAULTS = {
 register_method(
     MethodSpec(
         "linear",
-        "a linear head on the cached embeddings",
-        HEAD,
+        "a linear head on the cached embeddings (--init zeroshot: start from CLIP/SigLIP zero-shot weights)",
+        (*HEAD, "zeroshot"),
         "kenner.methods.head:HeadMethod",
         fixed={"head_type": "linear"},
     )
@@ -79,6 +79,15 @@ register_method(
         "kenner.methods.finetune:FinetuneMethod",
         defaults=FINETUNE_DEFAULTS,
         uses_embeddings=False,
+    )
+)
+
+register_method(
+    MethodSpec(
+        "zeroshot",
+        "CLIP/SigLIP zero-shot: the class whose prompts' text embedding is closest (nothing trained)",
+        ("zeroshot",),
+        "kenner.methods.zeroshot:ZeroShotMethod",
     )
 )
 
