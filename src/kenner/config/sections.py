@@ -283,6 +283,9 @@ class FinetuneConfig:
     backbone_lr: float | None = knob(None, "learning rate of the backbone once unfrozen", gt=0, shown="--lr")
     ema_decay: float = knob(0.0, "EMA of the weights, evaluated beside the model each epoch (0 = off)", ge=0, lt=1)
     checkpoint_every: int = knob(0, "also keep checkpoint_epoch_N.pt every N epochs (0 = off)", ge=0)
+    wise_ft: bool = knob(
+        False, "WiSE-FT: interpolate the starting and the fine-tuned weights, alpha in 0, 0.1, ..., 1 chosen on val"
+    )
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,10 @@ class ZeroShotConfig:
         metavar="SET|FILE",
     )
     init: str = knob(
-        "random", "linear head: start from random weights or the zero-shot classifier", ("random", "zeroshot")
+        "random",
+        "the head's starting weights: random, zeroshot (the CLIP/SigLIP zero-shot classifier; linear heads) or "
+        "probe (finetune: a linear probe fitted on the cached embeddings first, LP-FT)",
+        ("random", "zeroshot", "probe"),
     )
 
 

@@ -72,7 +72,7 @@ class HeadMethod(Method):
             X_val=val.features() if has_val else None,
             y_val=y_val if has_val else None,
             classes=np.arange(data.n_classes),
-            init=zero_shot_init(data, cfg, features) if cfg["init"] == "zeroshot" else None,
+            init=zero_shot_init(data, cfg, features) if _start(cfg) == "zeroshot" else None,
         )
         return HeadPredictor(head, data.class_names)
 
@@ -86,7 +86,7 @@ def zero_shot_init(data: TaskData, cfg: RunConfig, features: np.ndarray) -> tupl
     from kenner.methods.zeroshot import zero_shot_classifier
 
     if cfg["head_type"] != "linear":
-        raise KennerError("--init zeroshot starts a linear head (method linear)")
+        raise KennerError("--init zeroshot starts a linear head (--head-type linear)")
     classifier, _ = zero_shot_classifier(data, cfg)
     projection = classifier.projection if classifier.projection is not None else np.eye(classifier.weights.shape[1])
     if features.shape[1] != projection.shape[0]:
@@ -97,3 +97,9 @@ def zero_shot_init(data: TaskData, cfg: RunConfig, features: np.ndarray) -> tupl
     norm = float(np.median(np.linalg.norm(features @ projection, axis=1))) or 1.0
     weight = (classifier.logit_scale / norm) * (classifier.weights @ projection.T)
     return weight.astype(np.float32), np.zeros(len(weight), dtype=np.float32)
+
+
+def _start(cfg: RunConfig) -> str:
+    if cfg["init"] == "probe":
+        raise KennerError("--init probe starts a fine-tuned head from a linear probe; this head is one already")
+    return cfg["init"]

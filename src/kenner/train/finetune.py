@@ -31,9 +31,9 @@ from kenner.heads.training import class_weights
 from kenner.train.augment import eval_preprocessing, train_transform
 from kenner.train.checkpoint import BEST, LATEST, epoch_name, resume_path, save_checkpoint
 from kenner.train.data import ImageSamples, make_loader, train_sampler, view_plan
-from kenner.train.epoch import epoch_line
+from kenner.train.epoch import epoch_line, predict_logits, validation_metrics
 from kenner.train.finetuned import FinetunedModel, absolute_encoder
-from kenner.train.model import HEAD_FIELDS, build_model
+from kenner.train.model import HEAD_FIELDS, FinetuneNet, build_model
 from kenner.train.precision import apply_backend_flags, auto_settings, detect_device
 from kenner.train.trainer import Trainer
 
@@ -53,13 +53,16 @@ def fit_finetune(
     resume: str | None = None,
     fresh: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    head_init: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FinetunedModel:
     """Fine-tune on the ``train`` rows, validate on the ``val`` rows (``test`` rows are not touched).
 
     ``paths[i]`` maps view name -> image of sample ``i``, ``y[i]`` is its class index into ``class_names``,
     ``split[i]`` one of ``train``/``val``/``test``. Checkpoints go to ``out_dir/checkpoints``; ``resume``
     names a checkpoint to continue from, ``fresh`` ignores existing ones. ``on_epoch`` gets each epoch's
-    history record (:mod:`kenner.loop.history`).
+    history record (:mod:`kenner.loop.history`). ``head_init``: the linear head's starting ``(weight, bias)``
+    (LP-FT's probe, or zero-shot weights). With ``wise_ft`` the returned weights are the starting and the
+    best fine-tuned ones interpolated with the alpha that scores best on val (WiSE-FT, Wortsman et al. 2022).
     """
     y, split = np.asarray(y, dtype=np.int64), np.asarray(split)
     train_idx, val_idx = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
@@ -88,7 +91,11 @@ def fit_finetune(
         head = {name: cfg[name] for name in HEAD_FIELDS}
         model = build_model(
             encoder, head, n_views=len(views), combine=combine, n_classes=len(class_names), seed=cfg["seed"]
-        ).to(settings.device)
+        )
+        if head_init is not None:
+            start_head(model, *head_init)
+        initial = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        model = model.to(settings.device)
 
         def images(indices: np.ndarray, transform: Any) -> ImageSamples:
             return ImageSamples(
@@ -122,6 +129,9 @@ def fit_finetune(
             save_checkpoint(trainer.checkpoint(), *targets)
         fit_seconds = time.perf_counter() - started
         model.load_state_dict(trainer.best_weights(checkpoint_dir))
+        wise = None
+        if cfg["wise_ft"] and val_loader is not None:
+            wise = wise_ft(model, initial, val_loader, y[val_idx], trainer, settings, pos_index)
     spec, weights_file = absolute_encoder(cfg["encoder"], cfg["weights"])
     history = trainer.state.history
     info = {
@@ -141,8 +151,63 @@ def fit_finetune(
         "best_value": _finite_or_none(trainer.stopper.best_value[0]),
         "fit_seconds": fit_seconds,
         "epochs_seconds": sum(record["seconds"] for record in history),
+        "init": cfg["init"],
+        **({"wise_ft": wise} if wise is not None else {}),
     }
     return FinetunedModel(model, info, history)
+
+
+def start_head(model: FinetuneNet, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Set the linear head to ``(weight, bias)`` (on the raw backbone features)."""
+    layer = model.head.classifier
+    if not isinstance(layer, torch.nn.Linear) or tuple(layer.weight.shape) != weight.shape:
+        raise KennerError(
+            f"the starting head {weight.shape} does not fit the fine-tuned head "
+            f"{tuple(getattr(layer, 'weight', torch.empty(0)).shape)}; are the views combined the same way?"
+        )
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight))
+        layer.bias.copy_(torch.as_tensor(bias))
+
+
+def wise_ft(
+    model: FinetuneNet,
+    initial: dict[str, torch.Tensor],
+    val_loader: Any,
+    y_val: np.ndarray,
+    trainer: Trainer,
+    settings: Any,
+    pos_index: int | None,
+) -> dict[str, Any]:
+    """Interpolate ``(1 - a) * initial + a * fine-tuned`` for a in 0, 0.1, ..., 1, keep the a that scores best on
+    val by the run's monitor (ties: the lower val loss, then the larger a), load it into ``model``."""
+    tuned = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    monitor, best, scores = trainer.stopper.monitor, None, {}
+    for alpha in [round(i / 10, 1) for i in range(10, -1, -1)]:
+        model.load_state_dict(
+            {
+                key: torch.lerp(initial[key].to(value.device, value.dtype), value, alpha)
+                if value.is_floating_point()
+                else value
+                for key, value in tuned.items()
+            }
+        )
+        logits, features = predict_logits(model, val_loader, settings, desc=f"WiSE-FT alpha {alpha}")
+        values = validation_metrics(logits, features, y_val, pos_index=pos_index, recall=monitor == "recall_at_1")
+        scores[alpha] = {"val_" + monitor: values[monitor], "val_loss": values["loss"]}
+        if best is None or trainer.stopper.is_better(values[monitor], values["loss"], *best[1:])[()]:
+            best = (alpha, values[monitor], values["loss"])
+    alpha = best[0]
+    log.info("WiSE-FT: alpha %.1f (val %s %.4f)", alpha, monitor, best[1])
+    model.load_state_dict(
+        {
+            key: torch.lerp(initial[key].to(value.device, value.dtype), value, alpha)
+            if value.is_floating_point()
+            else value
+            for key, value in tuned.items()
+        }
+    )
+    return {"alpha": alpha, "monitor": monitor, "val": {str(a): s for a, s in sorted(scores.items())}}
 
 
 def seed_everything(seed: int) -> None:
