@@ -20,12 +20,15 @@ BACKENDS = ("auto", "torch", "onnx")
 # Families whose ONNX export is tested to match torch; "auto" uses ONNX Runtime for them on CPU, where
 # bench/bench_onnx_encoder.py measured it faster than torch.
 AUTO_ONNX_FAMILIES = ("default",)
+# Families that are ONNX models themselves (CPU, whatever the backend).
+ONNX_FAMILIES = ("face",)
 USAGE = {
     "default": "default",
     "timm": "timm:<name>",
     "hf": "hf:<repo-or-dir>",
     "open_clip": "open_clip:<arch>[@tag]",
     "local": "local:<dir>",
+    "face": "face:<dir>",
 }
 
 
@@ -82,6 +85,13 @@ def _local(target: str, weights: str | Path | None, pooling: str) -> Encoder:
     return _timm(config["architecture"], weights, pooling)
 
 
+@ENCODERS.register("face")
+def _face(target: str, weights: str | Path | None, pooling: str) -> Encoder:
+    from kenner.encoders.face import create_face_encoder
+
+    return create_face_encoder(target, weights=weights, pooling=pooling)
+
+
 def create_encoder(
     spec: str,
     *,
@@ -112,6 +122,8 @@ def create_encoder(
     if backend == "onnx" and not cpu:
         raise KennerError(f"the onnx backend runs on CPU, not {device}; use backend 'torch' or 'auto'")
     encoder = ENCODERS.create(family, target=name, weights=weights, pooling=pooling)
+    if family in ONNX_FAMILIES:  # runs with ONNX Runtime already
+        return encoder
     if backend == "onnx" or (backend == "auto" and cpu and family in AUTO_ONNX_FAMILIES):
         from kenner.encoders.onnx import to_onnx
 

@@ -143,9 +143,8 @@ def _encode_into_store(
 ) -> None:
     """Encode ``paths`` batch by batch, writing shards of ``keys`` that grow from one batch to ``shard_size``
     images, and a shard of what is pending whenever ``flush_seconds`` have passed since the last one."""
-    preprocessing = encoder.preprocessing
-    transform = preprocessing.transform()
-    max_side = preprocessing.resize  # JPEGs decode downscaled (draft mode), never below the resize
+    transform = encoder.transform()
+    max_side = encoder.decode_side  # JPEGs decode downscaled (draft mode), never below this side
 
     def prepare(batch_paths: list[Path]) -> torch.Tensor:
         tensors = []
