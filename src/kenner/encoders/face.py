@@ -146,4 +146,4 @@ def create_face_encoder(target: str, *, weights: str | Path | None = None, pooli
     if pooling != "cls":
         raise KennerError("face encoders have one output (pooling 'cls'); --pooling is not used")
     recognition, detector = find_models(target)
-    return FaceEncoder(recognition, detector, name=f"face:{Path(target).expanduser().resolve()}")
+    return FaceEncoder(recognition, detector, name=f"face:{recognition.resolve()}")
