@@ -368,3 +368,25 @@ def test_lp_ft_with_wise_ft_from_the_command_line(tiny, tmp_path: Path) -> None:
     assert "WiSE-FT alpha" in report and "head start" in report
     info = json.loads((run / "model" / "finetuned.json").read_text())
     assert info["init"] == "probe" and 0 <= info["wise_ft"]["alpha"] <= 1
+
+
+def test_supcon_fine_tuning_ends_with_a_linear_probe_on_the_new_embeddings(tiny, tmp_path: Path) -> None:
+    paths, y, split, weights = tiny
+    cfg = config(weights, loss="supcon", supcon_dim=16, supcon_temperature=0.1, batch_size=8)
+    model = fit_finetune(paths, y, split, CLASSES, cfg, out_dir=tmp_path / "run")
+    probe = model.info["supcon_probe"]
+    assert model.model.head.projection is None and model.info["loss"] == "supcon"
+    assert all(np.isfinite(r["train_loss"]) for r in model.history)
+    initial = torch.load(weights, weights_only=True)
+    state = model.model.state_dict()
+    assert any(not torch.equal(state[f"backbone.model.{k}"], v) for k, v in initial.items() if v.is_floating_point())
+    val = [p for p, s in zip(paths, split, strict=True) if s == "val"]
+    predicted = model.predict_proba(val).argmax(axis=1)
+    assert probe["val_accuracy"] == pytest.approx(float((predicted == y[split == "val"]).mean()))
+    model.save(tmp_path / "model")
+    np.testing.assert_allclose(
+        FinetunedModel.load(tmp_path / "model", device="cpu").predict_proba(val), model.predict_proba(val)
+    )
+    assert model.summary()["probe val accuracy"] == probe["val_accuracy"]
+    with pytest.raises(KennerError, match="linear probe"):
+        fit_finetune(paths, y, split, CLASSES, config(weights, loss="supcon", head_type="mlp"), out_dir=tmp_path / "x")

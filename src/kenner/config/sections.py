@@ -169,6 +169,12 @@ class ArcFaceConfig:
 class LossConfig:
     """Cross-entropy knobs shared by heads and fine-tuning."""
 
+    loss: str = knob(
+        "ce",
+        "fine-tuning objective: ce (cross-entropy through the head) or supcon (supervised contrastive loss on a "
+        "projection of the features, --supcon-temperature/--supcon-dim, then a linear probe on the new embeddings)",
+        ("ce", "supcon"),
+    )
     label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy", ge=0, lt=1)
     class_weight: str = knob("none", "per-class loss weights", ("none", "inverse", "effective"))
     effective_beta: float = knob(0.9999, "beta of effective-number class weights (Cui et al. 2019)", ge=0, lt=1)

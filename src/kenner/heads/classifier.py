@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 
 def head_params(cfg: RunConfig) -> dict[str, Any]:
     """The keyword arguments of an :class:`EmbeddingClassifier` from a run's config."""
-    return {**cfg.fields(*HEAD_SECTIONS), "device": cfg["device"]}
+    params = {**cfg.fields(*HEAD_SECTIONS), "device": cfg["device"]}
+    if params.pop("loss") != "ce":
+        raise KennerError("--loss supcon fine-tunes an encoder (method finetune); a head's SupCon is --supcon-weight")
+    return params
 
 
 class EmbeddingClassifier(ClassifierMixin, BaseEstimator):

@@ -13,7 +13,7 @@ import numpy as np
 
 from kenner.config.tree import RunConfig
 from kenner.errors import KennerError
-from kenner.heads import EmbeddingClassifier
+from kenner.heads.probe import linear_probe
 from kenner.methods.base import FitContext, Method, Prediction, Predictor, Samples, TaskData
 from kenner.methods.head import zero_shot_init
 from kenner.train.finetune import FinetunedModel, fit_finetune
@@ -73,16 +73,13 @@ def head_start(data: TaskData, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray] 
     if cfg["init"] == "zeroshot":
         return zero_shot_init(data, cfg, features)
     val, y_val = data.part("val")
-    probe = EmbeddingClassifier("linear", calibrate=False, seed=cfg["seed"], device=cfg["device"])
     has_val = len(val) > 0
-    probe.fit(
+    return linear_probe(
         features,
         y_train,
+        data.n_classes,
         X_val=val.features() if has_val else None,
         y_val=y_val if has_val else None,
-        classes=np.arange(data.n_classes),
+        seed=cfg["seed"],
+        device=cfg["device"],
     )
-    layer = probe.model_.classifier
-    weight = layer.weight.detach().cpu().numpy() / probe.scale_[None, :]
-    bias = layer.bias.detach().cpu().numpy() - weight @ probe.mean_
-    return weight.astype(np.float32), bias.astype(np.float32)

@@ -43,10 +43,12 @@ def train_one_epoch(
     mixup: float = 0.0,
     label_smoothing: float = 0.0,
     weight: torch.Tensor | None = None,
+    supcon: nn.Module | None = None,
     desc: str = "training",
 ) -> dict[str, float]:
     """One pass over the training loader (the backbone frozen, in eval mode, when ``frozen``); returns the
-    mean loss, accuracy and images per second."""
+    mean loss, accuracy and images per second. ``supcon``: the backbone learns from this loss on the head's
+    projection of the features instead; the head's classifier learns on the detached features beside it."""
     model.train()
     if frozen:
         model.backbone.eval()  # keep BatchNorm statistics of the frozen backbone
@@ -62,8 +64,15 @@ def train_one_epoch(
         if mixup > 0:
             pixels, targets = mix(pixels, F.one_hot(labels, n_classes).float(), mixup)
         with autocast(settings):
-            logits = model(pixels, labels)
+            if supcon is None:
+                logits = model(pixels, labels)
+            else:
+                features = model.features(pixels)
+                logits = model.head.classify(features.detach(), labels)
+                projected = model.head.projection(features)
         loss = F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=label_smoothing)
+        if supcon is not None:
+            loss = loss + supcon(projected.float(), labels)
         scaler.scale(loss / accum).backward()
         if (step + 1) % accum == 0 or step + 1 == len(loader):
             scaler.step(optimizer)

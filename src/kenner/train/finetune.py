@@ -27,6 +27,7 @@ from torch.utils.data import RandomSampler
 from kenner.config.tree import RunConfig
 from kenner.encoders import create_encoder
 from kenner.errors import KennerError
+from kenner.heads.probe import linear_probe
 from kenner.heads.training import class_weights
 from kenner.train.augment import eval_preprocessing, train_transform
 from kenner.train.checkpoint import BEST, LATEST, epoch_name, resume_path, save_checkpoint
@@ -71,6 +72,11 @@ def fit_finetune(
     if cfg["freeze_epochs"] >= cfg["epochs"]:
         raise KennerError(f"--freeze-epochs must be below --epochs ({cfg['epochs']}), got {cfg['freeze_epochs']}")
     pos_index = _pos_index(cfg["pos_class"], class_names)
+    supcon = cfg["loss"] == "supcon"
+    if supcon and (cfg["head_type"] != "linear" or cfg["mixup"] > 0 or cfg["wise_ft"]):
+        raise KennerError(
+            "--loss supcon fine-tunes for a linear probe: use --head-type linear, no --mixup, no --wise-ft"
+        )
     checkpoint_dir = Path(out_dir) / CHECKPOINT_DIR
     start_from = resume_path(checkpoint_dir, resume=resume, fresh=fresh)
     settings = auto_settings(
@@ -90,7 +96,13 @@ def fit_finetune(
         pre = eval_preprocessing(encoder.preprocessing, cfg["img_size"])
         head = {name: cfg[name] for name in HEAD_FIELDS}
         model = build_model(
-            encoder, head, n_views=len(views), combine=combine, n_classes=len(class_names), seed=cfg["seed"]
+            encoder,
+            head,
+            n_views=len(views),
+            combine=combine,
+            n_classes=len(class_names),
+            seed=cfg["seed"],
+            supcon_dim=cfg["supcon_dim"] if supcon else 0,
         )
         if head_init is not None:
             start_head(model, *head_init)
@@ -129,6 +141,10 @@ def fit_finetune(
             save_checkpoint(trainer.checkpoint(), *targets)
         fit_seconds = time.perf_counter() - started
         model.load_state_dict(trainer.best_weights(checkpoint_dir))
+        probe = None
+        if supcon:  # a linear probe on the new embeddings replaces the head; the projection is dropped
+            eval_train = make_loader(images(train_idx, pre.transform()), micro, settings)
+            probe = probe_head(model, eval_train, y[train_idx], val_loader, y[val_idx], settings, cfg)
         wise = None
         if cfg["wise_ft"] and val_loader is not None:
             wise = wise_ft(model, initial, val_loader, y[val_idx], trainer, settings, pos_index)
@@ -152,6 +168,8 @@ def fit_finetune(
         "fit_seconds": fit_seconds,
         "epochs_seconds": sum(record["seconds"] for record in history),
         "init": cfg["init"],
+        "loss": cfg["loss"],
+        **({"supcon_probe": probe} if probe is not None else {}),
         **({"wise_ft": wise} if wise is not None else {}),
     }
     return FinetunedModel(model, info, history)
@@ -168,6 +186,35 @@ def start_head(model: FinetuneNet, weight: np.ndarray, bias: np.ndarray) -> None
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(weight))
         layer.bias.copy_(torch.as_tensor(bias))
+
+
+def probe_head(
+    model: FinetuneNet,
+    train_loader: Any,
+    y_train: np.ndarray,
+    val_loader: Any,
+    y_val: np.ndarray,
+    settings: Any,
+    cfg: RunConfig,
+) -> dict[str, Any]:
+    """Fit a linear probe on the fine-tuned embeddings of the train rows (un-augmented), make it the model's
+    head, drop the SupCon projection; returns the probe's val accuracy beside the co-trained head's."""
+    _, train_features = predict_logits(model, train_loader, settings, desc="embedding train rows")
+    val_features, before = None, None
+    if val_loader is not None:
+        logits, val_features = predict_logits(model, val_loader, settings, desc="embedding val rows")
+        before = float((logits.argmax(axis=1) == y_val).mean())
+    n_classes = model.head.classifier.weight.shape[0]
+    weight, bias = linear_probe(
+        train_features, y_train, n_classes, X_val=val_features, y_val=y_val, seed=cfg["seed"], device=cfg["device"]
+    )
+    start_head(model, weight, bias)
+    model.head.projection = None
+    facts: dict[str, Any] = {"train_rows": len(y_train)}
+    if val_features is not None:
+        facts["val_accuracy"] = float(((val_features @ weight.T + bias).argmax(axis=1) == y_val).mean())
+        facts["val_accuracy_co_trained_head"] = before
+    return facts
 
 
 def wise_ft(

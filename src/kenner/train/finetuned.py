@@ -85,6 +85,9 @@ class FinetunedModel:
         facts = {key: self.info[key] for key in keys}
         if self.info.get("init", "random") != "random":
             facts["head start"] = self.info["init"]
+        if "supcon_probe" in self.info:
+            facts["loss"] = "supcon, then a linear probe on the new embeddings"
+            facts["probe val accuracy"] = self.info["supcon_probe"].get("val_accuracy")
         if "wise_ft" in self.info:
             wise = self.info["wise_ft"]
             facts["WiSE-FT alpha"] = wise["alpha"]
