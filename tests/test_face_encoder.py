@@ -11,45 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
 from conftest import write_image
 from kenner.cli import main
 from kenner.encoders import create_encoder
 from kenner.errors import KennerError
-
-
-class TinyArcFace(nn.Module):
-    """A conv net with ArcFace's inputs and outputs; ``normalise``: the graph starts with Sub and Mul, as
-    insightface models that take raw 0-255 pixels do."""
-
-    def __init__(self, normalise: bool = False, dim: int = 512) -> None:
-        super().__init__()
-        self.normalise = normalise
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
-        self.fc = nn.Linear(32, dim)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.normalise:
-            pixels = (pixels - 127.5) * (1 / 127.5)
-        return self.fc(self.body(pixels))
-
-
-def export(path: Path, *, normalise: bool = False, size: int = 112, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        TinyArcFace(normalise).eval(),
-        (torch.randn(1, 3, size, size),),
-        str(path),
-        input_names=["input.1"],
-        output_names=["embedding"],
-        dynamic_axes={"input.1": {0: "None"}, "embedding": {0: "None"}},
-        dynamo=False,
-    )
-    return path
+from tiny_face import export
 
 
 def _run(model: Path, pixels: np.ndarray) -> np.ndarray:
