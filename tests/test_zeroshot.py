@@ -5,6 +5,7 @@ text embeddings are cached, and ``--init zeroshot`` starts a linear head with th
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,23 @@ def test_text_embeddings_are_cached_by_model_and_prompts(
         _train(grouped_folder_dataset, tmp_path / "c", models["open_clip"], cache, "--templates", "photo")
     with pytest.raises(AssertionError, match="text tower ran"):  # another model with the same prompts
         _train(grouped_folder_dataset, tmp_path / "d", models["open_clip-siglip"], cache)
+
+
+def test_hf_text_weights_are_part_of_the_cache_key(
+    models: dict[str, str], grouped_folder_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = Path(models["hf-clip"].removeprefix("hf:"))
+    changed = tmp_path / "changed"
+    shutil.copytree(source, changed)
+    model = transformers.CLIPModel.from_pretrained(source)
+    with torch.no_grad():
+        model.text_projection.weight.mul_(-1)  # the same image tower, another text tower
+    model.save_pretrained(changed)
+    cache = tmp_path / "cache"
+    first = _train(grouped_folder_dataset, tmp_path / "a", f"hf:{source}", cache)
+    other = _train(grouped_folder_dataset, tmp_path / "b", f"hf:{changed}", cache)
+    assert "computed in" in (tmp_path / "b" / "report.md").read_text()
+    assert not np.allclose(np.stack(first["topk_scores"]), np.stack(other["topk_scores"]))
 
 
 def test_init_zeroshot_starts_a_linear_head_with_the_zero_shot_answers(

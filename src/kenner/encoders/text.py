@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kenner.encoders.base import Encoder, hash_state_dict
+from kenner.encoders.base import Encoder, hash_file, hash_state_dict
 from kenner.errors import KennerError
 
 TEXT_BATCH = 256
@@ -52,6 +52,25 @@ def load_text_tower(spec: str, encoder: Encoder, *, weights: str | None = None) 
             raise KennerError(f"zero-shot with {spec} needs --pooling cls (the pooled output the text is matched to)")
         return _hf_tower(str(Path(target).expanduser()) if family == "local" else target)
     raise KennerError(f"zero-shot needs a CLIP or SigLIP encoder (open_clip:..., hf:DIR of CLIP/SigLIP), not {spec!r}")
+
+
+def text_weights_id(spec: str, encoder: Encoder) -> str:
+    """What identifies the text tower's weights without loading them: open_clip's image encoder hashes the
+    whole model already; for ``hf:``/``local:`` the hashes of the model folder's weight files (a hub repo's
+    cached snapshot), since the image encoder hashes only the vision tower."""
+    family, _, target = spec.partition(":")
+    if family not in ("hf", "local"):
+        return encoder.weights_hash
+    folder = Path(target).expanduser()
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(target, local_files_only=True))
+        except Exception:  # not cached as a snapshot: the vision weights and the spec must do
+            return encoder.weights_hash
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return ",".join(hash_file(p) for p in files) or encoder.weights_hash
 
 
 def _read_config(directory: Path) -> dict:

@@ -3,7 +3,7 @@
 Nothing is trained: each class's prompts (templates filled with its display name) are embedded by the
 encoder's text tower, normalised and averaged (as open_clip's ``build_zero_shot_classifier`` does), and
 an image gets the class whose text embedding is closest. The class embeddings are cached under
-``CACHE/text/`` by a fingerprint of the encoder (its weights), the spec and every prompt, so a rerun or
+``CACHE/text/`` by a fingerprint of the model (image and text weights), the spec and every prompt, so a rerun or
 another split does not run the text tower again.
 """
 
@@ -35,16 +35,17 @@ def zero_shot_classifier(data: TaskData, cfg: RunConfig) -> tuple[ZeroShotClassi
         raise KennerError("zero-shot needs the run's encoder")
     names = display_names(data.class_names, cfg["class_names"])
     prompts = prompts_per_class(data.class_names, names, cfg["templates"])
+    from kenner.encoders.text import load_text_tower, text_weights_id
+
     encoder = embedder.encoder
-    key = hashlib.sha256(json.dumps([cfg.encoder.encoder, encoder.fingerprint, prompts]).encode()).hexdigest()[:16]
+    model = [cfg.encoder.encoder, encoder.fingerprint, text_weights_id(cfg.encoder.encoder, encoder)]
+    key = hashlib.sha256(json.dumps([*model, prompts]).encode()).hexdigest()[:16]
     folder = embedder.cache_dir / TEXT_CACHE / key
     facts: dict[str, Any] = {"prompts per class": round(float(np.mean([len(p) for p in prompts])), 1)}
     if (folder / ARRAYS).is_file() and (folder / INFO).is_file():
         classifier = ZeroShotClassifier.load(folder)
         facts["text embeddings"] = "cached"
     else:
-        from kenner.encoders.text import load_text_tower
-
         started = time.perf_counter()
         tower = load_text_tower(cfg.encoder.encoder, encoder, weights=cfg.encoder.weights)
         rows = []
