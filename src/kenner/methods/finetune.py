@@ -6,6 +6,7 @@ rerun resumes from there. Its predictions go through the same driver as every ot
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from kenner.heads.probe import linear_probe
 from kenner.methods.base import FitContext, Method, Prediction, Predictor, Samples, TaskData
 from kenner.methods.head import zero_shot_init
 from kenner.train.finetune import FinetunedModel, fit_finetune
+
+log = logging.getLogger(__name__)
 
 
 class FinetunePredictor(Predictor):
@@ -68,6 +71,15 @@ def head_start(data: TaskData, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray] 
         return None
     if cfg["head_type"] != "linear":
         raise KennerError(f"--init {cfg['init']} starts a linear head; use --head-type linear")
+    native = data.samples.embedder.encoder.preprocessing.size if data.samples.embedder is not None else None
+    if cfg["img_size"] is not None and native is not None and cfg["img_size"] != native:
+        log.warning(
+            "--init %s: the head starts from embeddings at the encoder's %d px, fine-tuning runs at %d px "
+            "(--img-size): the start fits less well",
+            cfg["init"],
+            native,
+            cfg["img_size"],
+        )
     train, y_train = data.part("train")
     features = train.features()
     if cfg["init"] == "zeroshot":
