@@ -331,7 +331,7 @@ def test_probe_start_is_a_linear_probe_on_the_raw_embeddings() -> None:
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)
     centres = rng.normal(size=(3, 6)) * 3
-    X = (centres[y] + rng.normal(size=(60, 6)) + 50.0) * np.array([1, 10, 100, 1, 10, 100])  # far from standard
+    X = centres[y] + rng.normal(size=(60, 6)) + 50.0  # far from centred: the bias must carry the mean
     samples = Samples(
         [str(i) for i in range(60)], [{"image": Path(f"{i}.png")} for i in range(60)], embedder=None, views="image"
     )

@@ -19,8 +19,10 @@ def linear_probe(
     device: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(weight [C, D], bias [C])`` with ``X @ weight.T + bias`` the logits of a linear head (the default head
-    settings, uncalibrated) fitted on ``X`` (``y`` in ``0..n_classes-1``), early-stopped on the val rows."""
-    probe = EmbeddingClassifier("linear", calibrate=False, seed=seed, device=device)
+    settings on centred rows, uncalibrated) fitted on ``X`` (``y`` in ``0..n_classes-1``), early-stopped on val."""
+    # centred, not scaled: folding a per-dimension scale back into raw weights makes them huge on near-constant
+    # dimensions, and fine-tuning from such a head wrecked the backbone (bench/bench_finetune.py)
+    probe = EmbeddingClassifier("linear", standardize="center", calibrate=False, seed=seed, device=device)
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
     probe.fit(X, y, X_val=X_val if has_val else None, y_val=y_val if has_val else None, classes=np.arange(n_classes))
     layer = probe.model_.classifier
