@@ -397,7 +397,7 @@ def test_open_clip_image_tower_from_a_weights_file(tmp_path: Path) -> None:
 def test_registry_lists_families_and_rejects_bad_specs() -> None:
     assert set(list_encoders()) == {
         "default", "efficientnet_lite1", "efficientnet_lite2", "timm:<name>", "hf:<repo-or-dir>",
-        "open_clip:<arch>[@tag]", "local:<dir>",
+        "open_clip:<arch>[@tag]", "local:<dir>", "face:<dir>",
     }  # fmt: skip
     for spec, message in [
         ("nonsense:x", "unknown encoder"),

@@ -289,3 +289,104 @@ def test_samplers() -> None:
         train_sampler("pk", y, 6, 4)
     with pytest.raises(KennerError, match="at most 3 classes"):
         train_sampler("pk", y, 8, 2)
+
+
+def test_wise_ft_interpolates_the_start_and_the_best_weights_with_the_alpha_val_prefers(tiny, tmp_path: Path) -> None:
+    paths, y, split, weights = tiny
+    rng = np.random.default_rng(0)
+    start = (rng.normal(size=(3, 96)).astype(np.float32), np.array([0.5, -0.5, 0.0], dtype=np.float32))
+    cfg = config(weights, wise_ft=True, monitor="loss", init="probe")
+    model = fit_finetune(paths, y, split, CLASSES, cfg, out_dir=tmp_path / "run", head_init=start)
+    wise = model.info["wise_ft"]
+    assert list(wise["val"]) == [str(a / 10) for a in range(11)] and model.info["init"] == "probe"
+    losses = {float(a): s["val_loss"] for a, s in wise["val"].items()}
+    assert losses[wise["alpha"]] == min(losses.values())
+    assert model.summary()["WiSE-FT alpha"] == wise["alpha"]
+
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best_model.pt")["model"]
+    alpha, state = wise["alpha"], model.model.state_dict()
+    expected_head = (1 - alpha) * torch.from_numpy(start[0]) + alpha * best["head.classifier.weight"]
+    torch.testing.assert_close(state["head.classifier.weight"], expected_head)
+    conv = next(k for k in state if k.startswith("backbone.") and k.endswith("weight") and state[k].ndim == 4)
+    initial = torch.load(weights, weights_only=True)[conv.removeprefix("backbone.model.")]
+    torch.testing.assert_close(state[conv], torch.lerp(initial, best[conv], alpha))
+
+
+def test_the_head_starts_from_the_given_weights(tiny, tmp_path: Path) -> None:
+    paths, y, split, weights = tiny
+    start = (np.full((3, 96), 0.25, dtype=np.float32), np.array([1.0, 2.0, 3.0], dtype=np.float32))
+    cfg = config(weights, epochs=1, lr=1e-12, patience=0)
+    model = fit_finetune(paths, y, split, CLASSES, cfg, out_dir=tmp_path / "run", head_init=start)
+    layer = model.model.head.classifier
+    np.testing.assert_allclose(layer.weight.detach().numpy(), start[0], atol=1e-6)
+    np.testing.assert_allclose(layer.bias.detach().numpy(), start[1], atol=1e-6)
+    with pytest.raises(KennerError, match="does not fit the fine-tuned head"):
+        fit_finetune(paths, y, split, CLASSES, cfg, out_dir=tmp_path / "bad", head_init=(start[0][:, :4], start[1]))
+
+
+def test_probe_start_is_a_linear_probe_on_the_raw_embeddings() -> None:
+    from kenner.methods.base import Samples, TaskData
+    from kenner.methods.finetune import head_start
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    centres = rng.normal(size=(3, 6)) * 3
+    X = centres[y] + rng.normal(size=(60, 6)) + 50.0  # far from centred: the bias must carry the mean
+    samples = Samples(
+        [str(i) for i in range(60)], [{"image": Path(f"{i}.png")} for i in range(60)], embedder=None, views="image"
+    )
+    data = TaskData(
+        samples.with_embeddings({"image": X.astype(np.float32)}), y, np.array(["train", "val"] * 30), CLASSES, []
+    )
+    weight, bias = head_start(data, RunConfig().replace(init="probe", device="cpu", epochs=200))
+    assert weight.shape == (3, 6) and ((X @ weight.T + bias).argmax(axis=1) == y).mean() > 0.95
+    assert head_start(data, RunConfig()) is None
+    with pytest.raises(KennerError, match="linear head"):
+        head_start(data, RunConfig().replace(init="probe", head_type="mlp"))
+
+
+def test_lp_ft_with_wise_ft_from_the_command_line(tiny, tmp_path: Path) -> None:
+    from kenner.cli import main
+
+    paths, _, _, weights = tiny
+    run = tmp_path / "run"
+    args = ["train", "--method", "finetune", "--data", str(paths[0]["image"].parent.parent), "--out-dir", str(run)]
+    flags = [
+        "--encoder",
+        "timm:test_resnet",
+        "--weights",
+        str(weights),
+        "--init",
+        "probe",
+        "--wise-ft",
+        "--epochs",
+        "2",
+    ]
+    common = ["--img-size", "32", "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-track", "-q"]
+    assert main([*args, *flags, *common, "--cache-dir", str(tmp_path / "cache")]) == 0
+    report = (run / "report.md").read_text()
+    assert "WiSE-FT alpha" in report and "head start" in report
+    info = json.loads((run / "model" / "finetuned.json").read_text())
+    assert info["init"] == "probe" and 0 <= info["wise_ft"]["alpha"] <= 1
+
+
+def test_supcon_fine_tuning_ends_with_a_linear_probe_on_the_new_embeddings(tiny, tmp_path: Path) -> None:
+    paths, y, split, weights = tiny
+    cfg = config(weights, loss="supcon", supcon_dim=16, supcon_temperature=0.1, batch_size=8)
+    model = fit_finetune(paths, y, split, CLASSES, cfg, out_dir=tmp_path / "run")
+    probe = model.info["supcon_probe"]
+    assert model.model.head.projection is None and model.info["loss"] == "supcon"
+    assert all(np.isfinite(r["train_loss"]) for r in model.history)
+    initial = torch.load(weights, weights_only=True)
+    state = model.model.state_dict()
+    assert any(not torch.equal(state[f"backbone.model.{k}"], v) for k, v in initial.items() if v.is_floating_point())
+    val = [p for p, s in zip(paths, split, strict=True) if s == "val"]
+    predicted = model.predict_proba(val).argmax(axis=1)
+    assert probe["val_accuracy"] == pytest.approx(float((predicted == y[split == "val"]).mean()))
+    model.save(tmp_path / "model")
+    np.testing.assert_allclose(
+        FinetunedModel.load(tmp_path / "model", device="cpu").predict_proba(val), model.predict_proba(val)
+    )
+    assert model.summary()["probe val accuracy"] == probe["val_accuracy"]
+    with pytest.raises(KennerError, match="linear probe"):
+        fit_finetune(paths, y, split, CLASSES, config(weights, loss="supcon", head_type="mlp"), out_dir=tmp_path / "x")

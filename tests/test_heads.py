@@ -38,6 +38,7 @@ def test_parameters_are_the_config_fields_with_their_defaults() -> None:
     sections = ("head", "optim", "schedule", "early_stopping", "arcface", "loss")
     fields = {f.name: f.default for name in sections for f in dataclasses.fields(SECTIONS[name])}
     fields["device"] = "auto"
+    del fields["loss"]  # fine-tuning's objective (ce | supcon); a head's SupCon is supcon_weight
     assert EmbeddingClassifier().get_params() == fields
     signature = inspect.signature(EmbeddingClassifier)
     assert [p for p in signature.parameters.values() if p.kind != p.KEYWORD_ONLY] == [signature.parameters["head_type"]]
@@ -292,3 +293,8 @@ def test_build_is_seeded_by_the_generator() -> None:
     b = build_head_net(params, 4, 3, make_generator(1)).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.startswith("projection.") for k in a)
+
+
+def test_the_fine_tuning_objective_is_refused_for_a_head() -> None:
+    with pytest.raises(KennerError, match="--loss supcon fine-tunes an encoder"):
+        head_params(RunConfig().replace(loss="supcon"))

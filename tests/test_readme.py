@@ -26,6 +26,8 @@ from PIL import Image
 
 from kenner.cli import build_parser, main
 from synthetic import write_two_view_dataset
+from tiny_clip import save_open_clip
+from tiny_face import export
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -101,7 +103,12 @@ def tiny_encoders(root: Path) -> dict[str, str]:
     )
     convnext = root / "convnext_tiny"
     timm.models.save_for_hf(timm.create_model("test_convnext", pretrained=False), convnext)
-    return {"hf:facebook/dinov2-small": f"hf:{dinov2}", "timm:convnext_tiny": f"local:{convnext}"}
+    return {
+        "hf:facebook/dinov2-small": f"hf:{dinov2}",
+        "timm:convnext_tiny": f"local:{convnext}",
+        "open_clip:ViT-B-32@laion2b_s34b_b79k": save_open_clip(root / "open_clip"),
+        "face:models/buffalo_l": f"face:{export(root / 'buffalo_l' / 'w600k_r50.onnx').parent}",
+    }
 
 
 def test_readme_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_server: str) -> None:
@@ -131,6 +138,7 @@ def test_readme_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, im
     ).to_csv(csv, index=False)
     names = {
         "plants/": "plants",
+        "faces/": "plants",
         "marmosets/": "marmosets",
         "new_photos/": "new_photos",
         "negatives/": "negatives",

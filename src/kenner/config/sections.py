@@ -212,6 +212,12 @@ class ArcFaceConfig:
 class LossConfig:
     """Cross-entropy knobs shared by heads and fine-tuning."""
 
+    loss: str = knob(
+        "ce",
+        "fine-tuning objective: ce (cross-entropy through the head) or supcon (supervised contrastive loss on a "
+        "projection of the features, --supcon-temperature/--supcon-dim, then a linear probe on the new embeddings)",
+        ("ce", "supcon"),
+    )
     label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy", ge=0, lt=1)
     class_weight: str = knob("none", "per-class loss weights", ("none", "inverse", "effective"))
     effective_beta: float = knob(0.9999, "beta of effective-number class weights (Cui et al. 2019)", ge=0, lt=1)
@@ -329,6 +335,30 @@ class FinetuneConfig:
     backbone_lr: float | None = knob(None, "learning rate of the backbone once unfrozen", gt=0, shown="--lr")
     ema_decay: float = knob(0.0, "EMA of the weights, evaluated beside the model each epoch (0 = off)", ge=0, lt=1)
     checkpoint_every: int = knob(0, "also keep checkpoint_epoch_N.pt every N epochs (0 = off)", ge=0)
+    wise_ft: bool = knob(
+        False, "WiSE-FT: interpolate the starting and the fine-tuned weights, alpha in 0, 0.1, ..., 1 chosen on val"
+    )
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """Zero-shot prompts: what the classes are called and the sentences they are put in."""
+
+    class_names: str | None = knob(
+        None, "label -> display name in the prompts (JSON object or CSV/TSV label,name)", metavar="FILE"
+    )
+    templates: str = knob(
+        "simple",
+        "prompt templates: photo (1), simple (7), imagenet80 (CLIP's 80), or a CLIP_benchmark JSON file (a list "
+        "of strings with {c}, or an object of prompts per class)",
+        metavar="SET|FILE",
+    )
+    init: str = knob(
+        "random",
+        "the head's starting weights: random, zeroshot (the CLIP/SigLIP zero-shot classifier; linear heads) or "
+        "probe (finetune: a linear probe fitted on the cached embeddings first, LP-FT)",
+        ("random", "zeroshot", "probe"),
+    )
 
 
 @dataclass(frozen=True)
@@ -379,6 +409,7 @@ SECTIONS: dict[str, type] = {
     "side": SideConfig,
     "augment": AugmentConfig,
     "finetune": FinetuneConfig,
+    "zeroshot": ZeroShotConfig,
     "decision": DecisionConfig,
     "tracking": TrackingConfig,
 }

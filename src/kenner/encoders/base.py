@@ -131,6 +131,20 @@ class Encoder(nn.Module):
         self.weights_hash = weights_hash
         self.fingerprint = make_fingerprint(name, weights_hash, preprocessing, pooling)
 
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL RGB image -> the model's input tensor (the preprocessing; an encoder may detect and align first)."""
+        return self.preprocessing.transform()
+
+    @property
+    def decode_side(self) -> int:
+        """The smallest side an image may be decoded at (JPEG draft mode) before :meth:`transform`."""
+        return self.preprocessing.resize
+
+    @property
+    def preprocessing_only(self) -> bool:
+        """Whether :meth:`transform` is :attr:`preprocessing` alone (what Ray workers redo from it)."""
+        return True
+
     @property
     def device(self) -> torch.device:
         parameter = next(self.parameters(), None)

@@ -108,6 +108,8 @@ class Embedder:
         if self.compute.ray:
             from kenner.encoders.ray_extract import RayFill
 
+            if not self.encoder.preprocessing_only:
+                raise KennerError(f"{self.spec} prepares images its own way (face detection); run it without --ray")
             fill = RayFill(
                 self.compute.ray,
                 partial(build_encoder, self.encoder_settings),

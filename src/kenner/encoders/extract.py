@@ -20,13 +20,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from kenner.data.images import file_sha256, load_image
-from kenner.encoders.base import Encoder, Preprocessing
+from kenner.encoders.base import Encoder
 from kenner.encoders.store import EmbeddingStore, HashCache, ShardQuarantinedError
 from kenner.errors import ImageError, KennerError
 from kenner.progress import progress_bar
@@ -138,14 +140,16 @@ def extract_embeddings(
 
 
 def prepare_batch(
-    paths: Sequence[str | os.PathLike], preprocessing: Preprocessing, background: tuple[int, int, int]
+    paths: Sequence[str | os.PathLike],
+    transform: Callable[[Image.Image], torch.Tensor],
+    max_side: int,
+    background: tuple[int, int, int],
 ) -> torch.Tensor:
-    """Decode ``paths`` (EXIF, alpha onto ``background``, JPEG draft mode never below the resize) and apply the
-    encoder's transform: the pixels [N, 3, size, size] the encoder embeds, the same on every machine."""
-    transform = preprocessing.transform()
+    """Decode ``paths`` (EXIF, alpha onto ``background``, JPEG draft mode never below ``max_side``) and apply the
+    encoder's ``transform``: the pixels [N, 3, size, size] the encoder embeds, the same on every machine."""
     tensors = []
     for path in paths:
-        image = load_image(path, background=background, max_side=preprocessing.resize)
+        image = load_image(path, background=background, max_side=max_side)
         try:
             tensors.append(transform(image))
         except Exception as error:
@@ -213,14 +217,16 @@ def encode_into_store(
 ) -> None:
     """Encode ``paths`` in this process batch by batch (decoding ``num_workers`` batches ahead in threads), writing
     shards of ``keys`` through a :class:`ShardWriter`."""
-    preprocessing = encoder.preprocessing
+    transform = encoder.transform()
+    max_side = encoder.decode_side  # JPEGs decode downscaled (draft mode), never below this side
     starts = range(0, len(paths), batch_size)
     batches = [paths[start : start + batch_size] for start in starts]
     bar = progress_bar(total=len(paths), desc=f"embedding with {encoder.name}", unit="img", show=progress)
     writer = ShardWriter(store, first=batch_size, shard_size=shard_size, flush_seconds=flush_seconds)
     try:
         with torch.inference_mode():
-            batched = _prefetch(lambda batch: prepare_batch(batch, preprocessing, background), batches, num_workers)
+            prepare = partial(prepare_batch, transform=transform, max_side=max_side, background=background)
+            batched = _prefetch(prepare, batches, num_workers)
             for start, pixels in zip(starts, batched, strict=True):
                 vectors = encoder.embed(pixels).cpu().numpy()
                 writer.add(keys[start : start + len(vectors)], vectors)

@@ -147,7 +147,8 @@ def _decode(
 ) -> dict[str, np.ndarray]:
     """A Ray task: the images of ``batch['path']`` decoded and preprocessed as the local path does."""
     torch.set_num_threads(1)
-    pixels = prepare_batch([str(path) for path in batch["path"]], preprocessing, background)
+    paths = [str(path) for path in batch["path"]]
+    pixels = prepare_batch(paths, preprocessing.transform(), preprocessing.resize, background)
     return {"key": batch["key"], "pixels": pixels.numpy()}
 
 

@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 
 def head_params(cfg: RunConfig) -> dict[str, Any]:
     """The keyword arguments of an :class:`EmbeddingClassifier` from a run's config."""
-    return {**cfg.fields(*HEAD_SECTIONS), "device": cfg["device"]}
+    params = {**cfg.fields(*HEAD_SECTIONS), "device": cfg["device"]}
+    if params.pop("loss") != "ce":
+        raise KennerError("--loss supcon fine-tunes an encoder (method finetune); a head's SupCon is --supcon-weight")
+    return params
 
 
 class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
@@ -154,10 +157,12 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         X_val: Any = None,
         y_val: Any = None,
         classes: Any = None,
+        init: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> EmbeddingClassifier:
         """Train on ``X`` [N, D] with labels ``y`` (any hashable labels). ``classes`` fixes the class list
         and its order (some classes may be absent from ``y``); validation rows (same label space) drive
-        early stopping and temperature calibration."""
+        early stopping and temperature calibration. ``init``: a linear head's starting ``(weight [C, D],
+        bias [C])`` on the raw embeddings (e.g. zero-shot weights), carried through the standardisation."""
         start = time.perf_counter()
         params = self.settings()
         resolve_monitor(params["monitor"])  # a KennerError now rather than after the first epoch
@@ -187,7 +192,10 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=forked):
             torch.manual_seed(params["seed"])
             generator = make_generator(params["seed"])
-            model = build_head_net(params, X.shape[1], n_classes, generator).to(device)
+            model = build_head_net(params, X.shape[1], n_classes, generator)
+            if init is not None:
+                self._start_from(model, *init)
+            model = model.to(device)
             X_val_t = self._tensor(X_val, device) if has_val else None
             y_val_t = torch.as_tensor(y_val_index, device=device) if has_val else None
             self.history_, self.best_epoch_ = train_head(
@@ -206,6 +214,15 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
             self.temperature_ = fit_temperature(self._logits(X_val), y_val_index)
         self.fit_seconds_ = time.perf_counter() - start
         return self
+
+    def _start_from(self, model: HeadNet, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Set a linear head so that its logits on standardised rows equal ``X @ weight.T + bias`` on raw ones."""
+        layer = model.classifier
+        if self.head_type != "linear" or not isinstance(layer, torch.nn.Linear) or layer.weight.shape != weight.shape:
+            raise InvalidInput(f"a starting weight of shape {weight.shape} fits only a linear head of that shape")
+        with torch.no_grad():
+            layer.weight.copy_(torch.as_tensor(weight * self.scale_[None, :], dtype=torch.float32))
+            layer.bias.copy_(torch.as_tensor(bias + weight @ self.mean_, dtype=torch.float32))
 
     def settings(self) -> dict[str, Any]:
         """The parameters, coerced and checked like the command line's flags (a KennerError names the flag)."""

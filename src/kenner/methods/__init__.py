@@ -6,6 +6,7 @@ A new method is one file with a :class:`kenner.methods.base.Method` and one regi
 from kenner.methods.registry import METHODS, MethodSpec, register_method
 
 HEAD = ("optim", "schedule", "early_stopping", "loss", "head")
+FINETUNE_SECTIONS = ("optim", "schedule", "early_stopping", "arcface", "loss", "sampler", "head", "augment", "finetune")
 FINETUNE_DEFAULTS = {
     "epochs": 15,
     "batch_size": 16,
@@ -20,8 +21,8 @@ FINETUNE_DEFAULTS = {
 register_method(
     MethodSpec(
         "linear",
-        "a linear head on the cached embeddings",
-        HEAD,
+        "a linear head on the cached embeddings (--init zeroshot: start from CLIP/SigLIP zero-shot weights)",
+        (*HEAD, "zeroshot"),
         "kenner.methods.head:HeadMethod",
         fixed={"head_type": "linear"},
     )
@@ -83,10 +84,30 @@ register_method(
     MethodSpec(
         "finetune",
         "fine-tune the encoder's backbone with a head, on the images (checkpoints, auto-resume)",
-        ("optim", "schedule", "early_stopping", "arcface", "loss", "sampler", "head", "augment", "finetune"),
+        (
+            "optim",
+            "schedule",
+            "early_stopping",
+            "arcface",
+            "loss",
+            "sampler",
+            "head",
+            "augment",
+            "finetune",
+            "zeroshot",
+        ),
         "kenner.methods.finetune:FinetuneMethod",
         defaults=FINETUNE_DEFAULTS,
         uses_embeddings=False,
+    )
+)
+
+register_method(
+    MethodSpec(
+        "zeroshot",
+        "CLIP/SigLIP zero-shot: the class whose prompts' text embedding is closest (nothing trained)",
+        ("zeroshot",),
+        "kenner.methods.zeroshot:ZeroShotMethod",
     )
 )
 

@@ -6,12 +6,20 @@ rerun resumes from there. Its predictions go through the same driver as every ot
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kenner.config.tree import RunConfig
+from kenner.errors import KennerError
+from kenner.heads.probe import linear_probe
 from kenner.methods.base import FitContext, Method, Prediction, Predictor, Samples, TaskData
+from kenner.methods.head import zero_shot_init
 from kenner.train.finetune import FinetunedModel, fit_finetune
+
+log = logging.getLogger(__name__)
 
 
 class FinetunePredictor(Predictor):
@@ -50,5 +58,40 @@ class FinetuneMethod(Method):
             resume=context.resume,
             fresh=context.fresh,
             on_epoch=context.on_epoch,
+            head_init=head_start(data, cfg),
         )
         return FinetunePredictor(model, data.class_names)
+
+
+def head_start(data: TaskData, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fine-tuned head's starting ``(weight, bias)`` on the raw embeddings: a linear probe fitted on the
+    cached embeddings (LP-FT, Kumar et al. 2022: seconds, instead of frozen epochs over the pixels), the
+    zero-shot classifier, or None (random)."""
+    if cfg["init"] == "random":
+        return None
+    if cfg["head_type"] != "linear":
+        raise KennerError(f"--init {cfg['init']} starts a linear head; use --head-type linear")
+    native = data.samples.embedder.encoder.preprocessing.size if data.samples.embedder is not None else None
+    if cfg["img_size"] is not None and native is not None and cfg["img_size"] != native:
+        log.warning(
+            "--init %s: the head starts from embeddings at the encoder's %d px, fine-tuning runs at %d px "
+            "(--img-size): the start fits less well",
+            cfg["init"],
+            native,
+            cfg["img_size"],
+        )
+    train, y_train = data.part("train")
+    features = train.features()
+    if cfg["init"] == "zeroshot":
+        return zero_shot_init(data, cfg, features)
+    val, y_val = data.part("val")
+    has_val = len(val) > 0
+    return linear_probe(
+        features,
+        y_train,
+        data.n_classes,
+        X_val=val.features() if has_val else None,
+        y_val=y_val if has_val else None,
+        seed=cfg["seed"],
+        device=cfg["device"],
+    )

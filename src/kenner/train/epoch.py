@@ -43,12 +43,15 @@ def train_one_epoch(
     mixup: float = 0.0,
     label_smoothing: float = 0.0,
     weight: torch.Tensor | None = None,
+    supcon: nn.Module | None = None,
     desc: str = "training",
     forward: nn.Module | None = None,
 ) -> dict[str, float]:
     """One pass over the training loader (the backbone frozen, in eval mode, when ``frozen``); returns the
     mean loss, accuracy and images per second. ``forward`` computes the logits in place of ``model`` (the same
-    model wrapped in ``DistributedDataParallel``, which averages gradients across processes)."""
+    model wrapped in ``DistributedDataParallel``, which averages gradients across processes). ``supcon``: the
+    backbone learns from this loss on the head's projection of the features instead; the head's classifier
+    learns on the detached features beside it (one process only)."""
     model.train()
     if frozen:
         model.backbone.eval()  # keep BatchNorm statistics of the frozen backbone
@@ -64,8 +67,15 @@ def train_one_epoch(
         if mixup > 0:
             pixels, targets = mix(pixels, F.one_hot(labels, n_classes).float(), mixup)
         with autocast(settings):
-            logits = (forward or model)(pixels, labels)
+            if supcon is None:
+                logits = (forward or model)(pixels, labels)
+            else:
+                features = model.features(pixels)
+                logits = model.head.classify(features.detach(), labels)
+                projected = model.head.projection(features)
         loss = F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=label_smoothing)
+        if supcon is not None:
+            loss = loss + supcon(projected.float(), labels)
         scaler.scale(loss / accum).backward()
         if (step + 1) % accum == 0 or step + 1 == len(loader):
             scaler.step(optimizer)

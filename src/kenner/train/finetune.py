@@ -29,14 +29,15 @@ from torch.utils.data import DistributedSampler, RandomSampler, Sampler
 from kenner.config.tree import RunConfig
 from kenner.encoders import create_encoder
 from kenner.errors import KennerError
+from kenner.heads.probe import linear_probe
 from kenner.heads.training import class_weights
 from kenner.train.augment import eval_preprocessing, train_transform
 from kenner.train.checkpoint import BEST, LATEST, epoch_name, resume_path, save_checkpoint
 from kenner.train.data import ImageSamples, make_loader, train_sampler, view_plan
 from kenner.train.distributed import backend_for, barrier, process_group
-from kenner.train.epoch import epoch_line
+from kenner.train.epoch import epoch_line, predict_logits, validation_metrics
 from kenner.train.finetuned import FinetunedModel, absolute_encoder
-from kenner.train.model import HEAD_FIELDS, build_model
+from kenner.train.model import HEAD_FIELDS, FinetuneNet, build_model
 from kenner.train.precision import apply_backend_flags, auto_settings, detect_device
 from kenner.train.trainer import Trainer
 
@@ -56,23 +57,29 @@ def fit_finetune(
     resume: str | None = None,
     fresh: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    head_init: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FinetunedModel:
     """Fine-tune on the ``train`` rows, validate on the ``val`` rows (``test`` rows are not touched).
 
     ``paths[i]`` maps view name -> image of sample ``i``, ``y[i]`` is its class index into ``class_names``,
     ``split[i]`` one of ``train``/``val``/``test``. Checkpoints go to ``out_dir/checkpoints``; ``resume``
     names a checkpoint to continue from, ``fresh`` ignores existing ones. ``on_epoch`` gets each epoch's
-    history record (:mod:`kenner.loop.history`). With ``--nproc N`` (> 1) this process is rank 0 of N
-    data-parallel processes (:mod:`kenner.train.distributed`): the global batch is still ``--batch-size``.
+    history record (:mod:`kenner.loop.history`). ``head_init``: the linear head's starting ``(weight, bias)``
+    (LP-FT's probe, or zero-shot weights). With ``wise_ft`` the returned weights are the starting and the
+    best fine-tuned ones interpolated with the alpha that scores best on val (WiSE-FT, Wortsman et al. 2022).
+    With ``--nproc N`` (> 1) this process is rank 0 of N data-parallel processes
+    (:mod:`kenner.train.distributed`): the global batch is still ``--batch-size``.
     """
     checkpoint_dir = Path(out_dir) / CHECKPOINT_DIR
     start_from = resume_path(checkpoint_dir, resume=resume, fresh=fresh)
-    args = (paths, y, split, class_names, cfg, checkpoint_dir, start_from)
+    args = (paths, y, split, class_names, cfg, checkpoint_dir, start_from, head_init)
     world = cfg["nproc"]
     if world == 1:
         return _fit(*args, on_epoch=on_epoch)
     if cfg["sampler"] != "random":
         raise KennerError(f"--sampler {cfg['sampler']} draws whole batches in one process; use it with --nproc 1")
+    if cfg["loss"] == "supcon":
+        raise KennerError("--loss supcon trains in one process; use it with --nproc 1")
     backend = backend_for(detect_device(cfg["device"]).device, world)
     with process_group(world, backend, _fit, args):
         return _fit(*args, on_epoch=on_epoch, rank=0, world=world)
@@ -86,6 +93,7 @@ def _fit(
     cfg: RunConfig,
     checkpoint_dir: Path,
     start_from: Path | None,
+    head_init: tuple[np.ndarray, np.ndarray] | None,
     *,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     rank: int = 0,
@@ -99,6 +107,11 @@ def _fit(
     if cfg["freeze_epochs"] >= cfg["epochs"]:
         raise KennerError(f"--freeze-epochs must be below --epochs ({cfg['epochs']}), got {cfg['freeze_epochs']}")
     pos_index = _pos_index(cfg["pos_class"], class_names)
+    supcon = cfg["loss"] == "supcon"
+    if supcon and (cfg["head_type"] != "linear" or cfg["mixup"] > 0 or cfg["wise_ft"]):
+        raise KennerError(
+            "--loss supcon fine-tunes for a linear probe: use --head-type linear, no --mixup, no --wise-ft"
+        )
     device = detect_device(cfg["device"])
     if world > 1 and device.device.startswith("cuda") and torch.cuda.device_count() >= world:
         device = dataclasses.replace(device, device=f"cuda:{rank}")  # one GPU per process
@@ -120,8 +133,18 @@ def _fit(
         pre = eval_preprocessing(encoder.preprocessing, cfg["img_size"])
         head = {name: cfg[name] for name in HEAD_FIELDS}
         model = build_model(
-            encoder, head, n_views=len(views), combine=combine, n_classes=len(class_names), seed=cfg["seed"]
-        ).to(settings.device)
+            encoder,
+            head,
+            n_views=len(views),
+            combine=combine,
+            n_classes=len(class_names),
+            seed=cfg["seed"],
+            supcon_dim=cfg["supcon_dim"] if supcon else 0,
+        )
+        if head_init is not None:
+            start_head(model, *head_init)
+        initial = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        model = model.to(settings.device)
 
         def images(indices: np.ndarray, transform: Any) -> ImageSamples:
             return ImageSamples(
@@ -167,6 +190,13 @@ def _fit(
             barrier(world)
         fit_seconds = time.perf_counter() - started
         model.load_state_dict(trainer.best_weights(checkpoint_dir))
+        probe = None
+        if supcon:  # a linear probe on the new embeddings replaces the head; the projection is dropped
+            eval_train = make_loader(images(train_idx, pre.transform()), micro, settings)
+            probe = probe_head(model, eval_train, y[train_idx], val_loader, y[val_idx], settings, cfg)
+        wise = None
+        if cfg["wise_ft"] and val_loader is not None:
+            wise = wise_ft(model, initial, val_loader, y[val_idx], trainer, settings, pos_index)
     spec, weights_file = absolute_encoder(cfg["encoder"], cfg["weights"])
     history = trainer.state.history
     info = {
@@ -186,8 +216,94 @@ def _fit(
         "best_value": _finite_or_none(trainer.stopper.best_value[0]),
         "fit_seconds": fit_seconds,
         "epochs_seconds": sum(record["seconds"] for record in history),
+        "init": cfg["init"],
+        "loss": cfg["loss"],
+        **({"supcon_probe": probe} if probe is not None else {}),
+        **({"wise_ft": wise} if wise is not None else {}),
     }
     return FinetunedModel(model, info, history)
+
+
+def start_head(model: FinetuneNet, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Set the linear head to ``(weight, bias)`` (on the raw backbone features)."""
+    layer = model.head.classifier
+    if not isinstance(layer, torch.nn.Linear) or tuple(layer.weight.shape) != weight.shape:
+        raise KennerError(
+            f"the starting head {weight.shape} does not fit the fine-tuned head "
+            f"{tuple(getattr(layer, 'weight', torch.empty(0)).shape)}; are the views combined the same way?"
+        )
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight))
+        layer.bias.copy_(torch.as_tensor(bias))
+
+
+def probe_head(
+    model: FinetuneNet,
+    train_loader: Any,
+    y_train: np.ndarray,
+    val_loader: Any,
+    y_val: np.ndarray,
+    settings: Any,
+    cfg: RunConfig,
+) -> dict[str, Any]:
+    """Fit a linear probe on the fine-tuned embeddings of the train rows (un-augmented), make it the model's
+    head, drop the SupCon projection; returns the probe's val accuracy beside the co-trained head's."""
+    _, train_features = predict_logits(model, train_loader, settings, desc="embedding train rows")
+    val_features, before = None, None
+    if val_loader is not None:
+        logits, val_features = predict_logits(model, val_loader, settings, desc="embedding val rows")
+        before = float((logits.argmax(axis=1) == y_val).mean())
+    n_classes = model.head.classifier.weight.shape[0]
+    weight, bias = linear_probe(
+        train_features, y_train, n_classes, X_val=val_features, y_val=y_val, seed=cfg["seed"], device=cfg["device"]
+    )
+    start_head(model, weight, bias)
+    model.head.projection = None
+    facts: dict[str, Any] = {"train_rows": len(y_train)}
+    if val_features is not None:
+        facts["val_accuracy"] = float(((val_features @ weight.T + bias).argmax(axis=1) == y_val).mean())
+        facts["val_accuracy_co_trained_head"] = before
+    return facts
+
+
+def wise_ft(
+    model: FinetuneNet,
+    initial: dict[str, torch.Tensor],
+    val_loader: Any,
+    y_val: np.ndarray,
+    trainer: Trainer,
+    settings: Any,
+    pos_index: int | None,
+) -> dict[str, Any]:
+    """Interpolate ``(1 - a) * initial + a * fine-tuned`` for a in 0, 0.1, ..., 1, keep the a that scores best on
+    val by the run's monitor (ties: the lower val loss, then the larger a), load it into ``model``."""
+    tuned = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    monitor, best, scores = trainer.stopper.monitor, None, {}
+    for alpha in [round(i / 10, 1) for i in range(10, -1, -1)]:
+        model.load_state_dict(
+            {
+                key: torch.lerp(initial[key].to(value.device, value.dtype), value, alpha)
+                if value.is_floating_point()
+                else value
+                for key, value in tuned.items()
+            }
+        )
+        logits, features = predict_logits(model, val_loader, settings, desc=f"WiSE-FT alpha {alpha}")
+        values = validation_metrics(logits, features, y_val, pos_index=pos_index, recall=monitor == "recall_at_1")
+        scores[alpha] = {"val_" + monitor: values[monitor], "val_loss": values["loss"]}
+        if best is None or trainer.stopper.is_better(values[monitor], values["loss"], *best[1:])[()]:
+            best = (alpha, values[monitor], values["loss"])
+    alpha = best[0]
+    log.info("WiSE-FT: alpha %.1f (val %s %.4f)", alpha, monitor, best[1])
+    model.load_state_dict(
+        {
+            key: torch.lerp(initial[key].to(value.device, value.dtype), value, alpha)
+            if value.is_floating_point()
+            else value
+            for key, value in tuned.items()
+        }
+    )
+    return {"alpha": alpha, "monitor": monitor, "val": {str(a): s for a, s in sorted(scores.items())}}
 
 
 def seed_everything(seed: int) -> None:

@@ -82,7 +82,19 @@ class FinetunedModel:
     def summary(self) -> dict[str, Any]:
         """Hardware, best epoch, best weights, best validation value of the monitored metric, fit seconds."""
         keys = ("hardware", "best_epoch", "best_source", "monitor", "best_value", "fit_seconds", "epochs_seconds")
-        return {key: self.info[key] for key in keys}
+        facts = {key: self.info[key] for key in keys}
+        if self.info.get("init", "random") != "random":
+            facts["head start"] = self.info["init"]
+        if "supcon_probe" in self.info:
+            facts["loss"] = "supcon, then a linear probe on the new embeddings"
+            facts["probe val accuracy"] = self.info["supcon_probe"].get("val_accuracy")
+        if "wise_ft" in self.info:
+            wise = self.info["wise_ft"]
+            facts["WiSE-FT alpha"] = wise["alpha"]
+            facts["WiSE-FT val " + wise["monitor"]] = {
+                a: round(v["val_" + wise["monitor"]], 4) for a, v in wise["val"].items()
+            }
+        return facts
 
     def save(self, directory: str | Path) -> Path:
         """Write ``finetuned.safetensors`` (fp32) and ``finetuned.json``."""

@@ -39,10 +39,21 @@ class FinetuneNet(nn.Module):
 
 
 def build_model(
-    encoder: Encoder, head: Mapping[str, Any], *, n_views: int, combine: str, n_classes: int, seed: int
+    encoder: Encoder,
+    head: Mapping[str, Any],
+    *,
+    n_views: int,
+    combine: str,
+    n_classes: int,
+    seed: int,
+    supcon_dim: int = 0,
 ) -> FinetuneNet:
     """The encoder plus a freshly initialised head (weights drawn from ``make_generator(seed)``); ``head``
-    holds the :data:`HEAD_FIELDS`."""
+    holds the :data:`HEAD_FIELDS`. ``supcon_dim``: the head also gets a SupCon projection of that size."""
     dim = encoder.dim * n_views if combine == "concat" else encoder.dim
-    params = {**{name: head[name] for name in HEAD_FIELDS}, "supcon_weight": 0.0, "supcon_dim": 1}
+    params = {
+        **{name: head[name] for name in HEAD_FIELDS},
+        "supcon_weight": 1.0 if supcon_dim else 0.0,
+        "supcon_dim": supcon_dim or 1,
+    }
     return FinetuneNet(encoder, build_head_net(params, dim, n_classes, make_generator(seed)), combine=combine)

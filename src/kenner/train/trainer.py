@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pytorch_metric_learning.losses import SupConLoss
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -69,6 +70,7 @@ class Trainer:
     scaler: torch.amp.GradScaler
     stopper: EarlyStopping
     weight: torch.Tensor | None = None
+    supcon: nn.Module | None = None
     state: TrainState = field(default_factory=TrainState)
 
     @classmethod
@@ -104,6 +106,7 @@ class Trainer:
             scaler,
             EarlyStopping(monitor, patience, min_epochs),
             weight,
+            SupConLoss(temperature=cfg["supcon_temperature"]) if cfg["loss"] == "supcon" else None,
         )
 
     @property
@@ -146,6 +149,7 @@ class Trainer:
             mixup=cfg["mixup"],
             label_smoothing=cfg["label_smoothing"],
             weight=self.weight,
+            supcon=self.supcon,
             desc=f"epoch {epoch + 1}/{cfg['epochs']}",
             forward=forward,
         )
