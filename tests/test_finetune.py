@@ -50,6 +50,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Path]
             paths.append({"image": path})
             labels.append(CLASSES.index(label))
     weights = root / "test_resnet.pth"
+    torch.manual_seed(0)  # the same random backbone whichever tests ran before
     torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict(), weights)
     return paths, np.array(labels), np.array(SPLIT * len(COLORS)), weights
 
