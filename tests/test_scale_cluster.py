@@ -54,10 +54,12 @@ def test_actors_on_several_nodes_fill_one_store(tmp_path: Path, cluster: str) ->
         rows_per_task=2,
     )
     assert len(ray.nodes()) == 3
-    got = extract_embeddings(encoder, paths, store, fill=fill, progress=False)
+    extract_embeddings(encoder, paths[:4], store, fill=fill, progress=False)  # a first job fills part of it
+    got = extract_embeddings(encoder, paths, store, fill=fill, progress=False)  # a second one the rest
     writers = shard_pids(store)
-    # two actors of 1 CPU each on nodes of 1 CPU: two processes on two nodes, never this one
-    assert len(set(writers.values())) == 2 and os.getpid() not in writers.values()
+    # actors of 1 CPU on nodes of 1 CPU: several worker processes wrote into the one store, never this one (how
+    # the blocks of one job spread over its actors depends on the machine's load, so two jobs make it certain)
+    assert len(set(writers.values())) >= 2 and os.getpid() not in writers.values()
     written = []
     for name in writers:
         with np.load(store.shard_dir / name) as shard:
