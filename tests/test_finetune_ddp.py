@@ -38,3 +38,20 @@ def test_a_whole_batch_sampler_needs_one_process(tiny, tmp_path: Path) -> None: 
     paths, y, split, weights = tiny
     with pytest.raises(KennerError, match="--nproc 1"):
         fit_finetune(paths, y, split, CLASSES, config(weights, nproc=2, sampler="weighted"), out_dir=tmp_path)
+
+
+def test_kenner_finetune_with_two_processes_from_the_command_line(tmp_path: Path) -> None:
+    """The README's `kenner train --method finetune --nproc 2`: a run folder like any other, written once."""
+    import json
+
+    from kenner.cli import main
+    from test_new_user import easy_folder
+
+    data = easy_folder(tmp_path / "photos", classes=2, groups=4, photos=1)
+    run = tmp_path / "ft"
+    argv = ["train", "--method", "finetune", "--data", str(data), "--nproc", "2", "--out-dir", str(run)]
+    argv += ["--epochs", "2", "--img-size", "32", "--batch-size", "4", "--no-track", "-q"]
+    argv += ["--num-workers", "1"]  # each rank starts a loader worker of its own
+    assert main(argv) == 0
+    assert json.loads((run / "run_config.json").read_text())["compute"]["nproc"] == 2
+    assert (run / "metrics.json").exists() and (run / "checkpoints" / "latest_model.pt").exists()

@@ -98,3 +98,21 @@ def test_a_failing_group_on_ray_is_the_local_one_line_error(tmp_path: Path, ray_
     task.split = np.where(task.split == "val", "train", task.split)
     with pytest.raises(KennerError, match="validation rows"):
         sweep_tasks({"e": task}, _grid(profiles=("calib",)), FIXED, tmp_path, dataset="d", ray="local")
+
+
+def test_kenner_embed_ray_from_the_command_line_equals_kenner_embed(tmp_path: Path, ray_local: None) -> None:
+    """The README's `kenner embed --data photos/ --ray`: the exported embeddings equal a local `kenner embed`."""
+    from kenner.cli import main
+    from test_new_user import easy_folder
+
+    data = easy_folder(tmp_path / "photos", classes=2, groups=3, photos=1)
+    exported = {}
+    for name, extra in (("local", []), ("ray", ["--ray"])):
+        output = tmp_path / f"{name}.npz"
+        argv = ["embed", "--data", str(data), "--cache-dir", str(tmp_path / name), "--output", str(output), "-q"]
+        assert main([*argv, *extra]) == 0
+        exported[name] = np.load(output)
+    assert list(exported["ray"]["ids"]) == list(exported["local"]["ids"])
+    views = [key for key in exported["local"].files if key not in ("ids", "labels", "groups")]
+    for view in views:
+        np.testing.assert_allclose(exported["ray"][view], exported["local"][view], rtol=0, atol=1e-3)

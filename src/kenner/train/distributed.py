@@ -58,9 +58,9 @@ def process_group(world: int, backend: str, work: Callable[..., Any], args: tupl
     block; a rank that fails (or rank 0 failing) stops them all, with one error."""
     port = _free_port()
     context = mp.get_context("spawn")
+    # not daemonic: a rank starts DataLoader workers of its own (stopped below if rank 0 fails)
     helpers = [
-        context.Process(target=_helper, args=(rank, world, port, backend, work, args), daemon=True)
-        for rank in range(1, world)
+        context.Process(target=_helper, args=(rank, world, port, backend, work, args)) for rank in range(1, world)
     ]
     for helper in helpers:
         helper.start()

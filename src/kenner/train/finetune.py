@@ -171,9 +171,10 @@ def _fit(
         if start_from is not None:
             trainer.restore(start_from, checkpoint_dir)
         net = None
-        if world > 1:  # averages gradients across the processes; frozen epochs leave the backbone without any
+        if world > 1:  # averages gradients across the processes; frozen epochs leave the backbone without any,
+            # and parts of the head may be unused by a loss (the projection, without --loss supcon)
             ids = [rank] if device.device.startswith("cuda:") else None
-            net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=cfg["freeze_epochs"] > 0)
+            net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         started = time.perf_counter()
         while not trainer.done:
             if isinstance(sampler, DistributedSampler):
