@@ -122,6 +122,11 @@ class EncoderConfig:
         ("auto", "torch", "onnx"),
     )
 
+    @property
+    def ensemble(self) -> bool:
+        """Whether ``encoder`` names several encoders (an ensemble, combined as ``fusion`` says)."""
+        return "," in self.encoder
+
 
 @dataclass(frozen=True)
 class ComputeConfig:

@@ -123,7 +123,7 @@ def _row(entry: Entry, results: list[RunResult]) -> dict[str, Any]:
     encoder = entry.config.encoder
     row: dict[str, Any] = {
         "method": entry.label,
-        "encoder": encoder.encoder + (f" ({encoder.fusion})" if "," in encoder.encoder else ""),
+        "encoder": encoder.encoder + (f" ({encoder.fusion})" if encoder.ensemble else ""),
     }
     for key in COLUMNS:
         figure = summary.get("test", {}).get(key)

@@ -108,7 +108,7 @@ def train(
     split (and fine-tuning resumes from its checkpoints); another one is refused unless ``overwrite``.
     """
     spec = METHODS.get(cfg.method)
-    if "," in cfg.encoder.encoder and not spec.uses_embeddings:
+    if cfg.encoder.ensemble and not spec.uses_embeddings:
         raise KennerError(
             f"{cfg.method} reads pixels through one encoder; an encoder ensemble ({cfg.encoder.encoder}) works with "
             "the methods on cached embeddings"
@@ -247,7 +247,7 @@ def _fit_and_write(run: _Run, cfg: RunConfig, data: TaskData, out_dir: Path) -> 
                 "splits": split_table(data),
                 "encoder": {
                     "spec": cfg.encoder.encoder,
-                    **({"fusion": cfg.encoder.fusion} if "," in cfg.encoder.encoder else {}),
+                    **({"fusion": cfg.encoder.fusion} if cfg.encoder.ensemble else {}),
                     "views": resolve_mode(run.view_names, cfg.encoder.views),
                 },
                 "head": {"method": cfg.method, "profile": cfg.profile or "none", **changed_settings(cfg, run.spec)},

@@ -62,7 +62,7 @@ def write_model_info(
         "kenner_version": __version__,
         "method": cfg.method,
         "encoder": ",".join(absolute_spec(member) for member in cfg.encoder.encoder.split(",")),
-        "fusion": cfg.encoder.fusion if "," in cfg.encoder.encoder else None,
+        "fusion": cfg.encoder.fusion if cfg.encoder.ensemble else None,
         "weights": str(Path(cfg.encoder.weights).resolve()) if cfg.encoder.weights else None,
         "pooling": cfg.encoder.pooling,
         "backend": cfg.encoder.backend,

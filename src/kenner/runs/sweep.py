@@ -124,7 +124,7 @@ def expand_grid(
             label = "_".join([dataset, safe_name(encoder), method, *map(fmt, combo), profile])
             skipped.append((label, str(error)))
             continue
-        fused = "," in encoder and cfg.encoder.fusion != "concat"
+        fused = cfg.encoder.ensemble and cfg.encoder.fusion != "concat"
         config_name = "_".join(
             [
                 dataset,
