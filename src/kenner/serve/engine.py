@@ -49,10 +49,13 @@ class Engine:
         # one encoder: embedded here in memory; an ensemble (or a method reading files) embeds from the files
         pools_tokens = getattr(model.predictor, "mask_pooling", False)
         self.reads_embeddings = isinstance(model.embedder, Embedder) and not pools_tokens
-        if preprocessing is None and self.reads_embeddings:
-            preprocessing = model.embedder.encoder.preprocessing
-        self.preprocessing = preprocessing
-        self._transform = preprocessing.transform() if preprocessing is not None else None
+        # the encoder's own transform (it may detect and align faces first), as extraction uses it
+        self._transform, self._decode_side = None, 0
+        if preprocessing is not None:
+            self._transform, self._decode_side = preprocessing.transform(), preprocessing.resize
+        elif self.reads_embeddings:
+            encoder = model.embedder.encoder
+            self._transform, self._decode_side = encoder.transform(), encoder.decode_side
 
     @property
     def backend(self) -> str:
@@ -93,7 +96,7 @@ class Engine:
         if self._transform is None:
             load_image(path, background=background)  # decodable: the method reads the file itself
             return None
-        return self._transform(load_image(path, background=background, max_side=self.preprocessing.resize))
+        return self._transform(load_image(path, background=background, max_side=self._decode_side))
 
     def answer(self, queries: list[Query], pixels: list[dict[str, torch.Tensor | None]]) -> list[dict[str, Any]]:
         """One result per query (``pixels``: each query's :meth:`pixels` per view), all in one batch."""
