@@ -41,29 +41,34 @@ class _Embedder(nn.Module):
         return self.encoder(pixels).float()
 
 
+def onnx_bytes(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str]) -> bytes:
+    """``module`` exported to ONNX (the TorchScript exporter), every input and output with a dynamic batch axis."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            module,
+            example,
+            buffer,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
 def export_onnx(encoder: Encoder, path: str | os.PathLike) -> Path:
     """Export ``encoder`` (on CPU) with a dynamic batch axis to ``path``, atomically."""
     size = encoder.preprocessing.size
-    example = torch.randn(2, 3, size, size)
-    buffer = io.BytesIO()
     module = _Embedder(encoder).to("cpu").eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(
-                module,
-                (example,),
-                buffer,
-                input_names=["pixels"],
-                output_names=["embedding"],
-                dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
+        data = onnx_bytes(module, (torch.randn(2, 3, size, size),), ["pixels"], ["embedding"])
     except Exception as error:
         message = f"cannot export encoder {encoder.name!r} to ONNX ({error}); use backend 'torch'"
         raise KennerError(message) from error
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_bytes(path, data)
 
 
 class OnnxEncoder(Encoder):

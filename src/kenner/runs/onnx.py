@@ -11,9 +11,7 @@ agreement check: the largest absolute difference to torch on images of the run's
 
 from __future__ import annotations
 
-import io
 import logging
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,11 @@ import torch
 from torch import nn
 
 from kenner.config.tree import build_config, load_config_file
-from kenner.data.images import load_image
 from kenner.encoders import create_encoder
 from kenner.encoders.base import Encoder, Preprocessing
 from kenner.encoders.embedder import Embedder
+from kenner.encoders.extract import prepare_batch
+from kenner.encoders.onnx import onnx_bytes
 from kenner.encoders.views import resolve_mode
 from kenner.errors import KennerError
 from kenner.io import atomic_write_bytes, atomic_write_json, read_json
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 INFO_FILE = "onnx.json"
-OPSET = 17
 TOLERANCE = 1e-3  # largest accepted |onnx - torch| of probabilities (and of embeddings, relative to their scale)
 SAMPLE_IMAGES = 8
 
@@ -118,29 +116,17 @@ def export_onnx_run(model: RunModel, out_dir: Path) -> list[Path]:
     example = tuple(torch.randn(2, 3, size, size) for _ in views)
     inputs = [f"pixels_{i}" for i in range(len(views))]
     outputs = ["embeddings"] + (["probabilities"] if module.head is not None else [])
-    buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                example,
-                buffer,
-                input_names=inputs,
-                output_names=outputs,
-                dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
-                opset_version=OPSET,
-                dynamo=False,
-            )
+        data = onnx_bytes(module, example, inputs, outputs)
     except Exception as error:
         raise KennerError(f"cannot export the run to ONNX ({error})") from error
-    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     pixels = sample_pixels(model, module.encoder.preprocessing)
     difference = _agreement(module, session, pixels)
     if difference > TOLERANCE:
         raise KennerError(f"the ONNX model differs from torch by {difference:.3g} on the run's images; not written")
     log.info("ONNX model agrees with torch on %d image(s): max |difference| %.3g", len(pixels[0]), difference)
-    path = atomic_write_bytes(out_dir / MODEL_FILE, buffer.getvalue())
+    path = atomic_write_bytes(out_dir / MODEL_FILE, data)
     info = {
         "run": str(model.run_dir),
         "method": model.info["method"],
@@ -166,9 +152,7 @@ def sample_pixels(model: RunModel, preprocessing: Preprocessing) -> list[torch.T
         dataset, _ = load_data(cfg.data, min_classes=1)
         items = dataset.samples[:: max(1, len(dataset.samples) // SAMPLE_IMAGES)][:SAMPLE_IMAGES]
         return [
-            torch.stack(
-                [transform(load_image(s.paths[v], background=background, max_side=preprocessing.resize)) for s in items]
-            )
+            prepare_batch([s.paths[v] for s in items], transform, preprocessing.resize, background)
             for v in model.input_views
         ]
     except (KennerError, OSError) as error:
